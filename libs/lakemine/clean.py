@@ -1,0 +1,234 @@
+"""`lakemine clean`: `bronze/transactions` into typed `silver/transactions`.
+
+`clean_transactions` is the pure transform: trims, parses numbers and dates (formats from
+config), removes exact duplicate lines (counted, not quarantined), marks cancellations as
+returns and routes rows failing validation to quarantine with a stable reason code. The stage
+rebuilds silver from the whole of bronze at a pinned Delta version, so re-running it leaves
+the same rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date
+
+import pyspark.sql.functions as F
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame
+
+from lakemine import schemas
+from lakemine.config import Config
+from lakemine.lake import Lake
+from lakemine.runs import Run, conservation_check, record_run
+
+log = logging.getLogger(__name__)
+
+STAGE = "clean"
+
+# Stable reason codes, in the order they are tested: a row gets the first that applies.
+REASONS = (
+    "missing_invoice",
+    "missing_stock_code",
+    "bad_date",
+    "bad_number",
+    "missing_customer",
+    "negative_quantity",
+    "zero_quantity",
+    "bad_return",
+    "bad_price",
+    "extreme_price",
+    "extreme_quantity",
+)
+MIN_YEAR, MAX_YEAR = 1990, 2100
+_INT = r"^[+-]?\d{1,9}$"
+_DECIMAL = r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d{1,3})?$"
+
+
+@dataclass(frozen=True)
+class CleanParams:
+    date_formats: tuple[str, ...]
+    missing_customer: str = "quarantine"
+    outlier_policy: str = "quarantine"
+    max_unit_price: float = 10000.0
+    max_quantity: int = 100000
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "CleanParams":
+        c = cfg.clean
+        return cls(c.date_formats, c.missing_customer, c.outlier_policy, c.max_unit_price, c.max_quantity)
+
+
+def _blank_to_null(col: Column) -> Column:
+    trimmed = F.trim(col)
+    return F.when(trimmed != "", trimmed)
+
+
+def parse_timestamp(col: Column, formats: tuple[str, ...]) -> Column:
+    """The first format that parses, or null; years outside 1990-2100 count as unparsed."""
+    ts = F.coalesce(*[F.try_to_timestamp(col, F.lit(fmt)) for fmt in formats])
+    return F.when(F.year(ts).between(MIN_YEAR, MAX_YEAR), ts)
+
+
+def dedupe_exact(bronze: DataFrame) -> DataFrame:
+    """One row per distinct raw record: lineage of its first copy and `copies` (>= 1)."""
+    first = F.min(F.struct("_source_file", "_line", "_batch_id"))
+    return bronze.groupBy(*schemas.RAW_COLUMNS).agg(
+        first.alias("_first"), F.count(F.lit(1)).alias("copies")
+    ).select(
+        *schemas.RAW_COLUMNS,
+        F.col("_first._source_file").alias("_source_file"),
+        F.col("_first._line").alias("_line"),
+        F.col("_first._batch_id").alias("_batch_id"),
+        "copies",
+    )
+
+
+def classify(rows: DataFrame, p: CleanParams) -> DataFrame:
+    """Typed columns plus `reason`/`detail` (null for a clean row) for de-duplicated raw rows.
+
+    The raw strings travel in the struct `_record` (their names clash with the typed ones
+    under Spark's case-insensitive resolution).
+    """
+    t = {c: _blank_to_null(F.col(c)) for c in schemas.RAW_COLUMNS}
+    invoice = F.upper(t["InvoiceNo"])
+    is_return = invoice.startswith("C")
+    qty_ok = t["Quantity"].rlike(_INT)
+    price_ok = t["UnitPrice"].rlike(_DECIMAL)
+    quantity = F.when(qty_ok, t["Quantity"].try_cast("int"))
+    unit_price = F.when(price_ok, t["UnitPrice"].try_cast("double"))
+    ts = parse_timestamp(t["InvoiceDate"], p.date_formats)
+    customer = F.regexp_replace(t["CustomerID"], r"\.0+$", "")
+    cap = p.outlier_policy == "cap"
+    q, price = F.col("quantity"), F.col("unit_price")
+
+    typed = rows.select(
+        F.struct(*schemas.RAW_COLUMNS).alias("_record"),
+        invoice.alias("invoice_no"),
+        F.upper(t["StockCode"]).alias("stock_code"),
+        t["Description"].alias("description"),
+        quantity.alias("quantity"),
+        ts.alias("invoice_ts"),
+        unit_price.alias("unit_price"),
+        customer.alias("customer_id"),
+        t["Country"].alias("country"),
+        is_return.alias("is_return"),
+        "_source_file",
+        "_line",
+        "_batch_id",
+        "copies",
+    )
+    checks = [
+        ("missing_invoice", F.col("invoice_no").isNull(), F.lit("InvoiceNo is empty")),
+        ("missing_stock_code", F.col("stock_code").isNull(), F.lit("StockCode is empty")),
+        (
+            "bad_date",
+            F.col("invoice_ts").isNull(),
+            F.format_string("InvoiceDate '%s' matches no configured format", F.coalesce(F.col("_record.InvoiceDate"), F.lit(""))),
+        ),
+        (
+            "bad_number",
+            q.isNull() | price.isNull(),
+            F.when(q.isNull(), F.format_string("Quantity '%s' is not an integer", F.coalesce(F.col("_record.Quantity"), F.lit(""))))
+            .otherwise(F.format_string("UnitPrice '%s' is not a number", F.coalesce(F.col("_record.UnitPrice"), F.lit("")))),
+        ),
+    ]
+    if p.missing_customer == "quarantine":
+        checks.append(("missing_customer", F.col("customer_id").isNull(), F.lit("CustomerID is empty")))
+    checks += [
+        ("negative_quantity", ~F.col("is_return") & (q < 0), F.format_string("quantity %d on a sale", q)),
+        ("zero_quantity", q == 0, F.lit("quantity 0")),
+        ("bad_return", F.col("is_return") & (q > 0), F.format_string("quantity %d on a cancellation", q)),
+        ("bad_price", price < 0, F.format_string("unit price %s below 0", price.cast("string"))),
+    ]
+    if not cap:
+        checks += [
+            ("extreme_price", price > p.max_unit_price, F.format_string(f"unit price %s above {p.max_unit_price}", price.cast("string"))),
+            ("extreme_quantity", F.abs(q) > p.max_quantity, F.format_string(f"|quantity| %d above {p.max_quantity}", q)),
+        ]
+    reason, detail = F.lit(None).cast("string"), F.lit(None).cast("string")
+    for code, test, text in reversed(checks):
+        reason = F.when(test, F.lit(code)).otherwise(reason)
+        detail = F.when(test, text).otherwise(detail)
+    typed = typed.withColumn("reason", reason).withColumn("detail", detail)
+    if cap:
+        typed = typed.withColumn("unit_price", F.least(price, F.lit(p.max_unit_price))).withColumn(
+            "quantity", F.when(F.abs(q) > p.max_quantity, F.signum(q).cast("int") * p.max_quantity).otherwise(q)
+        )
+    return typed
+
+
+def clean_transactions(bronze: DataFrame, p: CleanParams) -> DataFrame:
+    """Bronze rows -> classified rows: silver columns, `reason`, `detail`, `_record`, `copies`.
+
+    Rows with a null `reason` are silver; the rest are quarantine. `copies - 1` per row are the
+    exact duplicates removed.
+    """
+    schemas.require_columns(bronze, schemas.RAW_COLUMNS + ("_source_file", "_line", "_batch_id"), schemas.BRONZE_TRANSACTIONS)
+    return classify(dedupe_exact(bronze), p)
+
+
+def silver_rows(classified: DataFrame) -> DataFrame:
+    q, price = F.col("quantity"), F.col("unit_price")
+    return classified.where(F.col("reason").isNull()).select(
+        "invoice_no",
+        "stock_code",
+        "description",
+        "quantity",
+        "invoice_ts",
+        F.to_date("invoice_ts").alias("invoice_date"),
+        "unit_price",
+        F.round(q * price, 2).alias("line_amount"),
+        "customer_id",
+        "country",
+        "is_return",
+        "_source_file",
+        "_line",
+        "_batch_id",
+    )
+
+
+def quarantine_rows(classified: DataFrame) -> DataFrame:
+    return classified.where(F.col("reason").isNotNull()).select(
+        *[F.col(f"_record.{c}").alias(c) for c in schemas.RAW_COLUMNS],
+        F.lit(None).cast("string").alias("_raw"),
+        "reason",
+        "detail",
+        F.lit(STAGE).alias("stage"),
+        "_source_file",
+        "_line",
+        "_batch_id",
+    )
+
+
+def clean(lake: Lake, cfg: Config, as_of: date | None = None) -> Run:
+    """Rebuild silver/transactions and silver/quarantine from bronze; records ops/runs."""
+    p = CleanParams.from_config(cfg)
+    version = lake.table_version(schemas.BRONZE_TRANSACTIONS)
+    params = {"date_formats": list(p.date_formats), "missing_customer": p.missing_customer,
+              "outlier_policy": p.outlier_policy, "max_unit_price": p.max_unit_price,
+              "max_quantity": p.max_quantity}
+    with record_run(lake, STAGE, as_of, params) as run:
+        bronze = lake.read_table(schemas.BRONZE_TRANSACTIONS, version=version)
+        run.inputs[schemas.BRONZE_TRANSACTIONS] = version
+        classified = clean_transactions(bronze, p).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            totals = classified.agg(
+                F.sum("copies").alias("rows_in"),
+                F.sum(F.col("copies") - 1).alias("dups"),
+            ).first()
+            run.rows_in = int(totals["rows_in"] or 0)
+            run.rows_duplicate = int(totals["dups"] or 0)
+            run.outputs[schemas.SILVER_TRANSACTIONS] = lake.overwrite(silver_rows(classified), schemas.SILVER_TRANSACTIONS)
+            run.rows_out = lake.rows_written(schemas.SILVER_TRANSACTIONS)
+            run.outputs[schemas.SILVER_QUARANTINE] = lake.overwrite(quarantine_rows(classified), schemas.SILVER_QUARANTINE)
+            run.rows_quarantined = lake.rows_written(schemas.SILVER_QUARANTINE)
+            reasons = classified.where(F.col("reason").isNotNull()).groupBy("reason").count().collect()
+            run.quarantine_reasons = {r["reason"]: int(r["count"]) for r in reasons}
+        finally:
+            classified.unpersist()
+        if run.as_of is None:
+            latest = lake.read_table(schemas.SILVER_TRANSACTIONS).agg(F.max("invoice_date")).first()[0]
+            run.as_of = latest
+        conservation_check(run)
+    return run

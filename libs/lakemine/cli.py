@@ -1,0 +1,258 @@
+"""The `lakemine` command line: parses options, opens the session and lake, calls the stages.
+
+Exit codes: 0 done; 2 bad arguments or unusable input (one line saying what and where);
+1 anything else (the stage and table named). `--verbose` adds Spark's logs and tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from datetime import date
+from typing import Callable
+
+from lakemine import __version__, schemas
+from lakemine.config import Config, load_config
+from lakemine.errors import LakemineError, UsageError
+
+log = logging.getLogger("lakemine")
+
+
+class Console:
+    """What the CLI tells people: progress lines and summaries, on stderr and stdout."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.t0 = time.monotonic()
+
+    def step(self, stage: str, text: str) -> None:
+        if not self.quiet:
+            print(f"[{time.monotonic() - self.t0:6.1f}s] {stage:<8} {text}", file=sys.stderr, flush=True)
+
+    def out(self, text: str = "") -> None:
+        print(text, flush=True)
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a date in YYYY-MM-DD form") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be > 0")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0.0 <= value <= 0.1:
+        raise argparse.ArgumentTypeError(f"'{text}' must be between 0 and 0.1 (a rate per defect type)")
+    return value
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lake", metavar="PATH_OR_URI", help="lake root (default from config: ./lake)")
+    p.add_argument("--as-of", type=_date, metavar="YYYY-MM-DD", help="logical date (default: the latest date in the data)")
+    p.add_argument("--config", metavar="FILE", help="YAML file overriding the packaged defaults")
+    p.add_argument("-v", "--verbose", action="store_true", help="show Spark's logs and full tracebacks")
+
+
+def _generate_options(p: argparse.ArgumentParser, customers: int) -> None:
+    p.add_argument("--customers", type=_positive_int, default=customers, help=f"customers to simulate (default {customers})")
+    p.add_argument("--days", type=_positive_int, default=365, help="days of history (default 365)")
+    p.add_argument("--seed", type=int, default=42, help="random seed; same seed, same files (default 42)")
+    p.add_argument("--dirty-rate", type=_rate, default=0.0, metavar="R",
+                   help="probability per line of each defect type (default 0; 0.01 dirties ~9%% of lines)")
+    p.add_argument("--format", choices=("csv", "parquet"), default="csv", help="file format (default csv)")
+    p.add_argument("--files", type=_positive_int, help="number of output files (default: one per 5,000 customers)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lakemine",
+        description="Retail data mining on Spark and Delta Lake: raw exports -> bronze -> silver -> gold.",
+        epilog="Every stage takes --lake, --as-of and --config. Exit codes: 0 done, 2 bad arguments or "
+        "unusable input, 1 anything else. Environment: LAKEMINE_<SECTION>__<KEY> overrides config.",
+    )
+    parser.add_argument("--version", action="version", version=f"lakemine {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("generate", help="write synthetic raw line items (UCI Online Retail layout)",
+                       description="Write deterministic raw line items with planted bundles, customer groups and "
+                       "churn, plus _manifest.json (what was planted and injected) and _truth/.")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (files there named online_retail_*.csv are replaced)")
+    _generate_options(p, 1000)
+    _common(p)
+
+    p = sub.add_parser("ingest", help="raw files into bronze/transactions",
+                       description="Read CSV (with or without BOM) or Parquet in either UCI layout from a file, folder "
+                       "or glob into bronze/transactions; unreadable lines go to bronze/quarantine with a reason. "
+                       "Content already ingested is skipped.")
+    p.add_argument("--input", required=True, metavar="PATH", help="file, folder or glob")
+    _common(p)
+
+    p = sub.add_parser("clean", help="bronze into silver/transactions",
+                       description="Type, trim and validate bronze rows into silver/transactions; exact duplicate lines "
+                       "are removed and counted; failing rows go to silver/quarantine with a reason code.")
+    _common(p)
+
+    p = sub.add_parser("run", help="the whole pipeline in one local session",
+                       description="Generate data when no --input is given, then ingest and clean, and print a summary. "
+                       "(Mining, learning and the report join this command as they land.)")
+    p.add_argument("--input", metavar="PATH", help="raw files to use instead of generated data")
+    _generate_options(p, 1000)
+    _common(p)
+
+    p = sub.add_parser("show", help="print rows of a lake table")
+    p.add_argument("table", help="e.g. silver/transactions")
+    p.add_argument("--limit", type=_positive_int, default=20)
+    p.add_argument("--version", dest="table_version", type=int, metavar="V", help="read the table at this Delta version")
+    _common(p)
+
+    p = sub.add_parser("history", help="print the Delta history of a lake table")
+    p.add_argument("table")
+    _common(p)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    if not verbose:  # pyspark logs every analysis error as JSON before raising it
+        logging.getLogger("DataFrameQueryContextLogger").setLevel(logging.CRITICAL)
+
+
+def _open(cfg: Config, args: argparse.Namespace, submitted: bool):
+    from lakemine.lake import Lake
+    from lakemine.spark import session
+
+    spark = session(cfg, submitted=submitted, quiet=not args.verbose)
+    return Lake.at(spark, cfg.lake)
+
+
+def _print_run(console: Console, run) -> None:
+    parts = [f"status={run.status}", f"in={run.rows_in:,}", f"out={run.rows_out:,}",
+             f"quarantined={run.rows_quarantined:,}"]
+    if run.rows_duplicate:
+        parts.append(f"duplicates={run.rows_duplicate:,}")
+    console.out(f"{run.stage}: " + " ".join(parts) + f"  (run {run.run_id})")
+    for reason, n in sorted(run.quarantine_reasons.items()):
+        console.out(f"  quarantined {reason:<20} {n:>10,}")
+    if run.message:
+        console.out(f"  {run.message}")
+
+
+def cmd_generate(args, cfg, console, submitted) -> int:
+    from lakemine.generate import GenerateParams, generate
+    from lakemine.spark import session
+
+    spark = session(cfg, submitted=submitted, quiet=not args.verbose)
+    params = GenerateParams(args.customers, args.days, args.seed, args.dirty_rate, args.format, args.files)
+    console.step("generate", f"{args.customers:,} customers x {args.days} days, seed {args.seed} -> {args.out}")
+    manifest = generate(spark, args.out, params)
+    console.out(f"generate: {manifest['data_lines']:,} lines in {len(manifest['files'])} file(s) under {args.out}")
+    injected = {k: v for k, v in manifest["injected"].items() if v}
+    if injected:
+        console.out("  injected defects: " + ", ".join(f"{k}={v:,}" for k, v in sorted(injected.items())))
+    return 0
+
+
+def cmd_ingest(args, cfg, console, submitted) -> int:
+    from lakemine.ingest import ingest
+
+    lake = _open(cfg, args, submitted)
+    console.step("ingest", f"{args.input} -> {lake.path(schemas.BRONZE_TRANSACTIONS)}")
+    result = ingest(lake, cfg, args.input, args.as_of)
+    _print_run(console, result.run)
+    for path, why in sorted(result.skipped.items()):
+        console.out(f"  skipped {path}: {why}")
+    return 0
+
+
+def cmd_clean(args, cfg, console, submitted) -> int:
+    from lakemine.clean import clean
+
+    lake = _open(cfg, args, submitted)
+    console.step("clean", f"{schemas.BRONZE_TRANSACTIONS} -> {schemas.SILVER_TRANSACTIONS}")
+    _print_run(console, clean(lake, cfg, args.as_of))
+    return 0
+
+
+def cmd_run(args, cfg, console, submitted) -> int:
+    from lakemine.pipeline import run_pipeline
+
+    lake = _open(cfg, args, submitted)
+    summary = run_pipeline(lake, cfg, args, console)
+    console.out(summary)
+    return 0
+
+
+def cmd_show(args, cfg, console, submitted) -> int:
+    lake = _open(cfg, args, submitted)
+    df = lake.read_table(args.table, version=args.table_version)
+    df.show(args.limit, truncate=60)
+    return 0
+
+
+def cmd_history(args, cfg, console, submitted) -> int:
+    lake = _open(cfg, args, submitted)
+    rows = lake.history(args.table).select("version", "timestamp", "operation", "operationMetrics").collect()
+    for r in rows:
+        metrics = {k: v for k, v in (r["operationMetrics"] or {}).items() if k in ("numOutputRows", "numDeletedRows", "numFiles", "numAddedFiles", "numRemovedFiles")}
+        console.out(f"{r['version']:>5}  {r['timestamp']}  {r['operation']:<18} {json.dumps(metrics, sort_keys=True)}")
+    return 0
+
+
+COMMANDS: dict[str, Callable] = {
+    "generate": cmd_generate,
+    "ingest": cmd_ingest,
+    "clean": cmd_clean,
+    "run": cmd_run,
+    "show": cmd_show,
+    "history": cmd_history,
+}
+
+
+def main(argv: list[str] | None = None, submitted: bool = False) -> int:
+    """Run one command; returns the exit code. `submitted=True` from jobs/ under spark-submit."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    console = Console()
+    stage = args.command
+    try:
+        cfg = load_config(args.config).with_lake(args.lake)
+        return COMMANDS[stage](args, cfg, console, submitted)
+    except UsageError as exc:
+        print(f"lakemine {stage}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except LakemineError as exc:
+        print(f"lakemine {stage}: failed: {exc}", file=sys.stderr)
+        if args.verbose:
+            raise
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"lakemine {stage}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI promises no bare traceback
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        print(f"lakemine {stage}: failed: {type(exc).__name__}: {first} (run with --verbose for details)", file=sys.stderr)
+        if args.verbose:
+            raise
+        return 1

@@ -1,0 +1,306 @@
+"""`lakemine ingest`: raw files (CSV or Parquet, either UCI layout) into `bronze/transactions`.
+
+Every data line of every file ends in exactly one of `bronze/transactions` (raw columns as
+strings plus lineage) or `bronze/quarantine` (with a reason code). A file's batch id is a hash
+of its content, so ingesting the same content again is a no-op, and the writes replace whole
+batches, so a run interrupted half-way is repaired by running it again.
+
+Unusable files (missing, empty, binary, wrong columns, undecodable header, unreadable
+Parquet) stop the stage before anything is written: InputError, exit 2.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import io
+import logging
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+
+import pyspark.sql.functions as F
+from pyspark.sql import DataFrame, SparkSession
+
+from lakemine import fsutil, schemas
+from lakemine.config import Config
+from lakemine.errors import InputError
+from lakemine.lake import Lake
+from lakemine.runs import Run, conservation_check, record_run
+
+log = logging.getLogger(__name__)
+
+STAGE = "ingest"
+SNIFF_BYTES = 65536
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+@dataclass(frozen=True)
+class RawFile:
+    """An input file that passed inspection: its format, layout and header in file order."""
+
+    path: str
+    size: int
+    fmt: str
+    layout: str
+    columns: tuple[str, ...]
+
+
+def _match_layout(names: list[str], where: str) -> str:
+    cleaned = [n.strip() for n in names]
+    for layout, mapping in schemas.LAYOUTS.items():
+        if sorted(cleaned) == sorted(mapping):
+            return layout
+    raise InputError(
+        f"{where}: columns {cleaned} match neither UCI layout; expected "
+        f"{list(schemas.RAW_COLUMNS)} or {list(schemas.RAW_COLUMNS_II)}"
+    )
+
+
+def _inspect_csv(spark: SparkSession, info: fsutil.FileInfo) -> RawFile:
+    head = fsutil.head_bytes(spark, info.path, SNIFF_BYTES)
+    if not head.strip(b" \t\r\n\xef\xbb\xbf"):
+        raise InputError(f"{info.path}: empty file (no header, no rows)")
+    if head.startswith(_UTF16_BOMS):
+        raise InputError(f"{info.path}: UTF-16 text; convert it to UTF-8")
+    if b"\x00" in head:
+        raise InputError(f"{info.path}: binary data, not a CSV text file")
+    if head.startswith(codecs.BOM_UTF8):
+        head = head[len(codecs.BOM_UTF8):]
+    first = head.split(b"\n", 1)[0].rstrip(b"\r")
+    try:
+        header_text = first.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{info.path}: header line is not valid UTF-8; convert the file to UTF-8") from None
+    names = next(csv.reader(io.StringIO(header_text)), [])
+    layout = _match_layout(names, info.path)
+    return RawFile(info.path, info.size, "csv", layout, tuple(n.strip() for n in names))
+
+
+def _inspect_parquet(spark: SparkSession, info: fsutil.FileInfo) -> RawFile:
+    if fsutil.head_bytes(spark, info.path, 4) != b"PAR1":
+        raise InputError(f"{info.path}: not a Parquet file (no PAR1 magic)")
+    try:
+        names = spark.read.parquet(info.path).columns
+    except Exception as exc:  # noqa: BLE001 - Spark wraps every footer problem differently
+        raise InputError(f"{info.path}: unreadable Parquet ({str(exc).splitlines()[0][:120]})") from None
+    layout = _match_layout(names, info.path)
+    return RawFile(info.path, info.size, "parquet", layout, tuple(names))
+
+
+def inspect_inputs(spark: SparkSession, pattern: str, suffixes: tuple[str, ...]) -> list[RawFile]:
+    """Resolve `pattern` to files and check each one is usable; InputError on the first that is not."""
+    infos = fsutil.list_inputs(spark, pattern, suffixes)
+    if not infos:
+        if fsutil.exists(spark, pattern):
+            raise InputError(f"{pattern}: no input files ({', '.join(suffixes)}) found there")
+        raise InputError(f"{pattern}: no such file or directory")
+    files = []
+    for info in infos:
+        if info.size == 0:
+            raise InputError(f"{info.path}: empty file (0 bytes)")
+        if info.name.lower().endswith(".parquet"):
+            files.append(_inspect_parquet(spark, info))
+        else:
+            files.append(_inspect_csv(spark, info))
+    return files
+
+
+def _numbered(df: DataFrame, header_lines: int) -> DataFrame:
+    """Add `_line` (1-based position in its file) to rows read by a file source.
+
+    Rows of one split arrive in file order with consecutive monotonically increasing ids, so
+    the line is the rows in earlier splits of the file plus the position inside the split.
+    """
+    df = df.select(
+        F.col("_metadata.file_path").alias("_source_file"),
+        F.col("_metadata.file_block_start").alias("_block"),
+        F.monotonically_increasing_id().alias("_id"),
+        "*",
+    )
+    blocks = (
+        df.groupBy("_source_file", "_block")
+        .agg(F.count(F.lit(1)).alias("n"), F.min("_id").alias("first_id"))
+        .collect()
+    )
+    offsets, running = [], {}
+    for row in sorted(blocks, key=lambda r: (r["_source_file"], r["_block"])):
+        before = running.get(row["_source_file"], 0)
+        offsets.append((row["_source_file"], row["_block"], before, row["first_id"]))
+        running[row["_source_file"]] = before + row["n"]
+    spark = df.sparkSession
+    offs = spark.createDataFrame(offsets, "_source_file string, _block long, before long, first_id long")
+    line = F.col("before") + F.col("_id") - F.col("first_id") + 1 - header_lines
+    return (
+        df.join(F.broadcast(offs), ["_source_file", "_block"])
+        .withColumn("_line", line + header_lines)
+        .drop("_block", "_id", "before", "first_id")
+    )
+
+
+def parse_csv_lines(lines: DataFrame, columns: tuple[str, ...], layout: str) -> DataFrame:
+    """Classify and split CSV data lines (`value`, lineage columns) of one header layout.
+
+    Returns the raw columns (canonical names, strings), `_raw`, and `reason`/`detail`, null for
+    a good line, else one of: blank_line, bad_encoding, repeated_header, bad_quoting,
+    bad_field_count.
+    """
+    mapping = schemas.LAYOUTS[layout]
+    value = F.regexp_replace(F.col("value"), "\r$", "")
+    unquoted = F.regexp_replace(value, r'"(?:[^"]|"")*"', "")
+    n_fields = F.size(F.split(unquoted, ",", -1))
+    header = ",".join(columns)
+    reason = (
+        F.when(F.trim(value) == "", F.lit("blank_line"))
+        .when(value.contains("\ufffd"), F.lit("bad_encoding"))
+        .when(F.regexp_replace(value, '"', "") == header, F.lit("repeated_header"))
+        .when(unquoted.contains('"'), F.lit("bad_quoting"))
+        .when(n_fields != len(columns), F.lit("bad_field_count"))
+    )
+    detail = (
+        F.when(reason == "bad_field_count", F.format_string(f"%d fields, expected {len(columns)}", n_fields))
+        .when(reason == "bad_encoding", F.lit("line is not valid UTF-8"))
+        .when(reason == "bad_quoting", F.lit("unbalanced double quote"))
+        .when(reason == "blank_line", F.lit("empty line"))
+        .when(reason == "repeated_header", F.lit("header line inside the data"))
+    )
+    ddl = ", ".join(f"`{c}` STRING" for c in columns)
+    parsed = F.from_csv(value, ddl, {"mode": "PERMISSIVE", "nullValue": "", "escape": '"'})
+    raw = [
+        F.when(reason.isNull(), parsed.getField(src)).alias(mapping[src]) for src in columns
+    ]
+    return lines.select(
+        *raw,
+        F.col("value").alias("_raw"),
+        reason.alias("reason"),
+        detail.alias("detail"),
+        "_source_file",
+        "_line",
+    )
+
+
+def _read_group(spark: SparkSession, files: list[RawFile]) -> tuple[DataFrame, DataFrame]:
+    """(every physical row with `_hash`, parsed data rows) of files sharing format and header."""
+    first = files[0]
+    paths = [f.path for f in files]
+    if first.fmt == "csv":
+        lines = _numbered(spark.read.text(paths), header_lines=0)
+        hashed = lines.withColumn("_hash", F.xxhash64("value", "_line"))
+        body = hashed.where(F.col("_line") > 1)
+        return hashed, parse_csv_lines(body, first.columns, first.layout)
+    rows = _numbered(spark.read.parquet(*paths), header_lines=0)
+    mapping = schemas.LAYOUTS[first.layout]
+    strings = [F.col(f"`{c}`").cast("string").alias(mapping[c]) for c in first.columns]
+    rows = rows.select(*strings, "_source_file", "_line")
+    rows = rows.withColumn("_hash", F.xxhash64(*schemas.RAW_COLUMNS, "_line"))
+    parsed = rows.select(
+        *schemas.RAW_COLUMNS,
+        F.lit(None).cast("string").alias("_raw"),
+        F.lit(None).cast("string").alias("reason"),
+        F.lit(None).cast("string").alias("detail"),
+        "_source_file",
+        "_line",
+    )
+    return rows, parsed
+
+
+def _batch_ids(hashed: DataFrame, header_lines: int) -> dict[str, tuple[str, int]]:
+    """source file -> (content batch id, data rows). The id hashes every line and its number."""
+    rows = hashed.groupBy("_source_file").agg(
+        F.count(F.lit(1)).alias("n"), F.bit_xor("_hash").alias("x")
+    ).collect()
+    out = {}
+    for r in rows:
+        digest = hashlib.sha1(f"{r['n']}:{r['x']}".encode()).hexdigest()[:20]
+        out[r["_source_file"]] = (digest, int(r["n"]) - header_lines)
+    return out
+
+
+def _existing_batches(lake: Lake, batch_ids: list[str]) -> set[str]:
+    found: set[str] = set()
+    for table in (schemas.BRONZE_TRANSACTIONS, schemas.BRONZE_QUARANTINE):
+        if lake.exists(table):
+            rows = (
+                lake.read_table(table)
+                .where(F.col("_batch_id").isin(batch_ids))
+                .select("_batch_id").distinct().collect()
+            )
+            found.update(r["_batch_id"] for r in rows)
+    return found
+
+
+@dataclass
+class IngestResult:
+    run: Run
+    files: int
+    new_batches: list[str]
+    skipped: dict[str, str]
+
+
+def ingest(
+    lake: Lake, cfg: Config, input_path: str, as_of: date | None = None
+) -> IngestResult:
+    """Ingest `input_path` (file, directory or glob) into bronze; records the run in ops/runs."""
+    spark = lake.spark
+    files = inspect_inputs(spark, input_path, cfg.ingest.suffixes)
+    params = {"input": input_path, "files": [f.path for f in files]}
+    with record_run(lake, STAGE, as_of, params) as run:
+        groups: dict[tuple, list[RawFile]] = {}
+        for f in files:
+            groups.setdefault((f.fmt, f.columns), []).append(f)
+        batches: dict[str, tuple[str, int]] = {}
+        parsed_parts = []
+        for (fmt, _), group in groups.items():
+            hashed, parsed = _read_group(spark, group)
+            batches.update(_batch_ids(hashed, 1 if fmt == "csv" else 0))
+            parsed_parts.append(parsed)
+
+        # the same content twice in one run, or already in bronze: skip it
+        skipped: dict[str, str] = {}
+        chosen: dict[str, str] = {}
+        for path, (batch, _) in sorted(batches.items()):
+            if batch in chosen:
+                skipped[path] = f"same content as {chosen[batch]}"
+            else:
+                chosen[batch] = path
+        already = _existing_batches(lake, list(chosen))
+        for batch in sorted(already):
+            skipped[chosen.pop(batch)] = f"already ingested as batch {batch}"
+        new = {path: batch for batch, path in chosen.items()}
+        params.update({"batches": {p: batches[p][0] for p in sorted(batches)}, "skipped": skipped})
+
+        run.rows_in = sum(batches[p][1] for p in new)
+        if not new:
+            run.status = "noop"
+            run.message = f"{len(skipped)} file(s) already ingested; nothing written"
+            return IngestResult(run, len(files), [], skipped)
+
+        batch_map = spark.createDataFrame(sorted(new.items()), "_source_file string, _batch_id string")
+        rows = parsed_parts[0]
+        for part in parsed_parts[1:]:
+            rows = rows.unionByName(part)
+        rows = rows.join(F.broadcast(batch_map), "_source_file")
+        ingested_at = datetime.now(timezone.utc).replace(tzinfo=None)
+        good = rows.where(F.col("reason").isNull()).select(
+            *schemas.RAW_COLUMNS, "_source_file", "_line", "_batch_id",
+            F.lit(ingested_at).cast("timestamp").alias("_ingested_at"),
+        )
+        bad = rows.where(F.col("reason").isNotNull()).select(
+            *schemas.RAW_COLUMNS, "_raw", "reason", "detail", F.lit(STAGE).alias("stage"),
+            "_source_file", "_line", "_batch_id",
+        )
+        batch_ids = sorted(new.values())
+        run.outputs[schemas.BRONZE_TRANSACTIONS] = lake.replace_batches(good, schemas.BRONZE_TRANSACTIONS, batch_ids)
+        run.outputs[schemas.BRONZE_QUARANTINE] = lake.replace_batches(bad, schemas.BRONZE_QUARANTINE, batch_ids)
+
+        run.rows_out = lake.rows_written(schemas.BRONZE_TRANSACTIONS)
+        reasons = (
+            lake.read_table(schemas.BRONZE_QUARANTINE)
+            .where(F.col("_batch_id").isin(batch_ids))
+            .groupBy("reason").count().collect()
+        )
+        run.quarantine_reasons = {r["reason"]: int(r["count"]) for r in reasons}
+        run.rows_quarantined = sum(run.quarantine_reasons.values())
+        conservation_check(run)
+        return IngestResult(run, len(files), batch_ids, skipped)
+

@@ -1,0 +1,129 @@
+"""All Delta I/O. Stages name tables ("silver/transactions"); only this module builds paths.
+
+Writes are idempotent by construction: `overwrite_as_of` and `replace_batches` replace exactly
+the rows of one logical date or batch (Delta `replaceWhere`), `merge_into` upserts on keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import date
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+
+from lakemine.errors import StageError
+
+log = logging.getLogger(__name__)
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@dataclass(frozen=True)
+class Lake:
+    """A lake root (local folder or any Hadoop URI) and the session that reads it."""
+
+    spark: SparkSession
+    root: str
+
+    @classmethod
+    def at(cls, spark: SparkSession, root: str) -> "Lake":
+        if "://" not in root and not root.startswith("file:"):
+            root = os.path.abspath(root)
+        return cls(spark, root.rstrip("/"))
+
+    def path(self, table: str) -> str:
+        return f"{self.root}/{table}"
+
+    def exists(self, table: str) -> bool:
+        return DeltaTable.isDeltaTable(self.spark, self.path(table))
+
+    def read_table(self, table: str, version: int | None = None) -> DataFrame:
+        """The table's current rows, or its rows at `version`. Missing table: StageError."""
+        if not self.exists(table):
+            raise StageError(f"table {table} does not exist in lake {self.root}")
+        reader = self.spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        return reader.load(self.path(table))
+
+    def table_version(self, table: str) -> int | None:
+        """Current Delta version of `table`, None when it does not exist."""
+        if not self.exists(table):
+            return None
+        return DeltaTable.forPath(self.spark, self.path(table)).history(1).first()["version"]
+
+    def history(self, table: str) -> DataFrame:
+        if not self.exists(table):
+            raise StageError(f"table {table} does not exist in lake {self.root}")
+        return DeltaTable.forPath(self.spark, self.path(table)).history()
+
+    def rows_written(self, table: str) -> int:
+        """Rows the table's latest commit wrote (Delta's numOutputRows), 0 when none."""
+        last = DeltaTable.forPath(self.spark, self.path(table)).history(1).first()
+        metrics = last["operationMetrics"] or {}
+        return int(metrics.get("numOutputRows", 0))
+
+    def _write(self, df: DataFrame, table: str, mode: str, options: dict | None = None) -> int:
+        writer = df.write.format("delta").mode(mode)
+        for key, value in (options or {}).items():
+            writer = writer.option(key, value)
+        writer.save(self.path(table))
+        return self.table_version(table)
+
+    def overwrite(self, df: DataFrame, table: str) -> int:
+        """Replace the whole table with `df`; returns the new version."""
+        return self._write(df, table, "overwrite")
+
+    def append(self, df: DataFrame, table: str) -> int:
+        return self._write(df, table, "append")
+
+    def replace_where(self, df: DataFrame, table: str, predicate: str) -> int:
+        """Replace the rows matching `predicate` with `df` (whose rows must all match it)."""
+        if not self.exists(table):
+            return self._write(df, table, "overwrite")
+        return self._write(df, table, "overwrite", {"replaceWhere": predicate})
+
+    def overwrite_as_of(self, df: DataFrame, table: str, as_of: date) -> int:
+        """Idempotent write of one logical date: the table's `as_of` rows become `df`."""
+        return self.replace_where(df, table, f"as_of = DATE'{as_of.isoformat()}'")
+
+    def replace_batches(self, df: DataFrame, table: str, batch_ids: list[str]) -> int:
+        """Idempotent write of ingest batches: the rows of `batch_ids` become `df`."""
+        listed = ", ".join(_sql_string(b) for b in sorted(batch_ids))
+        return self.replace_where(df, table, f"_batch_id IN ({listed})")
+
+    def merge_into(
+        self, df: DataFrame, table: str, keys: list[str], retries: int = 5
+    ) -> int:
+        """Upsert `df` on `keys`: matched rows updated, new rows inserted.
+
+        Retries on Delta's optimistic-concurrency conflicts, so concurrent writers of the
+        same keys never leave duplicates.
+        """
+        for attempt in range(retries + 1):
+            try:
+                if not self.exists(table):
+                    return self._write(df, table, "append")
+                condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+                (
+                    DeltaTable.forPath(self.spark, self.path(table))
+                    .alias("t")
+                    .merge(df.alias("s"), condition)
+                    .whenMatchedUpdateAll()
+                    .whenNotMatchedInsertAll()
+                    .execute()
+                )
+                return self.table_version(table)
+            except Exception as exc:  # Delta raises JVM exceptions wrapped by py4j
+                name = type(exc).__name__ + " " + str(exc)[:300]
+                if attempt == retries or "Concurrent" not in name and "ProtocolChanged" not in name:
+                    raise
+                log.warning("merge into %s conflicted (%s); retry %d", table, name[:80], attempt + 1)
+                time.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")

@@ -1,0 +1,99 @@
+"""`ops/runs`: one row per stage run, with row counts and the Delta versions read and written."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import Iterator
+
+from lakemine import schemas
+from lakemine.errors import StageError, UsageError
+from lakemine.lake import Lake
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """What a stage fills in while it runs; written to ops/runs when it ends."""
+
+    stage: str
+    as_of: date | None
+    params: dict
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    status: str = "running"
+    rows_in: int = 0
+    rows_out: int = 0
+    rows_quarantined: int = 0
+    rows_duplicate: int = 0
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    inputs: dict[str, int] = field(default_factory=dict)
+    outputs: dict[str, int] = field(default_factory=dict)
+    message: str | None = None
+    finished_at: datetime | None = None
+
+    def row(self) -> tuple:
+        return (
+            self.run_id,
+            self.stage,
+            self.as_of,
+            self.status,
+            self.started_at.replace(tzinfo=None),
+            (self.finished_at or datetime.now(timezone.utc)).replace(tzinfo=None),
+            self.rows_in,
+            self.rows_out,
+            self.rows_quarantined,
+            self.rows_duplicate,
+            dict(self.quarantine_reasons),
+            dict(self.inputs),
+            dict(self.outputs),
+            json.dumps(self.params, sort_keys=True, default=str),
+            self.message,
+        )
+
+
+def write_run(lake: Lake, run: Run) -> None:
+    df = lake.spark.createDataFrame([run.row()], schemas.RUNS_SCHEMA)
+    lake.append(df, schemas.OPS_RUNS)
+
+
+@contextmanager
+def record_run(lake: Lake, stage: str, as_of: date | None, params: dict) -> Iterator[Run]:
+    """Yield a Run; on exit append it to ops/runs as succeeded, skipped or failed.
+
+    Unusable input (UsageError) writes nothing, as the contract asks; other failures are
+    recorded with their message and re-raised.
+    """
+    run = Run(stage=stage, as_of=as_of, params=params)
+    try:
+        yield run
+    except UsageError:
+        raise
+    except Exception as exc:
+        run.status = "failed"
+        run.message = f"{type(exc).__name__}: {str(exc)[:500]}"
+        run.finished_at = datetime.now(timezone.utc)
+        try:
+            write_run(lake, run)
+        except Exception:  # the original error matters more than the bookkeeping
+            log.exception("could not record the failed run in %s", schemas.OPS_RUNS)
+        raise
+    if run.status == "running":
+        run.status = "succeeded"
+    run.finished_at = datetime.now(timezone.utc)
+    write_run(lake, run)
+
+
+def conservation_check(run: Run) -> None:
+    """Every input row is in the output, the quarantine, or counted as a duplicate."""
+    accounted = run.rows_out + run.rows_quarantined + run.rows_duplicate
+    if accounted != run.rows_in:
+        raise StageError(
+            f"{run.stage}: conservation broken: {run.rows_in} rows in, {run.rows_out} out + "
+            f"{run.rows_quarantined} quarantined + {run.rows_duplicate} duplicates = {accounted}"
+        )

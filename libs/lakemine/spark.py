@@ -1,0 +1,96 @@
+"""The one way to get a SparkSession: `session(cfg)`.
+
+Only this module knows about the Delta extension and catalog, the Delta jars, shuffle
+partitions, time zone and the UI.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from lakemine.config import Config
+from lakemine.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+DELTA_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def jars_dir(cfg: Config) -> Path:
+    """Folder holding the Delta jars fetched by scripts/setup.sh."""
+    if cfg.spark.jars_dir:
+        return Path(cfg.spark.jars_dir)
+    if os.environ.get("LAKEMINE_JARS_DIR"):
+        return Path(os.environ["LAKEMINE_JARS_DIR"])
+    return _REPO_ROOT / ".jars"
+
+
+def delta_jars(cfg: Config) -> list[str]:
+    """Paths of the Delta jars; raises UsageError saying how to get them when missing."""
+    folder = jars_dir(cfg)
+    jars = sorted(glob.glob(str(folder / "*.jar")))
+    if not any(Path(j).name.startswith("delta-spark_") for j in jars):
+        raise UsageError(
+            f"Delta jars not found in {folder}: run scripts/setup.sh, set spark.jars_dir, "
+            "or set spark.delta_jars: packages to resolve them through Ivy"
+        )
+    return jars
+
+
+def submit_args(cfg: Config) -> list[str]:
+    """spark-submit arguments that put Delta on the classpath and enable its catalog."""
+    if cfg.spark.delta_jars == "packages":
+        args = ["--packages", cfg.spark.delta_packages]
+    else:
+        args = ["--jars", ",".join(delta_jars(cfg))]
+    for key, value in DELTA_CONF.items():
+        args += ["--conf", f"{key}={value}"]
+    return args
+
+
+QUIET_LOG4J = Path(__file__).with_name("log4j2.properties")
+
+
+def session(cfg: Config, submitted: bool = False, quiet: bool = True) -> SparkSession:
+    """The SparkSession for `cfg`, created once per process.
+
+    `submitted=True` is passed by the jobs/ entry points run through spark-submit: the
+    master, memory and jars then come from the spark-submit line, not from the config.
+    """
+    builder = SparkSession.builder.appName(cfg.spark.app_name)
+    conf: dict[str, str] = dict(DELTA_CONF)
+    conf.update(
+        {
+            "spark.sql.shuffle.partitions": str(cfg.spark.shuffle_partitions),
+            "spark.sql.session.timeZone": "UTC",
+            "spark.ui.enabled": str(cfg.spark.ui).lower(),
+            "spark.ui.showConsoleProgress": "false",
+            "spark.sql.adaptive.enabled": "true",
+            "spark.databricks.delta.snapshotPartitions": "2",
+        }
+    )
+    if not submitted:
+        builder = builder.master(cfg.spark.master)
+        conf["spark.driver.memory"] = cfg.spark.driver_memory
+        if quiet:
+            conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={QUIET_LOG4J.as_uri()}"
+        if cfg.spark.delta_jars == "packages":
+            conf["spark.jars.packages"] = cfg.spark.delta_packages
+        else:
+            conf["spark.jars"] = ",".join(delta_jars(cfg))
+    conf.update(cfg.spark.conf)
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR" if quiet else cfg.spark.log_level)
+    log.debug("spark session %s, master %s", spark.version, spark.sparkContext.master)
+    return spark

@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import datetime as dt
+
+import pyspark.sql.functions as F
+import pytest
+from pyspark.testing import assertDataFrameEqual
+
+from lakemine import schemas
+from lakemine.clean import CleanParams, clean, clean_transactions, quarantine_rows, silver_rows
+from lakemine.errors import SchemaError
+
+FORMATS = ("M/d/yyyy H:mm", "M/d/yy H:mm", "yyyy-MM-dd'T'HH:mm:ss", "yyyy-MM-dd HH:mm:ss")
+PARAMS = CleanParams(FORMATS, max_unit_price=1000.0, max_quantity=5000)
+BRONZE_DDL = ", ".join(f"{c} string" for c in schemas.RAW_COLUMNS) + ", _source_file string, _line long, _batch_id string"
+SILVER_COLS = ["invoice_no", "stock_code", "description", "quantity", "invoice_ts", "invoice_date",
+               "unit_price", "line_amount", "customer_id", "country", "is_return", "_line"]
+
+
+def bronze_df(spark, rows):
+    """rows: (InvoiceNo, StockCode, Description, Quantity, InvoiceDate, UnitPrice, CustomerID, Country)."""
+    return spark.createDataFrame(
+        [tuple(r) + ("file:/x.csv", i + 2, "b1") for i, r in enumerate(rows)], BRONZE_DDL)
+
+
+def ts(text):
+    return dt.datetime.fromisoformat(text)
+
+
+def test_clean_types_trims_and_marks_returns(spark):
+    bronze = bronze_df(spark, [
+        (" 536365 ", "85123a", " WHITE HEART ", "6", "12/1/2010 8:26", "2.55", "17850.0", "United Kingdom"),
+        ("c536379", "D", "Discount", "-1", "12/9/11 9:41", "27.50", "14527", "United Kingdom"),
+        ("489434", "85048", "ROSE", "+12", "2009-12-01T07:45:00", "6.95", "13085", "EIRE"),
+        ("489435", "22350", "CAT", "24", "2009-12-01 07:46:00", ".5", "13085", "EIRE"),
+    ])
+    silver = silver_rows(clean_transactions(bronze, PARAMS)).select(*SILVER_COLS)
+    expected = spark.createDataFrame([
+        ("536365", "85123A", "WHITE HEART", 6, ts("2010-12-01 08:26"), dt.date(2010, 12, 1), 2.55, 15.3, "17850", "United Kingdom", False, 2),
+        ("C536379", "D", "Discount", -1, ts("2011-12-09 09:41"), dt.date(2011, 12, 9), 27.5, -27.5, "14527", "United Kingdom", True, 3),
+        ("489434", "85048", "ROSE", 12, ts("2009-12-01 07:45"), dt.date(2009, 12, 1), 6.95, 83.4, "13085", "EIRE", False, 4),
+        ("489435", "22350", "CAT", 24, ts("2009-12-01 07:46"), dt.date(2009, 12, 1), 0.5, 12.0, "13085", "EIRE", False, 5),
+    ], silver.schema)
+    assertDataFrameEqual(silver, expected, rtol=1e-9)
+
+
+def test_clean_quarantines_each_failure_with_its_reason(spark):
+    good = ("1", "A", "X", "1", "12/1/2010 8:26", "1.00", "100", "UK")
+    bad = [
+        (("", "A", "X", "1", "12/1/2010 8:26", "1.00", "100", "UK"), "missing_invoice"),
+        (("2", " ", "X", "1", "12/1/2010 8:26", "1.00", "100", "UK"), "missing_stock_code"),
+        (("3", "A", "X", "1", "31/31/2011 25:61", "1.00", "100", "UK"), "bad_date"),
+        (("4", "A", "X", "1", "not a date", "1.00", "100", "UK"), "bad_date"),
+        (("5", "A", "X", "1", "12/1/0010 8:26", "1.00", "100", "UK"), "bad_date"),
+        (("6", "A", "X", "12x", "12/1/2010 8:26", "1.00", "100", "UK"), "bad_number"),
+        (("7", "A", "X", "1", "12/1/2010 8:26", "2,55", "100", "UK"), "bad_number"),
+        (("8", "A", "X", "1", "12/1/2010 8:26", "N/A", "100", "UK"), "bad_number"),
+        (("9", "A", "X", "1", "12/1/2010 8:26", "1.00", "", "UK"), "missing_customer"),
+        (("10", "A", "X", "-3", "12/1/2010 8:26", "1.00", "100", "UK"), "negative_quantity"),
+        (("11", "A", "X", "0", "12/1/2010 8:26", "1.00", "100", "UK"), "zero_quantity"),
+        (("C12", "A", "X", "3", "12/1/2010 8:26", "1.00", "100", "UK"), "bad_return"),
+        (("13", "A", "X", "1", "12/1/2010 8:26", "-11062.06", "100", "UK"), "bad_price"),
+        (("14", "A", "X", "1", "12/1/2010 8:26", "38970.00", "100", "UK"), "extreme_price"),
+        (("15", "A", "X", "80995", "12/1/2010 8:26", "2.08", "100", "UK"), "extreme_quantity"),
+        (("16", "A", "X", "99999999999", "12/1/2010 8:26", "1.00", "100", "UK"), "bad_number"),
+    ]
+    bronze = bronze_df(spark, [good] + [row for row, _ in bad])
+    classified = clean_transactions(bronze, PARAMS)
+    got = quarantine_rows(classified).select("InvoiceNo", "reason", "stage", "_line")
+    expected = spark.createDataFrame(
+        [(row[0], reason, "clean", i + 3) for i, (row, reason) in enumerate(bad)],
+        "InvoiceNo string, reason string, stage string, _line long")
+    assertDataFrameEqual(got, expected)
+    assert [r["invoice_no"] for r in silver_rows(classified).collect()] == ["1"]
+    detail = quarantine_rows(classified).where(F.col("InvoiceNo") == "7").first()["detail"]
+    assert detail == "UnitPrice '2,55' is not a number"
+
+
+def test_clean_removes_exact_duplicates_and_keeps_the_first_copy(spark):
+    row = ("536365", "85123A", "HEART", "6", "12/1/2010 8:26", "2.55", "17850", "United Kingdom")
+    near = ("536365", "85123A", "HEART", "6", "12/1/2010 8:26", "2.55", "17850", "United Kingdom ")
+    bronze = bronze_df(spark, [row, row, near, row])
+    classified = clean_transactions(bronze, PARAMS)
+    assert classified.agg(F.sum(F.col("copies") - 1)).first()[0] == 2
+    # a trailing space makes it a different raw line: kept, not a duplicate
+    assert sorted(r["_line"] for r in silver_rows(classified).collect()) == [2, 4]
+
+
+def test_cap_policy_caps_outliers_instead_of_quarantining(spark):
+    bronze = bronze_df(spark, [
+        ("14", "A", "X", "1", "12/1/2010 8:26", "38970.00", "100", "UK"),
+        ("15", "A", "X", "-80995", "12/1/2010 8:26", "2.08", "100", "UK"),
+        ("C16", "A", "X", "-80995", "12/1/2010 8:26", "2.08", "100", "UK"),
+    ])
+    p = CleanParams(FORMATS, outlier_policy="cap", max_unit_price=1000.0, max_quantity=5000)
+    classified = clean_transactions(bronze, p)
+    got = silver_rows(classified).select("invoice_no", "quantity", "unit_price")
+    expected = spark.createDataFrame([("14", 1, 1000.0), ("C16", -5000, 2.08)], got.schema)
+    assertDataFrameEqual(got, expected)
+    assert [r["reason"] for r in quarantine_rows(classified).collect()] == ["negative_quantity"]
+
+
+def test_missing_customer_can_be_kept(spark):
+    bronze = bronze_df(spark, [("9", "A", "X", "1", "12/1/2010 8:26", "1.00", " ", "UK")])
+    classified = clean_transactions(bronze, CleanParams(FORMATS, missing_customer="keep"))
+    rows = silver_rows(classified).select("invoice_no", "customer_id").collect()
+    assert [(r["invoice_no"], r["customer_id"]) for r in rows] == [("9", None)]
+
+
+def test_clean_names_the_missing_column(spark):
+    df = spark.createDataFrame([("1",)], "InvoiceNo string")
+    with pytest.raises(SchemaError, match="table bronze/transactions has no column 'StockCode'"):
+        clean_transactions(df, PARAMS)
+
+
+def test_clean_stage_is_idempotent_and_records_conservation(lake, lake_cfg, spark):
+    rows = [
+        ("1", "A", "X", "1", "12/1/2010 8:26", "1.00", "100", "UK"),
+        ("1", "A", "X", "1", "12/1/2010 8:26", "1.00", "100", "UK"),
+        ("2", "A", "X", "1", "bad", "1.00", "100", "UK"),
+        ("3", "B", "Y", "2", "12/2/2010 9:00", "3.00", "101", "UK"),
+    ]
+    bronze = bronze_df(spark, rows).withColumn("_ingested_at", F.current_timestamp())
+    lake.append(bronze, schemas.BRONZE_TRANSACTIONS)
+    first = clean(lake, lake_cfg)
+    silver1 = lake.read_table(schemas.SILVER_TRANSACTIONS).collect()
+    second = clean(lake, lake_cfg)
+    assertDataFrameEqual(lake.read_table(schemas.SILVER_TRANSACTIONS), silver1)
+    assertDataFrameEqual(lake.read_table(schemas.SILVER_QUARANTINE).select("InvoiceNo", "reason"),
+                         spark.createDataFrame([("2", "bad_date")], "InvoiceNo string, reason string"))
+    for run in (first, second):
+        assert (run.rows_in, run.rows_out, run.rows_quarantined, run.rows_duplicate) == (4, 2, 1, 1)
+        assert run.as_of == dt.date(2010, 12, 2)
+    recorded = lake.read_table(schemas.OPS_RUNS).where("stage = 'clean'").collect()
+    assert len(recorded) == 2
+    for r in recorded:
+        assert r["rows_in"] == r["rows_out"] + r["rows_quarantined"] + r["rows_duplicate"]
+        assert r["inputs"] == {"bronze/transactions": 0}
+        assert set(r["outputs"]) == {"silver/transactions", "silver/quarantine"}
+        assert r["quarantine_reasons"] == {"bad_date": 1}

@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pyspark.sql.functions as F
+import pytest
+from pyspark.testing import assertDataFrameEqual
+
+from conftest import write_lines
+from lakemine import schemas
+from lakemine.errors import InputError
+from lakemine.ingest import ingest
+
+HEADER = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country"
+HEADER_II = "Invoice,StockCode,Description,Quantity,InvoiceDate,Price,Customer ID,Country"
+BRONZE_COLS = list(schemas.RAW_COLUMNS) + ["_source_file", "_line"]
+QUARANTINE_COLS = ["_raw", "reason", "_source_file", "_line", "stage"]
+
+
+def bronze(lake, cols=BRONZE_COLS):
+    return lake.read_table(schemas.BRONZE_TRANSACTIONS).select(*cols)
+
+
+def quarantine(lake, cols=QUARANTINE_COLS):
+    return lake.read_table(schemas.BRONZE_QUARANTINE).select(*cols)
+
+
+def runs(lake):
+    return lake.read_table(schemas.OPS_RUNS)
+
+
+def test_ingest_reads_both_layouts_bom_crlf_and_quoted_commas(lake, lake_cfg, tmp_path):
+    a = write_lines(tmp_path / "in" / "a.csv", [
+        HEADER,
+        '536365,85123A,"HANGING HEART, WHITE",6,12/1/2010 8:26,2.55,17850,United Kingdom',
+        '536366,22633,"HAND WARMER ""UNION JACK""",6,12/1/2010 8:28,1.85,17850,United Kingdom',
+    ], bom=True, newline="\r\n")
+    b = write_lines(tmp_path / "in" / "b.csv", [
+        HEADER_II,
+        "C489449,22087,PAPER BUNTING,-12,2009-12-01T10:33:00,2.95,16321,Australia",
+    ])
+    result = ingest(lake, lake_cfg, str(tmp_path / "in"))
+    ua, ub = f"file:{a}", f"file:{b}"
+    expected = lake.spark.createDataFrame([
+        ("536365", "85123A", "HANGING HEART, WHITE", "6", "12/1/2010 8:26", "2.55", "17850", "United Kingdom", ua, 2),
+        ("536366", "22633", 'HAND WARMER "UNION JACK"', "6", "12/1/2010 8:28", "1.85", "17850", "United Kingdom", ua, 3),
+        ("C489449", "22087", "PAPER BUNTING", "-12", "2009-12-01T10:33:00", "2.95", "16321", "Australia", ub, 2),
+    ], BRONZE_COLS)
+    assertDataFrameEqual(bronze(lake), expected)
+    assert result.run.rows_in == 3 and result.run.rows_out == 3 and result.run.rows_quarantined == 0
+    batch_ids = {r["_source_file"]: r["_batch_id"] for r in bronze(lake, ["_source_file", "_batch_id"]).collect()}
+    assert len(set(batch_ids.values())) == 2
+
+
+def test_ingest_quarantines_unreadable_lines_with_reasons(lake, lake_cfg, tmp_path):
+    path = tmp_path / "dirty.csv"
+    lines = [
+        HEADER,
+        "536365,85123A,HEART,6,12/1/2010 8:26,2.55,17850,United Kingdom",
+        "",
+        "536365,85123A,HEART,6,12/1/2010 8:26",
+        '536365,85123A,"HEART,6,12/1/2010 8:26,2.55,17850,United Kingdom',
+        HEADER,
+        "536367,84879,BIRD,32,12/1/2010 8:34,1.69,13047,United Kingdom,extra",
+    ]
+    raw = ("\n".join(lines) + "\n").encode() + b"536368,22960,JAM MAKING SET \xff\xfe,6,12/1/2010 8:34,4.25,13047,France\n"
+    path.write_bytes(raw)
+    result = ingest(lake, lake_cfg, str(path))
+    uri = f"file:{path}"
+    expected = lake.spark.createDataFrame([
+        ("", "blank_line", uri, 3, "ingest"),
+        ("536365,85123A,HEART,6,12/1/2010 8:26", "bad_field_count", uri, 4, "ingest"),
+        ('536365,85123A,"HEART,6,12/1/2010 8:26,2.55,17850,United Kingdom', "bad_quoting", uri, 5, "ingest"),
+        (HEADER, "repeated_header", uri, 6, "ingest"),
+        ("536367,84879,BIRD,32,12/1/2010 8:34,1.69,13047,United Kingdom,extra", "bad_field_count", uri, 7, "ingest"),
+        ("536368,22960,JAM MAKING SET \ufffd\ufffd,6,12/1/2010 8:34,4.25,13047,France", "bad_encoding", uri, 8, "ingest"),
+    ], QUARANTINE_COLS)
+    assertDataFrameEqual(quarantine(lake), expected)
+    assert [r["_line"] for r in bronze(lake).collect()] == [2]
+    assert result.run.quarantine_reasons == {
+        "blank_line": 1, "bad_field_count": 2, "bad_quoting": 1, "repeated_header": 1, "bad_encoding": 1}
+    details = {r["reason"]: r["detail"] for r in lake.read_table(schemas.BRONZE_QUARANTINE).collect()}
+    assert details["bad_field_count"] in ("5 fields, expected 8", "9 fields, expected 8")
+
+
+def test_reingesting_the_same_content_is_a_noop(lake, lake_cfg, tmp_path):
+    rows = [HEADER, "536365,85123A,HEART,6,12/1/2010 8:26,2.55,17850,United Kingdom", ""]
+    write_lines(tmp_path / "day1" / "export.csv", rows)
+    first = ingest(lake, lake_cfg, str(tmp_path / "day1"))
+    version = lake.table_version(schemas.BRONZE_TRANSACTIONS)
+    # same bytes under another name: same batch, nothing written
+    write_lines(tmp_path / "copy" / "renamed.csv", rows)
+    second = ingest(lake, lake_cfg, str(tmp_path / "copy"))
+    assert first.run.status == "succeeded" and second.run.status == "noop"
+    assert lake.table_version(schemas.BRONZE_TRANSACTIONS) == version
+    assert bronze(lake).count() == 1 and quarantine(lake).count() == 1
+    statuses = sorted(r["status"] for r in runs(lake).collect())
+    assert statuses == ["noop", "succeeded"]
+
+
+def test_line_numbers_are_exact_when_a_file_is_split_across_tasks(spark, lake, lake_cfg, tmp_path):
+    n = 3000
+    lines = [HEADER] + [f"{600000 + i},85123A,HEART,{i % 50 + 1},12/1/2010 8:26,2.55,17850,United Kingdom" for i in range(n)]
+    path = write_lines(tmp_path / "big.csv", lines)
+    old = spark.conf.get("spark.sql.files.maxPartitionBytes")
+    spark.conf.set("spark.sql.files.maxPartitionBytes", "16k")
+    try:
+        assert spark.read.text(str(path)).rdd.getNumPartitions() > 5
+        ingest(lake, lake_cfg, str(path))
+    finally:
+        spark.conf.set("spark.sql.files.maxPartitionBytes", old)
+    got = bronze(lake, ["InvoiceNo", "_line"])
+    expected = spark.createDataFrame([(str(600000 + i), i + 2) for i in range(n)], ["InvoiceNo", "_line"])
+    assertDataFrameEqual(got, expected)
+
+
+def test_parquet_input_in_layout_ii_is_read_as_strings(lake, lake_cfg, tmp_path):
+    table = pa.table({
+        "Invoice": ["489434", "489435"],
+        "StockCode": ["85048", "22350"],
+        "Description": ["ROSE CUSHION", "CAT BOWL"],
+        "Quantity": pa.array([12, 24], pa.int64()),
+        "InvoiceDate": ["12/1/2009 7:45", "12/1/2009 7:46"],
+        "Price": pa.array([6.95, 2.1], pa.float64()),
+        "Customer ID": pa.array([13085.0, None], pa.float64()),
+        "Country": ["United Kingdom", "United Kingdom"],
+    })
+    path = tmp_path / "retail.parquet"
+    pq.write_table(table, path)
+    ingest(lake, lake_cfg, str(path))
+    uri = f"file:{path}"
+    expected = lake.spark.createDataFrame([
+        ("489434", "85048", "ROSE CUSHION", "12", "12/1/2009 7:45", "6.95", "13085.0", "United Kingdom", uri, 1),
+        ("489435", "22350", "CAT BOWL", "24", "12/1/2009 7:46", "2.1", None, "United Kingdom", uri, 2),
+    ], BRONZE_COLS)
+    assertDataFrameEqual(bronze(lake), expected)
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("empty.csv", b"", "empty file"),
+        ("blank.csv", b"\n\n", "empty file"),
+        ("junk.csv", bytes(range(256)) * 4, "binary data"),
+        ("utf16.csv", HEADER.encode("utf-16"), "UTF-16"),
+        ("cols.csv", b"order,sku,qty\n1,2,3\n", "match neither UCI layout"),
+        ("latin1.csv", "Factura,C\xf3digo\n".encode("latin-1"), "not valid UTF-8"),
+        ("fake.parquet", b"PAR1 not really", "unreadable Parquet"),
+        ("text.parquet", b"hello", "not a Parquet file"),
+    ],
+)
+def test_unusable_files_raise_input_error_and_write_nothing(lake, lake_cfg, tmp_path, name, content, message):
+    good = write_lines(tmp_path / "in" / "a_good.csv", [HEADER, "1,2,X,1,12/1/2010 8:26,1.0,1,UK"])
+    bad = tmp_path / "in" / name
+    bad.write_bytes(content)
+    with pytest.raises(InputError, match=message) as err:
+        ingest(lake, lake_cfg, str(tmp_path / "in"))
+    assert name in str(err.value) and "\n" not in str(err.value)
+    assert good.exists()
+    assert not lake.exists(schemas.BRONZE_TRANSACTIONS) and not lake.exists(schemas.OPS_RUNS)
+
+
+def test_missing_path_and_empty_folder_raise_input_error(lake, lake_cfg, tmp_path):
+    with pytest.raises(InputError, match="no such file or directory"):
+        ingest(lake, lake_cfg, str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "_manifest.json").write_text("{}")
+    with pytest.raises(InputError, match="no input files"):
+        ingest(lake, lake_cfg, str(tmp_path / "empty"))
