@@ -173,9 +173,21 @@ def cmd_generate(args, cfg, console, submitted) -> int:
     return 0
 
 
+def _check_local_input(path: str) -> None:
+    """Fail fast, before Spark starts, on a local input path that does not exist."""
+    import glob
+    import os
+
+    if "://" in path or path.startswith("file:"):
+        return
+    if not os.path.exists(path) and not glob.glob(path):
+        raise UsageError(f"{path}: no such file or directory")
+
+
 def cmd_ingest(args, cfg, console, submitted) -> int:
     from lakemine.ingest import ingest
 
+    _check_local_input(args.input)
     lake = _open(cfg, args, submitted)
     console.step("ingest", f"{args.input} -> {lake.path(schemas.BRONZE_TRANSACTIONS)}")
     result = ingest(lake, cfg, args.input, args.as_of)
@@ -197,6 +209,8 @@ def cmd_clean(args, cfg, console, submitted) -> int:
 def cmd_run(args, cfg, console, submitted) -> int:
     from lakemine.pipeline import run_pipeline
 
+    if args.input:
+        _check_local_input(args.input)
     lake = _open(cfg, args, submitted)
     summary = run_pipeline(lake, cfg, args, console)
     console.out(summary)

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, write_lines
+from lakemine import schemas
+from lakemine.cli import main
+
+HEADER = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country"
+
+
+def test_missing_input_exits_2_with_one_line(tmp_path, capsys):
+    code = main(["ingest", "--input", str(tmp_path / "nope"), "--lake", str(tmp_path / "lake")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == [f"lakemine ingest: error: {tmp_path / 'nope'}: no such file or directory"]
+    assert not (tmp_path / "lake").exists()
+
+
+def test_wrong_columns_exit_2_naming_the_file(spark, tmp_path, capsys):
+    path = write_lines(tmp_path / "orders.csv", ["order,sku", "1,2"])
+    code = main(["ingest", "--input", str(path), "--lake", str(tmp_path / "lake")])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lakemine")]
+    assert code == 2
+    assert len(err) == 1 and "orders.csv: columns ['order', 'sku'] match neither UCI layout" in err[0]
+    assert not (tmp_path / "lake").exists()
+
+
+def test_clean_without_bronze_exits_1_naming_the_table(spark, tmp_path, capsys):
+    code = main(["clean", "--lake", str(tmp_path / "lake")])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lakemine")]
+    assert code == 1
+    assert err == [f"lakemine clean: failed: table bronze/transactions does not exist in lake {tmp_path / 'lake'}"]
+
+
+@pytest.mark.parametrize("argv", [["ingest"], ["clean", "--as-of", "2011-13-01"], ["generate", "--out", "x", "--dirty-rate", "2"]])
+def test_bad_arguments_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_bad_config_value_exits_2_naming_the_key(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("clean:\n  outlier_policy: drop\n")
+    code = main(["clean", "--config", str(path), "--lake", str(tmp_path / "lake")])
+    assert code == 2
+    assert "'clean.outlier_policy' has value 'drop'; allowed: quarantine, cap" in capsys.readouterr().err
+
+
+def test_run_generates_ingests_cleans_and_summarizes(spark, tmp_path, capsys):
+    lake = tmp_path / "lake"
+    code = main(["run", "--lake", str(lake), "--customers", "40", "--days", "60", "--dirty-rate", "0.01"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for expected in ("silver/transactions", "quarantined by reason", "conservation (this run)", "wall time per stage"):
+        assert expected in out
+    from lakemine.lake import Lake
+
+    assert Lake.at(spark, str(lake)).exists(schemas.SILVER_TRANSACTIONS)
+
+
+@pytest.mark.slow
+def test_jobs_run_through_spark_submit(tmp_path, venv_env):
+    """jobs/ingest.py and jobs/clean.py as a cluster user runs them: spark-submit subprocesses."""
+    write_lines(tmp_path / "raw" / "a.csv", [
+        HEADER,
+        "536365,85123A,HEART,6,12/1/2010 8:26,2.55,17850,United Kingdom",
+        "536365,85123A,HEART,6,12/1/2010 8:26,2.55,17850,United Kingdom",
+        "536366,22633,WARMER,6,bad date,1.85,17850,United Kingdom",
+        "",
+    ])
+    lake = tmp_path / "lake"
+    submit_args = subprocess.run(
+        [sys.executable, "-m", "lakemine.submit_args"], check=True, capture_output=True, text=True, env=venv_env
+    ).stdout.split()
+    venv_env["PYSPARK_PYTHON"] = sys.executable
+    base = [str(REPO / ".venv" / "bin" / "spark-submit"), "--master", "local[1]", *submit_args]
+    expected = {
+        "ingest": "ingest: status=succeeded in=4 out=3 quarantined=1",
+        "clean": "clean: status=succeeded in=3 out=1 quarantined=1 duplicates=1",
+    }
+    for job, extra in (("ingest", ["--input", str(tmp_path / "raw")]), ("clean", [])):
+        proc = subprocess.run(
+            [*base, str(REPO / "jobs" / f"{job}.py"), "--lake", str(lake), *extra],
+            capture_output=True, text=True, env=venv_env, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert expected[job] in proc.stdout, proc.stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "lakemine", "show", "ops/runs", "--lake", str(lake)],
+        capture_output=True, text=True, env=venv_env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ingest" in proc.stdout and "clean" in proc.stdout
