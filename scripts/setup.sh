@@ -48,8 +48,19 @@ for cand in python3.11 python3; do
 done
 [[ -n "$PY" ]] || die "needs Python 3.10-3.12 (3.11 verified); none found on PATH"
 
-# --- virtual environment with the pinned stack ---------------------------------------
+# --- fast path: everything was set up by this very script and nothing it reads changed ---
 DEPS_HASH="$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
+READY_HASH="$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" "$ROOT/infra/maven/pom.xml" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-16)"
+READY="$VENV/.lakemine-ready"
+if [[ "$FORCE" != 1 && "$(cat "$READY" 2>/dev/null)" == "$READY_HASH" && -x "$VENV/bin/lakemine" \
+      && -d "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/horovod/torch" \
+      && -f "$JARS/delta-spark_2.13-${DELTA_VERSION}.jar" ]]; then
+  say "already set up (.venv, horovod, .jars); LAKEMINE_FORCE_SETUP=1 redoes every step"
+  exit 0
+fi
+rm -f "$READY"
+
+# --- virtual environment with the pinned stack ---------------------------------------
 STAMP="$VENV/.lakemine-deps"
 if [[ "$FORCE" == 1 || ! -x "$VENV/bin/python" || "$(cat "$STAMP" 2>/dev/null)" != "$DEPS_HASH" ]]; then
   [[ -x "$VENV/bin/python" ]] || { say "creating .venv with $PY"; "$PY" -m venv "$VENV"; }
@@ -110,13 +121,16 @@ if [[ "$FORCE" == 1 || ! -f "$JARS/delta-spark_2.13-${DELTA_VERSION}.jar" || ! -
   command -v mvn >/dev/null 2>&1 || die "fetching the Delta jars needs Maven (apt-get install maven)"
   say "fetching Delta ${DELTA_VERSION} jars with Maven into .jars/"
   mkdir -p "$JARS"
-  mvn -q -B -f "$ROOT/infra/maven/pom.xml" dependency:copy-dependencies \
-      -DoutputDirectory="$JARS" -DincludeScope=runtime >/dev/null \
-    || die "Maven could not fetch io.delta:delta-spark_2.13:${DELTA_VERSION} (is Maven Central reachable?)"
+  MVN_LOG="$(mktemp)"
+  mvn -q -B -Dstyle.color=never -f "$ROOT/infra/maven/pom.xml" dependency:copy-dependencies \
+      -DoutputDirectory="$JARS" -DincludeScope=runtime >"$MVN_LOG" 2>&1 \
+    || { tail -20 "$MVN_LOG" >&2; die "Maven could not fetch io.delta:delta-spark_2.13:${DELTA_VERSION} (is Maven Central reachable?)"; }
+  rm -f "$MVN_LOG"
 else
   say "delta jars present (.jars)"
 fi
 
 "$VENV/bin/python" -c 'import pyspark, delta, pyarrow, numpy, petastorm, torch, airflow; assert pyspark.__version__.startswith("4.0."), pyspark.__version__; assert pyarrow.__version__ == "14.0.2", pyarrow.__version__; assert numpy.__version__ < "2", numpy.__version__' \
   || die "the installed stack does not match the pins (see requirements.txt)"
+echo "$READY_HASH" > "$READY"
 say "ready: .venv/bin/lakemine, .venv/bin/spark-submit, .venv/bin/airflow"

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 
 import pyspark.sql.functions as F
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 
 from lakemine import fsutil, schemas
@@ -106,12 +107,16 @@ def inspect_inputs(spark: SparkSession, pattern: str, suffixes: tuple[str, ...])
     return files
 
 
-def _numbered(df: DataFrame, header_lines: int) -> DataFrame:
+def _numbered(df: DataFrame, content: list) -> tuple[DataFrame, dict[str, tuple[str, int]]]:
     """Add `_line` (1-based position in its file) to rows read by a file source.
 
     Rows of one split arrive in file order with consecutive monotonically increasing ids, so
-    the line is the rows in earlier splits of the file plus the position inside the split.
+    a row's line is the rows in earlier splits of its file plus its position in the split. The
+    same pass sums a 64-bit hash of every row's `content` per file, giving each file a batch
+    id that depends on its rows only (not on its name or on how Spark split it).
+    Returns the numbered rows and {file: (batch id, rows)}.
     """
+    h = F.xxhash64(*content)
     df = df.select(
         F.col("_metadata.file_path").alias("_source_file"),
         F.col("_metadata.file_block_start").alias("_block"),
@@ -120,100 +125,117 @@ def _numbered(df: DataFrame, header_lines: int) -> DataFrame:
     )
     blocks = (
         df.groupBy("_source_file", "_block")
-        .agg(F.count(F.lit(1)).alias("n"), F.min("_id").alias("first_id"))
+        .agg(
+            F.count(F.lit(1)).alias("n"),
+            F.min("_id").alias("first_id"),
+            F.sum(h.bitwiseAND(F.lit(0xFFFFFFFF))).alias("lo"),
+            F.sum(F.shiftrightunsigned(h, 32)).alias("hi"),
+        )
         .collect()
     )
-    offsets, running = [], {}
+    offsets, files = [], {}
     for row in sorted(blocks, key=lambda r: (r["_source_file"], r["_block"])):
-        before = running.get(row["_source_file"], 0)
-        offsets.append((row["_source_file"], row["_block"], before, row["first_id"]))
-        running[row["_source_file"]] = before + row["n"]
-    spark = df.sparkSession
-    offs = spark.createDataFrame(offsets, "_source_file string, _block long, before long, first_id long")
-    line = F.col("before") + F.col("_id") - F.col("first_id") + 1 - header_lines
-    return (
+        n, lo, hi = files.get(row["_source_file"], (0, 0, 0))
+        offsets.append((row["_source_file"], row["_block"], n, row["first_id"]))
+        files[row["_source_file"]] = (n + row["n"], lo + row["lo"], hi + row["hi"])
+    batches = {
+        path: (hashlib.sha1(f"{n}:{lo % 2**64}:{hi % 2**64}".encode()).hexdigest()[:20], n)
+        for path, (n, lo, hi) in files.items()
+    }
+    offs = df.sparkSession.createDataFrame(offsets, "_source_file string, _block long, before long, first_id long")
+    numbered = (
         df.join(F.broadcast(offs), ["_source_file", "_block"])
-        .withColumn("_line", line + header_lines)
+        .withColumn("_line", F.col("before") + F.col("_id") - F.col("first_id") + 1)
         .drop("_block", "_id", "before", "first_id")
     )
+    return numbered, batches
 
 
 def parse_csv_lines(lines: DataFrame, columns: tuple[str, ...], layout: str) -> DataFrame:
     """Classify and split CSV data lines (`value`, lineage columns) of one header layout.
 
-    Returns the raw columns (canonical names, strings), `_raw`, and `reason`/`detail`, null for
-    a good line, else one of: blank_line, bad_encoding, repeated_header, bad_quoting,
-    bad_field_count.
+    Returns the raw columns (canonical names, strings, empty fields null), `_raw`, and
+    `reason`/`detail`: null for a good line, else one of blank_line, bad_encoding,
+    repeated_header, bad_quoting, bad_field_count.
+
+    Lines without a double quote (nearly all) are split on commas; only quoted lines go
+    through the CSV parser. Each step is its own projection so that no regular expression
+    or parse runs more than once per line.
     """
     mapping = schemas.LAYOUTS[layout]
-    value = F.regexp_replace(F.col("value"), "\r$", "")
-    unquoted = F.regexp_replace(value, r'"(?:[^"]|"")*"', "")
-    n_fields = F.size(F.split(unquoted, ",", -1))
+    value = F.col("value")
+    quoted = value.contains('"')
+    # A quoted field is one or more "..." runs ("" inside a field splits it into two runs),
+    # so removing every "[^"]*" run leaves the commas that separate fields.
+    unquoted = F.regexp_replace(value, '"[^"]*"', "")
+    step = lines.select(
+        "*",
+        quoted.alias("_quoted"),
+        F.when(quoted, unquoted).alias("_unquoted"),
+    ).select(
+        "*",
+        F.size(F.split(F.coalesce(F.col("_unquoted"), value), ",", -1)).alias("_n"),
+        F.coalesce(F.col("_unquoted").contains('"'), F.lit(False)).alias("_unbalanced"),
+    )
+    n = F.col("_n")
     header = ",".join(columns)
     reason = (
         F.when(F.trim(value) == "", F.lit("blank_line"))
-        .when(value.contains("\ufffd"), F.lit("bad_encoding"))
-        .when(F.regexp_replace(value, '"', "") == header, F.lit("repeated_header"))
-        .when(unquoted.contains('"'), F.lit("bad_quoting"))
-        .when(n_fields != len(columns), F.lit("bad_field_count"))
+        .when(~F.is_valid_utf8(value), F.lit("bad_encoding"))
+        .when(F.translate(value, '"', "") == header, F.lit("repeated_header"))
+        .when(F.col("_unbalanced"), F.lit("bad_quoting"))
+        .when(n != len(columns), F.lit("bad_field_count"))
     )
+    step = step.withColumn("reason", reason)
+    r = F.col("reason")
     detail = (
-        F.when(reason == "bad_field_count", F.format_string(f"%d fields, expected {len(columns)}", n_fields))
-        .when(reason == "bad_encoding", F.lit("line is not valid UTF-8"))
-        .when(reason == "bad_quoting", F.lit("unbalanced double quote"))
-        .when(reason == "blank_line", F.lit("empty line"))
-        .when(reason == "repeated_header", F.lit("header line inside the data"))
+        F.when(r == "bad_field_count", F.format_string(f"%d fields, expected {len(columns)}", n))
+        .when(r == "bad_encoding", F.lit("line is not valid UTF-8"))
+        .when(r == "bad_quoting", F.lit("unbalanced double quote"))
+        .when(r == "blank_line", F.lit("empty line"))
+        .when(r == "repeated_header", F.lit("header line inside the data"))
     )
     ddl = ", ".join(f"`{c}` STRING" for c in columns)
     parsed = F.from_csv(value, ddl, {"mode": "PERMISSIVE", "nullValue": "", "escape": '"'})
-    raw = [
-        F.when(reason.isNull(), parsed.getField(src)).alias(mapping[src]) for src in columns
-    ]
-    return lines.select(
+    fields = F.when(r.isNull() & F.col("_quoted"), F.array(*[parsed.getField(c) for c in columns])).when(
+        r.isNull(), F.split(value, ",", -1)
+    )
+    step = step.select("*", detail.alias("detail"), fields.alias("_fields"))
+    raw = []
+    for i, src in enumerate(columns):
+        field = F.col("_fields").getItem(i)
+        raw.append(F.when(field != "", field).alias(mapping[src]))
+    return step.select(
         *raw,
-        F.col("value").alias("_raw"),
-        reason.alias("reason"),
-        detail.alias("detail"),
+        F.make_valid_utf8(value).alias("_raw"),
+        "reason",
+        "detail",
         "_source_file",
         "_line",
     )
 
 
-def _read_group(spark: SparkSession, files: list[RawFile]) -> tuple[DataFrame, DataFrame]:
-    """(every physical row with `_hash`, parsed data rows) of files sharing format and header."""
+def _read_group(spark: SparkSession, files: list[RawFile]) -> tuple[DataFrame, dict[str, tuple[str, int]]]:
+    """Parsed data rows of files sharing one format and header, and {file: (batch id, data rows)}."""
     first = files[0]
     paths = [f.path for f in files]
     if first.fmt == "csv":
-        lines = _numbered(spark.read.text(paths), header_lines=0)
-        hashed = lines.withColumn("_hash", F.xxhash64("value", "_line"))
-        body = hashed.where(F.col("_line") > 1)
-        return hashed, parse_csv_lines(body, first.columns, first.layout)
-    rows = _numbered(spark.read.parquet(*paths), header_lines=0)
+        lines, batches = _numbered(spark.read.text(paths), [F.col("value")])
+        body = lines.where(F.col("_line") > 1)
+        batches = {path: (batch, n - 1) for path, (batch, n) in batches.items()}
+        return parse_csv_lines(body, first.columns, first.layout), batches
+    raw = spark.read.parquet(*paths)
+    rows, batches = _numbered(raw, [F.col(f"`{c}`").cast("string") for c in first.columns])
     mapping = schemas.LAYOUTS[first.layout]
-    strings = [F.col(f"`{c}`").cast("string").alias(mapping[c]) for c in first.columns]
-    rows = rows.select(*strings, "_source_file", "_line")
-    rows = rows.withColumn("_hash", F.xxhash64(*schemas.RAW_COLUMNS, "_line"))
     parsed = rows.select(
-        *schemas.RAW_COLUMNS,
+        *[F.col(f"`{c}`").cast("string").alias(mapping[c]) for c in first.columns],
         F.lit(None).cast("string").alias("_raw"),
         F.lit(None).cast("string").alias("reason"),
         F.lit(None).cast("string").alias("detail"),
         "_source_file",
         "_line",
     )
-    return rows, parsed
-
-
-def _batch_ids(hashed: DataFrame, header_lines: int) -> dict[str, tuple[str, int]]:
-    """source file -> (content batch id, data rows). The id hashes every line and its number."""
-    rows = hashed.groupBy("_source_file").agg(
-        F.count(F.lit(1)).alias("n"), F.bit_xor("_hash").alias("x")
-    ).collect()
-    out = {}
-    for r in rows:
-        digest = hashlib.sha1(f"{r['n']}:{r['x']}".encode()).hexdigest()[:20]
-        out[r["_source_file"]] = (digest, int(r["n"]) - header_lines)
-    return out
+    return parsed, batches
 
 
 def _existing_batches(lake: Lake, batch_ids: list[str]) -> set[str]:
@@ -251,8 +273,8 @@ def ingest(
         batches: dict[str, tuple[str, int]] = {}
         parsed_parts = []
         for (fmt, _), group in groups.items():
-            hashed, parsed = _read_group(spark, group)
-            batches.update(_batch_ids(hashed, 1 if fmt == "csv" else 0))
+            parsed, group_batches = _read_group(spark, group)
+            batches.update(group_batches)
             parsed_parts.append(parsed)
 
         # the same content twice in one run, or already in bronze: skip it
@@ -279,7 +301,7 @@ def ingest(
         rows = parsed_parts[0]
         for part in parsed_parts[1:]:
             rows = rows.unionByName(part)
-        rows = rows.join(F.broadcast(batch_map), "_source_file")
+        rows = rows.join(F.broadcast(batch_map), "_source_file").persist(StorageLevel.MEMORY_AND_DISK)
         ingested_at = datetime.now(timezone.utc).replace(tzinfo=None)
         good = rows.where(F.col("reason").isNull()).select(
             *schemas.RAW_COLUMNS, "_source_file", "_line", "_batch_id",
@@ -290,17 +312,15 @@ def ingest(
             "_source_file", "_line", "_batch_id",
         )
         batch_ids = sorted(new.values())
-        run.outputs[schemas.BRONZE_TRANSACTIONS] = lake.replace_batches(good, schemas.BRONZE_TRANSACTIONS, batch_ids)
-        run.outputs[schemas.BRONZE_QUARANTINE] = lake.replace_batches(bad, schemas.BRONZE_QUARANTINE, batch_ids)
-
-        run.rows_out = lake.rows_written(schemas.BRONZE_TRANSACTIONS)
-        reasons = (
-            lake.read_table(schemas.BRONZE_QUARANTINE)
-            .where(F.col("_batch_id").isin(batch_ids))
-            .groupBy("reason").count().collect()
-        )
-        run.quarantine_reasons = {r["reason"]: int(r["count"]) for r in reasons}
-        run.rows_quarantined = sum(run.quarantine_reasons.values())
+        try:
+            run.outputs[schemas.BRONZE_TRANSACTIONS] = lake.replace_batches(good, schemas.BRONZE_TRANSACTIONS, batch_ids)
+            run.rows_out = lake.rows_written(schemas.BRONZE_TRANSACTIONS)
+            run.outputs[schemas.BRONZE_QUARANTINE] = lake.replace_batches(bad, schemas.BRONZE_QUARANTINE, batch_ids)
+            run.rows_quarantined = lake.rows_written(schemas.BRONZE_QUARANTINE)
+            reasons = rows.where(F.col("reason").isNotNull()).groupBy("reason").count().collect()
+            run.quarantine_reasons = {r["reason"]: int(r["count"]) for r in reasons}
+        finally:
+            rows.unpersist()
         conservation_check(run)
         return IngestResult(run, len(files), batch_ids, skipped)
 
