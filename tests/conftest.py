@@ -60,3 +60,26 @@ def venv_env() -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{REPO / '.venv' / 'bin'}:{env.get('PATH', '')}"
     return env
+
+
+@pytest.fixture(scope="session")
+def gold_lake(spark, cfg, tmp_path_factory):
+    """Generated data (400 customers, a year) through ingest, clean and features, once per run.
+
+    Returns (lake, cfg, truth DataFrame of planted groups, manifest). Tests must not write to it.
+    """
+    from lakemine.clean import clean
+    from lakemine.features import run_features
+    from lakemine.generate import GenerateParams, generate
+    from lakemine.ingest import ingest
+    from lakemine.lake import Lake
+
+    root = tmp_path_factory.mktemp("gold")
+    manifest = generate(spark, str(root / "raw"), GenerateParams(customers=400, days=365, seed=3))
+    lake = Lake.at(spark, str(root / "lake"))
+    lake_cfg = cfg.with_lake(lake.root)
+    ingest(lake, lake_cfg, str(root / "raw"))
+    clean(lake, lake_cfg)
+    run_features(lake, lake_cfg)
+    truth = spark.read.parquet(str(root / "raw" / "_truth" / "customers"))
+    return lake, lake_cfg, truth, manifest

@@ -63,6 +63,26 @@ def _rate(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be in (0, 1]")
+    return value
+
+
+def _range(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in text.split("-", 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a range like 2-10") from None
+    if not 2 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"'{text}' needs 2 <= low <= high")
+    return lo, hi
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lake", metavar="PATH_OR_URI", help="lake root (default from config: ./lake)")
     p.add_argument("--as-of", type=_date, metavar="YYYY-MM-DD", help="logical date (default: the latest date in the data)")
@@ -107,6 +127,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("clean", help="bronze into silver/transactions",
                        description="Type, trim and validate bronze rows into silver/transactions; exact duplicate lines "
                        "are removed and counted; failing rows go to silver/quarantine with a reason code.")
+    _common(p)
+
+    p = sub.add_parser("features", help="silver into gold baskets, customer features and labels",
+                       description="Build gold/baskets (every sales invoice), and for --as-of: gold/customer_features "
+                       "(RFM and behaviour, using only rows on or before as-of, with standardized z_ copies), "
+                       "gold/feature_scaler and gold/labels (churned = no purchase in the horizon after as-of).")
+    p.add_argument("--horizon-days", type=_positive_int, metavar="H", help="churn horizon in days (default from config: 90)")
+    _common(p)
+
+    p = sub.add_parser("fpgrowth", help="gold/baskets into frequent itemsets and association rules",
+                       description="Exact frequent itemsets and single-consequent rules with MLlib's definitions. The "
+                       "default engine (pfp) shards baskets by item groups and mines each group with pyfim's C "
+                       "FP-growth in parallel; --engine mllib uses pyspark.ml.fpm.FPGrowth.")
+    p.add_argument("--min-support", type=_fraction, default=0.01, metavar="S", help="minimum support, a fraction of baskets (default 0.01)")
+    p.add_argument("--min-confidence", type=_fraction, default=0.5, metavar="C", help="minimum rule confidence (default 0.5)")
+    p.add_argument("--window-days", type=int, default=0, metavar="W", help="baskets of the W days up to as-of; 0 = all (default)")
+    p.add_argument("--max-itemsets", type=_positive_int, default=1_000_000, metavar="N",
+                   help="stop with a message naming the support to use when more itemsets are found (default 1,000,000)")
+    p.add_argument("--max-length", type=_positive_int, metavar="L", help="longest itemset to mine (default: no limit)")
+    p.add_argument("--engine", choices=("pfp", "mllib"), default="pfp", help="mining engine (default pfp)")
+    p.add_argument("--groups", type=_positive_int, help="item groups for pfp (default: 2 x Spark parallelism)")
+    _common(p)
+
+    p = sub.add_parser("kmeans", help="customer features into segments",
+                       description="K-means (k-means|| init, seeded) on the standardized features of --as-of; k given by "
+                       "--k or chosen by the best silhouette over --k-range. Writes gold/customer_segments, "
+                       "gold/segment_profiles (centres in original units, readable labels) and the model.")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--k", type=_positive_int, help="number of segments")
+    group.add_argument("--k-range", type=_range, default=(2, 10), metavar="LO-HI", help="candidate k (default 2-10)")
+    p.add_argument("--seed", type=int, default=42, help="K-means seed (default 42)")
     _common(p)
 
     p = sub.add_parser("run", help="the whole pipeline in one local session",
@@ -206,6 +257,35 @@ def cmd_clean(args, cfg, console, submitted) -> int:
     return 0
 
 
+def cmd_features(args, cfg, console, submitted) -> int:
+    from lakemine.features import run_features
+
+    lake = _open(cfg, args, submitted)
+    console.step("features", f"{schemas.SILVER_TRANSACTIONS} -> gold baskets, features, labels")
+    _print_run(console, run_features(lake, cfg, args.as_of, args.horizon_days))
+    return 0
+
+
+def cmd_fpgrowth(args, cfg, console, submitted) -> int:
+    from lakemine.fpgrowth import MiningParams, run_fpgrowth
+
+    p = MiningParams(args.min_support, args.min_confidence, args.max_itemsets, args.max_length, args.groups, args.engine)
+    lake = _open(cfg, args, submitted)
+    console.step("fpgrowth", f"{schemas.GOLD_BASKETS} -> itemsets and rules (engine {p.engine}, support {p.min_support})")
+    _print_run(console, run_fpgrowth(lake, cfg, p, args.as_of, args.window_days))
+    return 0
+
+
+def cmd_kmeans(args, cfg, console, submitted) -> int:
+    from lakemine.kmeans import KMeansParams, run_kmeans
+
+    p = KMeansParams(k=args.k, k_range=args.k_range, seed=args.seed)
+    lake = _open(cfg, args, submitted)
+    console.step("kmeans", f"{schemas.GOLD_CUSTOMER_FEATURES} -> segments (k {args.k or '%d-%d' % args.k_range})")
+    _print_run(console, run_kmeans(lake, cfg, p, args.as_of))
+    return 0
+
+
 def cmd_run(args, cfg, console, submitted) -> int:
     from lakemine.pipeline import run_pipeline
 
@@ -237,6 +317,9 @@ COMMANDS: dict[str, Callable] = {
     "generate": cmd_generate,
     "ingest": cmd_ingest,
     "clean": cmd_clean,
+    "features": cmd_features,
+    "fpgrowth": cmd_fpgrowth,
+    "kmeans": cmd_kmeans,
     "run": cmd_run,
     "show": cmd_show,
     "history": cmd_history,

@@ -184,11 +184,11 @@ def customers(spark: SparkSession, p: GenerateParams) -> DataFrame:
     u_end = _u(s, "end", c)
     end = (
         F.when(g == 3, F.lit(d * 0.3) + u_end * d * 0.25)
-        .when(F.col("churn_prone"), F.lit(d - 150) + u_end * 140)
+        .when(F.col("churn_prone"), F.lit(d - 120) + u_end * 110)
         .otherwise(F.lit(d))
     )
     df = df.withColumn("end_day", F.least(F.lit(d), F.greatest(F.floor(end), F.col("start_day") + 1)).cast("int"))
-    df = df.withColumn("gap", _by_group(g, 2) * (F.lit(1.5) - e))
+    df = df.withColumn("gap", _by_group(g, 2) * (F.lit(1.25) - F.lit(0.5) * e))
     n = F.floor((F.col("end_day") - F.col("start_day")) / F.col("gap")) + 1
     df = df.withColumn("n_invoices", F.least(F.lit(MAX_INVOICES), F.greatest(F.lit(1), n)).cast("int"))
     df = df.withColumn("return_rate", F.lit(0.02) + F.lit(0.25) * F.pow(F.lit(1.0) - e, 2))

@@ -40,6 +40,10 @@ class Lake:
     def path(self, table: str) -> str:
         return f"{self.root}/{table}"
 
+    def model_path(self, kind: str, version: str) -> str:
+        """Folder of a saved model: <lake>/models/<kind>/<version>."""
+        return f"{self.root}/models/{kind}/{version}"
+
     def exists(self, table: str) -> bool:
         return DeltaTable.isDeltaTable(self.spark, self.path(table))
 

@@ -108,3 +108,12 @@ def require_columns(df: DataFrame, columns: tuple[str, ...] | list[str], table: 
             raise SchemaError(
                 f"table {table} has no column '{column}' (has: {', '.join(df.columns)})"
             )
+
+GOLD_BASKETS = "gold/baskets"
+GOLD_CUSTOMER_FEATURES = "gold/customer_features"
+GOLD_FEATURE_SCALER = "gold/feature_scaler"
+GOLD_LABELS = "gold/labels"
+GOLD_FREQUENT_ITEMSETS = "gold/frequent_itemsets"
+GOLD_ASSOCIATION_RULES = "gold/association_rules"
+GOLD_CUSTOMER_SEGMENTS = "gold/customer_segments"
+GOLD_SEGMENT_PROFILES = "gold/segment_profiles"

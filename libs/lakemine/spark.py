@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import sys
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -81,6 +82,10 @@ def session(cfg: Config, submitted: bool = False, quiet: bool = True) -> SparkSe
     if not submitted:
         builder = builder.master(cfg.spark.master)
         conf["spark.driver.memory"] = cfg.spark.driver_memory
+        # local executors are threads of this process: their Python workers must be this
+        # interpreter (with pyfim, torch...), not whatever python3 is first on PATH
+        conf["spark.pyspark.python"] = sys.executable
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         if quiet:
             conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={QUIET_LOG4J.as_uri()}"
         if cfg.spark.delta_jars == "packages":

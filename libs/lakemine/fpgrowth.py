@@ -1,0 +1,285 @@
+"""`lakemine fpgrowth`: gold/baskets into gold/frequent_itemsets and gold/association_rules.
+
+Two engines with MLlib's definitions (an itemset is frequent when it is in at least
+ceil(min_support * baskets) baskets; rules have one consequent item; support, confidence
+and lift as in `pyspark.ml.fpm.FPGrowth`):
+
+* `pfp` (default): parallel FP-growth on Spark. Frequent items are ranked by count and dealt
+  into groups; every basket sends each group it touches the prefix of its ranked items up
+  to that group's last item, so each group holds exactly the baskets (truncated) needed to
+  count the itemsets whose least frequent item is in the group. Groups are mined in
+  parallel by pyfim's C FP-growth inside `applyInPandas`; rules are made in Spark.
+* `mllib`: `pyspark.ml.fpm.FPGrowth`, kept for comparison (slow on long baskets).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+from datetime import date, timedelta
+
+import pandas as pd
+import pyspark.sql.functions as F
+from pyspark.sql import DataFrame
+from pyspark.sql import types as T
+
+from lakemine import schemas
+from lakemine.config import Config
+from lakemine.errors import StageError, UsageError
+from lakemine.lake import Lake
+from lakemine.runs import Run, record_run
+
+log = logging.getLogger(__name__)
+
+STAGE = "fpgrowth"
+ITEMSETS_SCHEMA = "items array<string>, freq long"
+
+
+@dataclass(frozen=True)
+class MiningParams:
+    min_support: float = 0.01
+    min_confidence: float = 0.5
+    max_itemsets: int = 1_000_000
+    max_length: int | None = None
+    groups: int | None = None
+    engine: str = "pfp"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_support <= 1:
+            raise UsageError(f"--min-support {self.min_support}: must be in (0, 1]")
+        if not 0 <= self.min_confidence <= 1:
+            raise UsageError(f"--min-confidence {self.min_confidence}: must be in [0, 1]")
+        if self.engine not in ("pfp", "mllib"):
+            raise UsageError(f"--engine {self.engine}: allowed: pfp, mllib")
+
+
+class TooManyItemsets(StageError):
+    """The itemsets would exceed --max-itemsets: the message names the support to raise."""
+
+
+def min_count(n_baskets: int, min_support: float) -> int:
+    """MLlib's threshold: ceil(min_support * n), at least 1."""
+    return max(1, math.ceil(min_support * n_baskets))
+
+
+def _mine_group(min_cnt: int, max_length: int | None, n_groups: int):
+    import fim
+
+    def mine(pdf: pd.DataFrame) -> pd.DataFrame:
+        group = int(pdf["g"].iloc[0])
+        # pyfim reports no itemset made only of items that are in every transaction (in a
+        # group's prefixes that is common); one empty transaction changes no count and
+        # removes that case. Single items come from the item counts.
+        tracts = [list(t) for t in pdf["prefix"]] + [[]]
+        kwargs = {"target": "s", "supp": -min_cnt, "zmin": 2, "report": "a"}
+        if max_length:
+            kwargs["zmax"] = max_length
+        out_items, out_freq = [], []
+        for items, freq in fim.fpgrowth(tracts, **kwargs):
+            # an itemset belongs to the group of its least frequent (highest-ranked) item
+            if max(items) % n_groups == group:
+                out_items.append(sorted(int(i) for i in items))
+                out_freq.append(int(freq))
+        return pd.DataFrame({
+            "ranks": pd.Series(out_items, dtype=object),
+            "freq": pd.Series(out_freq, dtype="int64"),
+        })
+
+    return mine
+
+
+def mine_itemsets_pfp(baskets: DataFrame, min_cnt: int, groups: int, max_length: int | None = None) -> DataFrame:
+    """Frequent itemsets (items sorted, freq) of the `items` column by parallel FP-growth."""
+    items = baskets.select(F.explode("items").alias("item"))
+    counts = items.groupBy("item").agg(F.count(F.lit(1)).alias("freq")).where(F.col("freq") >= min_cnt)
+    ranked = counts.select(
+        "item", "freq", (F.row_number().over(_rank_window()) - 1).alias("rank")
+    )
+    # one row: item -> rank map and rank -> item array, broadcast to every basket
+    lookup = ranked.agg(
+        F.map_from_entries(F.collect_list(F.struct("item", "rank"))).alias("rank_of"),
+        F.transform(F.sort_array(F.collect_list(F.struct("rank", "item"))), lambda s: s["item"]).alias("item_of"),
+    )
+    ranks = F.transform("items", lambda i: F.try_element_at(F.col("rank_of"), i))
+    ranked_baskets = (
+        baskets.crossJoin(F.broadcast(lookup.select("rank_of")))
+        .select(F.array_sort(F.filter(ranks, lambda r: r.isNotNull())).alias("r"))
+        .where(F.size("r") > 0)
+    )
+    # for each group the basket touches: the prefix up to that group's last item
+    grp = F.transform("r", lambda x: x % groups)
+    prefixes = ranked_baskets.select(
+        F.explode(
+            F.transform(
+                F.array_distinct(grp),
+                lambda g: F.struct(
+                    g.alias("g"),
+                    F.slice("r", 1, F.size("r") - F.array_position(F.reverse(grp), g) + 1).alias("prefix"),
+                ),
+            )
+        ).alias("p")
+    ).select("p.g", "p.prefix")
+    mined = prefixes.groupBy("g").applyInPandas(
+        _mine_group(min_cnt, max_length, groups), "ranks array<long>, freq long"
+    )
+    names = F.transform("ranks", lambda r: F.element_at(F.col("item_of"), (r + 1).cast("int")))
+    pairs_and_more = mined.crossJoin(F.broadcast(lookup.select("item_of"))).select(
+        F.array_sort(names).alias("items"), "freq"
+    )
+    singles = ranked.select(F.array("item").alias("items"), F.col("freq").cast("long"))
+    if max_length == 1:
+        return singles
+    return singles.unionByName(pairs_and_more)
+
+
+def _rank_window():
+    from pyspark.sql import Window
+
+    return Window.orderBy(F.desc("freq"), F.asc("item"))
+
+
+def mine_itemsets_mllib(baskets: DataFrame, min_support: float, min_confidence: float) -> tuple[DataFrame, DataFrame]:
+    from pyspark.ml.fpm import FPGrowth
+
+    model = FPGrowth(itemsCol="items", minSupport=min_support, minConfidence=min_confidence).fit(baskets)
+    itemsets = model.freqItemsets.select(F.array_sort("items").alias("items"), F.col("freq").cast("long"))
+    rules = model.associationRules.select(
+        F.array_sort("antecedent").alias("antecedent"),
+        "consequent",
+        F.col("support").cast("double"),
+        F.col("confidence").cast("double"),
+        F.col("lift").cast("double"),
+    )
+    return itemsets, rules
+
+
+def association_rules(itemsets: DataFrame, n_baskets: int, min_confidence: float) -> DataFrame:
+    """Rules X -> {y} from frequent itemsets, as MLlib defines them.
+
+    support = freq(X u {y}) / n, confidence = freq(X u {y}) / freq(X),
+    lift = confidence / (freq({y}) / n).
+    """
+    multi = itemsets.where(F.size("items") >= 2)
+    candidates = multi.select(
+        F.col("freq").alias("union_freq"),
+        "items",
+        F.explode("items").alias("y"),
+    ).select(
+        F.array_remove("items", F.col("y")).alias("antecedent"),
+        F.array(F.col("y")).alias("consequent"),
+        "union_freq",
+        "y",
+    )
+    antecedents = itemsets.select(F.col("items").alias("antecedent"), F.col("freq").alias("ante_freq"))
+    singles = itemsets.where(F.size("items") == 1).select(F.col("items")[0].alias("y"), F.col("freq").alias("y_freq"))
+    rules = candidates.join(antecedents, "antecedent").join(F.broadcast(singles), "y")
+    confidence = F.col("union_freq") / F.col("ante_freq")
+    return rules.select(
+        "antecedent",
+        "consequent",
+        (F.col("union_freq") / F.lit(float(n_baskets))).alias("support"),
+        confidence.alias("confidence"),
+        (confidence / (F.col("y_freq") / F.lit(float(n_baskets)))).alias("lift"),
+    ).where(F.col("confidence") >= F.lit(min_confidence))
+
+
+def mine(baskets: DataFrame, n_baskets: int, p: MiningParams, default_groups: int) -> tuple[DataFrame, DataFrame]:
+    """(itemsets: items, freq, support; rules: antecedent, consequent, support, confidence, lift)."""
+    if n_baskets == 0:
+        spark = baskets.sparkSession
+        return (
+            spark.createDataFrame([], "items array<string>, freq long, support double"),
+            spark.createDataFrame([], "antecedent array<string>, consequent array<string>, support double, confidence double, lift double"),
+        )
+    if p.engine == "mllib":
+        itemsets, rules = mine_itemsets_mllib(baskets, p.min_support, p.min_confidence)
+    else:
+        itemsets = mine_itemsets_pfp(baskets, min_count(n_baskets, p.min_support), p.groups or default_groups, p.max_length)
+        rules = None
+    itemsets = itemsets.withColumn("support", F.col("freq") / F.lit(float(n_baskets)))
+    if rules is None:
+        rules = association_rules(itemsets, n_baskets, p.min_confidence)
+    return itemsets, rules
+
+
+def item_descriptions(silver: DataFrame) -> DataFrame:
+    """One row holding `descriptions`: map stock_code -> its most frequent description."""
+    counted = (
+        silver.where(F.col("description").isNotNull())
+        .groupBy("stock_code", "description").count()
+        .groupBy("stock_code")
+        .agg(F.max_by("description", F.struct("count", F.col("description"))).alias("description"))
+    )
+    return counted.agg(
+        F.map_from_entries(F.collect_list(F.struct("stock_code", "description"))).alias("descriptions")
+    )
+
+
+def describe_rules(rules: DataFrame, descriptions: DataFrame) -> DataFrame:
+    d = F.col("descriptions")
+    return rules.crossJoin(F.broadcast(descriptions)).select(
+        *rules.columns,
+        F.transform("antecedent", lambda x: F.coalesce(F.element_at(d, x), F.lit(""))).alias("antecedent_descriptions"),
+        F.coalesce(F.element_at(d, F.col("consequent")[0]), F.lit("")).alias("consequent_description"),
+    )
+
+
+def select_baskets(baskets: DataFrame, as_of: date, window_days: int) -> DataFrame:
+    """Baskets dated in (as_of - window_days, as_of]; window_days 0 = every basket up to as_of."""
+    day = F.col("invoice_date")
+    if window_days == 0:
+        return baskets.where(day.isNull() | (day <= F.lit(as_of)))
+    start = as_of - timedelta(days=window_days)
+    return baskets.where((day > F.lit(start)) & (day <= F.lit(as_of)))
+
+
+def deterministic_run_id(stage: str, as_of: date, params: dict, inputs: dict) -> str:
+    """Same stage, date, parameters and input versions -> same run_id, so re-runs write equal rows."""
+    key = json.dumps([stage, as_of.isoformat(), params, inputs], sort_keys=True, default=str)
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def run_fpgrowth(lake: Lake, cfg: Config, p: MiningParams, as_of: date | None = None, window_days: int = 0) -> Run:
+    """Mine gold/baskets for `as_of`; writes itemsets and rules (replacing that as_of)."""
+    spark = lake.spark
+    version = lake.table_version(schemas.GOLD_BASKETS)
+    silver_version = lake.table_version(schemas.SILVER_TRANSACTIONS)
+    baskets_all = lake.read_table(schemas.GOLD_BASKETS, version)
+    if as_of is None:
+        as_of = baskets_all.agg(F.max("invoice_date")).first()[0]
+    params = {**asdict(p), "window_days": window_days}
+    inputs = {schemas.GOLD_BASKETS: version, schemas.SILVER_TRANSACTIONS: silver_version}
+    with record_run(lake, STAGE, as_of, params) as run:
+        run.run_id = deterministic_run_id(STAGE, as_of, params, inputs)
+        run.inputs.update(inputs)
+        baskets = select_baskets(baskets_all, as_of, window_days).select("items").cache()
+        try:
+            n = baskets.count()
+            run.rows_in = n
+            default_groups = max(2, 2 * spark.sparkContext.defaultParallelism)
+            itemsets, rules = mine(baskets, n, p, default_groups)
+            itemsets = itemsets.cache()
+            found = itemsets.count()
+            if found > p.max_itemsets:
+                cut = itemsets.orderBy(F.desc("freq")).select("freq").limit(p.max_itemsets + 1).collect()[-1]["freq"]
+                raise TooManyItemsets(
+                    f"{found:,} frequent itemsets exceed --max-itemsets {p.max_itemsets:,} at support "
+                    f"{p.min_support}; raise --min-support to at least {(cut + 1) / n:.6f}"
+                )
+            stamp = [F.lit(as_of).alias("as_of"), F.lit(run.run_id).alias("run_id")]
+            run.outputs[schemas.GOLD_FREQUENT_ITEMSETS] = lake.overwrite_as_of(
+                itemsets.select("items", "freq", "support", *stamp), schemas.GOLD_FREQUENT_ITEMSETS, as_of
+            )
+            run.rows_out = found
+            silver = lake.read_table(schemas.SILVER_TRANSACTIONS, silver_version)
+            described = describe_rules(rules.select(*rules.columns, *stamp), item_descriptions(silver))
+            run.outputs[schemas.GOLD_ASSOCIATION_RULES] = lake.overwrite_as_of(
+                described, schemas.GOLD_ASSOCIATION_RULES, as_of
+            )
+            run.message = f"{found:,} itemsets, {lake.rows_written(schemas.GOLD_ASSOCIATION_RULES):,} rules from {n:,} baskets"
+        finally:
+            baskets.unpersist()
+    return run

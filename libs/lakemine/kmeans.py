@@ -1,0 +1,181 @@
+"""`lakemine kmeans`: standardized customer features into gold/customer_segments and
+gold/segment_profiles, with the fitted model under <lake>/models/kmeans/<as_of>/.
+
+k is given (`--k`) or chosen by the best silhouette (`ClusteringEvaluator`) over `--k-range`.
+K-means|| initialisation with a seed, so a re-run gives the same segments.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import date
+
+import pyspark.sql.functions as F
+from pyspark.ml.clustering import KMeans, KMeansModel
+from pyspark.ml.evaluation import ClusteringEvaluator
+from pyspark.ml.feature import VectorAssembler
+from pyspark.ml.functions import vector_to_array
+from pyspark.sql import DataFrame
+
+from lakemine import schemas
+from lakemine.config import Config
+from lakemine.errors import UsageError
+from lakemine.features import FEATURES, LOG_FEATURES
+from lakemine.fpgrowth import deterministic_run_id
+from lakemine.lake import Lake
+from lakemine.runs import Run, record_run
+
+log = logging.getLogger(__name__)
+
+STAGE = "kmeans"
+# RFM plus tenure and basket size: the behaviour a marketer reads segments by. The other
+# standardized features stay available through KMeansParams.columns.
+SEGMENT_FEATURES = ("z_recency_days", "z_frequency", "z_monetary", "z_tenure_days", "z_mean_basket_size")
+
+
+@dataclass(frozen=True)
+class KMeansParams:
+    k: int | None = None
+    k_range: tuple[int, int] = (2, 10)
+    seed: int = 42
+    max_iter: int = 100
+    tol: float = 1e-6
+    columns: tuple[str, ...] = field(default=SEGMENT_FEATURES)
+
+    def candidates(self) -> list[int]:
+        if self.k is not None:
+            if self.k < 2:
+                raise UsageError(f"--k {self.k}: must be at least 2")
+            return [self.k]
+        lo, hi = self.k_range
+        if not 2 <= lo <= hi:
+            raise UsageError(f"--k-range {lo}-{hi}: needs 2 <= low <= high")
+        return list(range(lo, hi + 1))
+
+
+def assemble(features: DataFrame, columns: tuple[str, ...]) -> DataFrame:
+    schemas.require_columns(features, ("customer_id",) + tuple(columns), schemas.GOLD_CUSTOMER_FEATURES)
+    return VectorAssembler(inputCols=list(columns), outputCol="features").transform(features)
+
+
+def fit_kmeans(data: DataFrame, k: int, p: KMeansParams) -> KMeansModel:
+    return KMeans(k=k, seed=p.seed, maxIter=p.max_iter, tol=p.tol, initMode="k-means||").fit(data)
+
+
+def choose_k(data: DataFrame, p: KMeansParams) -> tuple[KMeansModel, dict[int, float]]:
+    """The model with the best silhouette among the candidate k, and every k's silhouette."""
+    evaluator = ClusteringEvaluator(featuresCol="features", predictionCol="prediction")
+    best, scores = None, {}
+    for k in p.candidates():
+        model = fit_kmeans(data, k, p)
+        scores[k] = float(evaluator.evaluate(model.transform(data)))
+        log.info("k=%d silhouette=%.4f", k, scores[k])
+        if best is None or scores[k] > scores[best[0]]:
+            best = (k, model)
+    return best[1], scores
+
+
+def assign_segments(model: KMeansModel, data: DataFrame) -> DataFrame:
+    """customer_id, as_of, segment, distance (Euclidean, in standardized units)."""
+    centres = [list(map(float, c)) for c in model.clusterCenters()]
+    table = F.array(*[F.array(*[F.lit(v) for v in c]) for c in centres])
+    predicted = model.transform(data)
+    centre = F.element_at(table, F.col("prediction") + 1)
+    sq = F.zip_with(vector_to_array("features"), centre, lambda a, b: (a - b) * (a - b))
+    return predicted.select(
+        "customer_id",
+        "as_of",
+        F.col("prediction").cast("int").alias("segment"),
+        F.sqrt(F.aggregate(sq, F.lit(0.0), lambda acc, x: acc + x)).alias("distance"),
+    )
+
+
+def label_centre(z: dict[str, float]) -> str:
+    """A readable name from a centre in standardized units."""
+    if z.get("z_mean_basket_size", 0) > 1.5:
+        return "wholesale"
+    if z.get("z_recency_days", 0) > 0.75:
+        return "at risk"
+    if z.get("z_tenure_days", 0) < -0.75:
+        return "new"
+    if z.get("z_monetary", 0) > 0.5:
+        return "high value"
+    if z.get("z_monetary", 0) < -0.5:
+        return "low value"
+    return "regular"
+
+
+def segment_labels(model: KMeansModel, columns: tuple[str, ...]) -> list[str]:
+    labels, seen = [], {}
+    for centre in model.clusterCenters():
+        name = label_centre(dict(zip(columns, map(float, centre))))
+        seen[name] = seen.get(name, 0) + 1
+        labels.append(name if seen[name] == 1 else f"{name} {seen[name]}")
+    return labels
+
+
+def centre_in_original_units(centre: dict[str, float], scaler: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Undo the z-score (and log1p) of each standardized feature of a centre."""
+    out = {}
+    for name, (mean, std) in scaler.items():
+        z = centre.get(f"z_{name}")
+        if z is None:
+            continue
+        x = z * std + mean
+        out[name] = float(math.expm1(x) if name in LOG_FEATURES else x)
+    return out
+
+
+def profile_segments(
+    segments: DataFrame, model: KMeansModel, labels: list[str], columns: tuple[str, ...], scaler: dict
+) -> DataFrame:
+    sizes = {r["segment"]: r["count"] for r in segments.groupBy("segment").count().collect()}
+    rows = []
+    for i, centre in enumerate(model.clusterCenters()):
+        original = centre_in_original_units(dict(zip(columns, map(float, centre))), scaler)
+        rows.append((i, labels[i], int(sizes.get(i, 0)), *[original.get(f) for f in FEATURES]))
+    ddl = "segment int, segment_label string, size long, " + ", ".join(f"{f} double" for f in FEATURES)
+    return segments.sparkSession.createDataFrame(rows, ddl)
+
+
+def run_kmeans(lake: Lake, cfg: Config, p: KMeansParams, as_of: date | None = None) -> Run:
+    version = lake.table_version(schemas.GOLD_CUSTOMER_FEATURES)
+    features_all = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES, version)
+    if as_of is None:
+        as_of = features_all.agg(F.max("as_of")).first()[0]
+    params = {**asdict(p), "columns": list(p.columns)}
+    inputs = {schemas.GOLD_CUSTOMER_FEATURES: version}
+    with record_run(lake, STAGE, as_of, params) as run:
+        run.run_id = deterministic_run_id(STAGE, as_of, params, inputs)
+        run.inputs.update(inputs)
+        data = assemble(features_all.where(F.col("as_of") == F.lit(as_of)), p.columns).cache()
+        try:
+            run.rows_in = data.count()
+            if run.rows_in < max(p.candidates()):
+                raise UsageError(f"{run.rows_in} customers at as_of {as_of}: too few for k up to {max(p.candidates())}")
+            model, scores = choose_k(data, p)
+            k = len(model.clusterCenters())
+            model.write().overwrite().save(lake.model_path("kmeans", as_of.isoformat()))
+            labels = segment_labels(model, p.columns)
+            segments = assign_segments(model, data)
+            names = F.array(*[F.lit(x) for x in labels])
+            stamp = [F.lit(as_of).alias("as_of"), F.lit(run.run_id).alias("run_id")]
+            out = segments.select(
+                "customer_id", "segment",
+                F.element_at(names, F.col("segment") + 1).alias("segment_label"),
+                "distance", *stamp,
+            )
+            run.outputs[schemas.GOLD_CUSTOMER_SEGMENTS] = lake.overwrite_as_of(out, schemas.GOLD_CUSTOMER_SEGMENTS, as_of)
+            run.rows_out = lake.rows_written(schemas.GOLD_CUSTOMER_SEGMENTS)
+            scaler_rows = lake.read_table(schemas.GOLD_FEATURE_SCALER).where(F.col("as_of") == F.lit(as_of)).collect()
+            scaler = {r["feature"]: (r["mean"], r["std"]) for r in scaler_rows}
+            profiles = profile_segments(segments, model, labels, p.columns, scaler).select(
+                "*", F.lit(k).alias("k"), F.lit(scores[k]).alias("silhouette"), *stamp
+            )
+            run.outputs[schemas.GOLD_SEGMENT_PROFILES] = lake.overwrite_as_of(profiles, schemas.GOLD_SEGMENT_PROFILES, as_of)
+            run.message = f"k={k} (silhouette {scores[k]:.3f}); " + ", ".join(f"k={kk}: {s:.3f}" for kk, s in scores.items())
+        finally:
+            data.unpersist()
+    return run
