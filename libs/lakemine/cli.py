@@ -158,11 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--k", type=_positive_int, help="number of segments")
     group.add_argument("--k-range", type=_range, default=(2, 10), metavar="LO-HI", help="candidate k (default 2-10)")
     p.add_argument("--seed", type=int, default=42, help="K-means seed (default 42)")
+    p.add_argument("--n-init", type=_positive_int, default=5, help="k-means|| runs per k, the lowest cost kept (default 5)")
     _common(p)
 
     p = sub.add_parser("run", help="the whole pipeline in one local session",
-                       description="Generate data when no --input is given, then ingest and clean, and print a summary. "
-                       "(Mining, learning and the report join this command as they land.)")
+                       description="Generate data when no --input is given, then ingest, clean, features, fpgrowth "
+                       "(support 0.01) and kmeans (k by silhouette over 2-8), and print a summary. "
+                       "(Learning, scoring and the report join this command as they land.)")
     p.add_argument("--input", metavar="PATH", help="raw files to use instead of generated data")
     _generate_options(p, 1000)
     _common(p)
@@ -279,7 +281,7 @@ def cmd_fpgrowth(args, cfg, console, submitted) -> int:
 def cmd_kmeans(args, cfg, console, submitted) -> int:
     from lakemine.kmeans import KMeansParams, run_kmeans
 
-    p = KMeansParams(k=args.k, k_range=args.k_range, seed=args.seed)
+    p = KMeansParams(k=args.k, k_range=args.k_range, seed=args.seed, n_init=args.n_init)
     lake = _open(cfg, args, submitted)
     console.step("kmeans", f"{schemas.GOLD_CUSTOMER_FEATURES} -> segments (k {args.k or '%d-%d' % args.k_range})")
     _print_run(console, run_kmeans(lake, cfg, p, args.as_of))

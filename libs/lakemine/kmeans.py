@@ -2,7 +2,8 @@
 gold/segment_profiles, with the fitted model under <lake>/models/kmeans/<as_of>/.
 
 k is given (`--k`) or chosen by the best silhouette (`ClusteringEvaluator`) over `--k-range`.
-K-means|| initialisation with a seed, so a re-run gives the same segments.
+For each k the lowest-cost of `--n-init` k-means|| runs (seeds seed, seed+1, ...) is kept, so a
+re-run gives the same segments.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class KMeansParams:
     k: int | None = None
     k_range: tuple[int, int] = (2, 10)
     seed: int = 42
+    n_init: int = 5
     max_iter: int = 100
     tol: float = 1e-6
     columns: tuple[str, ...] = field(default=SEGMENT_FEATURES)
@@ -61,7 +63,14 @@ def assemble(features: DataFrame, columns: tuple[str, ...]) -> DataFrame:
 
 
 def fit_kmeans(data: DataFrame, k: int, p: KMeansParams) -> KMeansModel:
-    return KMeans(k=k, seed=p.seed, maxIter=p.max_iter, tol=p.tol, initMode="k-means||").fit(data)
+    """The lowest-cost of `p.n_init` k-means|| runs seeded seed, seed+1, ... (one init can stall
+    in a poor local optimum)."""
+    best = None
+    for i in range(p.n_init):
+        model = KMeans(k=k, seed=p.seed + i, maxIter=p.max_iter, tol=p.tol, initMode="k-means||").fit(data)
+        if best is None or model.summary.trainingCost < best.summary.trainingCost:
+            best = model
+    return best
 
 
 def choose_k(data: DataFrame, p: KMeansParams) -> tuple[KMeansModel, dict[int, float]]:

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import numpy as np
+import pyspark.sql.functions as F
+import pytest
+from pyspark.testing import assertDataFrameEqual
+from sklearn.cluster import KMeans as SkKMeans
+from sklearn.metrics import adjusted_rand_score
+
+from lakemine import schemas
+from lakemine.errors import UsageError
+from lakemine.features import FEATURES, LOG_FEATURES
+from lakemine.kmeans import SEGMENT_FEATURES, KMeansParams, assemble, choose_k, fit_kmeans, run_kmeans
+
+
+def _features(gold_lake):
+    lake = gold_lake[0]
+    feats = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES)
+    as_of = feats.agg(F.max("as_of")).first()[0]
+    return feats.where(F.col("as_of") == F.lit(as_of))
+
+
+def test_planted_customer_groups_are_recovered(gold_lake):
+    truth = gold_lake[2]
+    data = assemble(_features(gold_lake), SEGMENT_FEATURES)
+    model = fit_kmeans(data, 5, KMeansParams())
+    pairs = model.transform(data).join(truth, "customer_id").select("prediction", "group").collect()
+    assert len(pairs) > 350
+    ari = adjusted_rand_score([r["group"] for r in pairs], [r["prediction"] for r in pairs])
+    assert ari >= 0.9, ari
+
+
+def test_cost_within_one_percent_of_scikit_learn(gold_lake):
+    data = assemble(_features(gold_lake), SEGMENT_FEATURES)
+    x = np.array(data.select(*SEGMENT_FEATURES).toPandas(), dtype=float)
+    for k in (3, 5):
+        spark_cost = fit_kmeans(data, k, KMeansParams()).summary.trainingCost
+        sk_cost = SkKMeans(n_clusters=k, n_init=10, random_state=0).fit(x).inertia_
+        assert abs(spark_cost - sk_cost) / sk_cost <= 0.01, (k, spark_cost, sk_cost)
+
+
+def test_silhouette_chooses_the_k_of_well_separated_blobs(spark):
+    rng = np.random.default_rng(1)
+    centres = np.array([[0, 0], [8, 0], [0, 8], [8, 8]])
+    rows = [(f"c{i}", *map(float, centres[i % 4] + rng.normal(0, 0.5, 2))) for i in range(200)]
+    df = spark.createDataFrame(rows, "customer_id string, a double, b double")
+    model, scores = choose_k(assemble(df, ("a", "b")), KMeansParams(k_range=(2, 6), columns=("a", "b")))
+    assert len(model.clusterCenters()) == 4
+    assert max(scores, key=scores.get) == 4 and set(scores) == {2, 3, 4, 5, 6}
+
+
+def test_bad_k_choices_are_usage_errors():
+    with pytest.raises(UsageError, match="--k 1: must be at least 2"):
+        KMeansParams(k=1).candidates()
+    with pytest.raises(UsageError, match="--k-range 5-3"):
+        KMeansParams(k_range=(5, 3)).candidates()
+
+
+def test_kmeans_stage_writes_segments_profiles_model_and_is_idempotent(spark, lake, lake_cfg, gold_lake):
+    src = gold_lake[0]
+    for table in (schemas.GOLD_CUSTOMER_FEATURES, schemas.GOLD_FEATURE_SCALER):
+        lake.overwrite(src.read_table(table), table)
+    p = KMeansParams(k=5)
+    first = run_kmeans(lake, lake_cfg, p)
+    segments = lake.read_table(schemas.GOLD_CUSTOMER_SEGMENTS).collect()
+    profiles = lake.read_table(schemas.GOLD_SEGMENT_PROFILES)
+    run_kmeans(lake, lake_cfg, p)
+    assertDataFrameEqual(lake.read_table(schemas.GOLD_CUSTOMER_SEGMENTS), segments)
+    assertDataFrameEqual(lake.read_table(schemas.GOLD_SEGMENT_PROFILES), profiles.collect())
+
+    feats = src.read_table(schemas.GOLD_CUSTOMER_FEATURES).where(F.col("as_of") == F.lit(first.as_of))
+    assert len(segments) == feats.count() and first.rows_out == len(segments)
+    prof = {r["segment"]: r for r in profiles.collect()}
+    assert sorted(prof) == [0, 1, 2, 3, 4]
+    assert sum(r["size"] for r in prof.values()) == len(segments)
+    assert {r["segment_label"] for r in segments} == {r["segment_label"] for r in prof.values()}
+    # the centre in original units is the inverse transform of the model's centre
+    from pyspark.ml.clustering import KMeansModel
+
+    model = KMeansModel.load(lake.model_path("kmeans", first.as_of.isoformat()))
+    scaler = {r["feature"]: r for r in src.read_table(schemas.GOLD_FEATURE_SCALER).where(F.col("as_of") == F.lit(first.as_of)).collect()}
+    centre = dict(zip(SEGMENT_FEATURES, model.clusterCenters()[0]))
+    for name in ("recency_days", "monetary"):
+        x = centre[f"z_{name}"] * scaler[name]["std"] + scaler[name]["mean"]
+        assert math.isclose(prof[0][name], math.expm1(x) if name in LOG_FEATURES else x, rel_tol=1e-9)
+    # distance is the Euclidean distance to the own centre in standardized units
+    seg = {r["customer_id"]: r for r in segments}
+    row = feats.first()
+    own = model.clusterCenters()[seg[row["customer_id"]]["segment"]]
+    vec = np.array([row[c] for c in SEGMENT_FEATURES])
+    assert math.isclose(seg[row["customer_id"]]["distance"], float(np.linalg.norm(vec - own)), rel_tol=1e-9)
+    assert set(FEATURES) <= set(profiles.columns)
