@@ -73,7 +73,7 @@ def _mine_group(min_cnt: int, max_length: int | None, n_groups: int):
         # pyfim reports no itemset made only of items that are in every transaction (in a
         # group's prefixes that is common); one empty transaction changes no count and
         # removes that case. Single items come from the item counts.
-        tracts = [list(t) for t in pdf["prefix"]] + [[]]
+        tracts = [t.tolist() for t in pdf["prefix"]] + [[]]
         kwargs = {"target": "s", "supp": -min_cnt, "zmin": 2, "report": "a"}
         if max_length:
             kwargs["zmax"] = max_length
@@ -93,15 +93,22 @@ def _mine_group(min_cnt: int, max_length: int | None, n_groups: int):
 
 def mine_itemsets_pfp(baskets: DataFrame, min_cnt: int, groups: int, max_length: int | None = None) -> DataFrame:
     """Frequent itemsets (items sorted, freq) of the `items` column by parallel FP-growth."""
-    items = baskets.select(F.explode("items").alias("item"))
-    counts = items.groupBy("item").agg(F.count(F.lit(1)).alias("freq")).where(F.col("freq") >= min_cnt)
-    ranked = counts.select(
-        "item", "freq", (F.row_number().over(_rank_window()) - 1).alias("rank")
+    spark = baskets.sparkSession
+    # Frequent items are few; like MLlib, count them once and bring them to the driver, so the
+    # rank lookups below are small literal tables rather than recomputed aggregations.
+    frequent = (
+        baskets.select(F.explode("items").alias("item"))
+        .groupBy("item").agg(F.count(F.lit(1)).alias("freq"))
+        .where(F.col("freq") >= min_cnt)
+        .collect()
     )
-    # one row: item -> rank map and rank -> item array, broadcast to every basket
-    lookup = ranked.agg(
-        F.map_from_entries(F.collect_list(F.struct("item", "rank"))).alias("rank_of"),
-        F.transform(F.sort_array(F.collect_list(F.struct("rank", "item"))), lambda s: s["item"]).alias("item_of"),
+    ordered = sorted(((r["item"], int(r["freq"])) for r in frequent), key=lambda x: (-x[1], x[0]))
+    singles = spark.createDataFrame([([item], freq) for item, freq in ordered], ITEMSETS_SCHEMA)
+    if max_length == 1 or len(ordered) < 2:
+        return singles
+    lookup = spark.createDataFrame(
+        [({item: rank for rank, (item, _) in enumerate(ordered)}, [item for item, _ in ordered])],
+        "rank_of map<string, long>, item_of array<string>",
     )
     ranks = F.transform("items", lambda i: F.try_element_at(F.col("rank_of"), i))
     ranked_baskets = (
@@ -129,16 +136,7 @@ def mine_itemsets_pfp(baskets: DataFrame, min_cnt: int, groups: int, max_length:
     pairs_and_more = mined.crossJoin(F.broadcast(lookup.select("item_of"))).select(
         F.array_sort(names).alias("items"), "freq"
     )
-    singles = ranked.select(F.array("item").alias("items"), F.col("freq").cast("long"))
-    if max_length == 1:
-        return singles
     return singles.unionByName(pairs_and_more)
-
-
-def _rank_window():
-    from pyspark.sql import Window
-
-    return Window.orderBy(F.desc("freq"), F.asc("item"))
 
 
 def mine_itemsets_mllib(baskets: DataFrame, min_support: float, min_confidence: float) -> tuple[DataFrame, DataFrame]:
