@@ -65,7 +65,7 @@ def test_planted_bundles_are_bought_together(spark, small):
     for r in rows:
         baskets.setdefault(r["InvoiceNo"], set()).add(r["StockCode"])
     n = len(baskets)
-    for bundle in bundle_items(11):
+    for bundle in bundle_items():
         together = sum(1 for items in baskets.values() if set(bundle) <= items)
         assert together / n > 0.02, bundle
     # the tail of wholesale invoices: hundreds of lines each

@@ -53,24 +53,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not 0.0 <= value <= 0.1:
-        raise argparse.ArgumentTypeError(f"'{text}' must be between 0 and 0.1 (a rate per defect type)")
-    return value
+def _float_in(low: float, high: float, low_open: bool, what: str) -> Callable[[str], float]:
+    """An argparse type for a number in [low, high] (or (low, high] when low_open)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        if not (low < value if low_open else low <= value) or value > high:
+            raise argparse.ArgumentTypeError(f"'{text}' must be {what}")
+        return value
+
+    return parse
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"'{text}' must be in (0, 1]")
-    return value
+_rate = _float_in(0.0, 0.1, False, "between 0 and 0.1 (a rate per defect type)")
+_fraction = _float_in(0.0, 1.0, True, "in (0, 1]")
 
 
 def _range(text: str) -> tuple[int, int]:

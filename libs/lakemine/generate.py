@@ -119,7 +119,7 @@ def _bundle_size(bundle: Column) -> Column:
     return F.lit(2) + bundle % 3
 
 
-def bundle_items(seed: int) -> list[list[str]]:
+def bundle_items() -> list[list[str]]:
     """The stock codes of every planted bundle (what FP-growth should find)."""
     return [[stock_code(4 * b + t) for t in range(2 + b % 3)] for b in range(N_BUNDLES)]
 
@@ -368,7 +368,7 @@ def generate(spark: SparkSession, out: str, p: GenerateParams) -> dict:
         "injected": injected,
         "expected_outcome": {d: EXPECTED_OUTCOME[d] for d in p.defects()},
         "planted": {
-            "bundles": bundle_items(p.seed),
+            "bundles": bundle_items(),
             "groups": group_sizes,
         },
     }
