@@ -110,11 +110,13 @@ def mine_itemsets_pfp(baskets: DataFrame, min_cnt: int, groups: int, max_length:
         [({item: rank for rank, (item, _) in enumerate(ordered)}, [item for item, _ in ordered])],
         "rank_of map<string, long>, item_of array<string>",
     )
-    ranks = F.transform("items", lambda i: F.try_element_at(F.col("rank_of"), i))
+    # Keep only frequent items first (a native set intersection), then look up the few left:
+    # a map lookup per item of every basket through a lambda costs several times more.
     ranked_baskets = (
-        baskets.crossJoin(F.broadcast(lookup.select("rank_of")))
-        .select(F.array_sort(F.filter(ranks, lambda r: r.isNotNull())).alias("r"))
-        .where(F.size("r") > 0)
+        baskets.crossJoin(F.broadcast(lookup))
+        .select(F.array_intersect("items", "item_of").alias("f"), "rank_of")
+        .where(F.size("f") > 0)
+        .select(F.array_sort(F.transform("f", lambda i: F.element_at(F.col("rank_of"), i))).alias("r"))
     )
     # for each group the basket touches: the prefix up to that group's last item
     grp = F.transform("r", lambda x: x % groups)
