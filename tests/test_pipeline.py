@@ -63,3 +63,19 @@ def test_rerunning_ingest_and_clean_leaves_identical_tables(lake, lake_cfg, dirt
     assert again.run.status == "noop"
     for t in tables:
         assertDataFrameEqual(lake.read_table(t).drop("_ingested_at"), before[t])
+
+
+def test_written_tables_have_the_declared_schemas(lake, lake_cfg, dirty):
+    out, _ = dirty
+    ingest(lake, lake_cfg, str(out))
+    clean(lake, lake_cfg)
+    declared = {
+        schemas.BRONZE_TRANSACTIONS: schemas.BRONZE_SCHEMA,
+        schemas.BRONZE_QUARANTINE: schemas.QUARANTINE_SCHEMA,
+        schemas.SILVER_TRANSACTIONS: schemas.SILVER_SCHEMA,
+        schemas.SILVER_QUARANTINE: schemas.QUARANTINE_SCHEMA,
+        schemas.OPS_RUNS: schemas.RUNS_SCHEMA,
+    }
+    for table, schema in declared.items():
+        got = [(f.name, f.dataType) for f in lake.read_table(table).schema]
+        assert got == [(f.name, f.dataType) for f in schema], table

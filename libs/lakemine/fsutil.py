@@ -79,12 +79,6 @@ def write_text(spark: SparkSession, path: str, text: str) -> None:
         out.close()
 
 
-def read_text(spark: SparkSession, path: str) -> str:
-    fs, hpath = _fs(spark, path)
-    size = int(fs.getFileStatus(hpath).getLen())
-    return head_bytes(spark, path, size).decode("utf-8")
-
-
 def publish_parts(spark: SparkSession, tmp: str, out: str, pattern: str) -> list[str]:
     """Move Spark's part files from `tmp` to `out` as pattern.format(i), replacing earlier ones.
 
