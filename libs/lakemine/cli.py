@@ -89,12 +89,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="show Spark's logs and full tracebacks")
 
 
-def _generate_options(p: argparse.ArgumentParser, customers: int) -> None:
+def _generate_options(p: argparse.ArgumentParser, customers: int, dirty_rate: float = 0.0) -> None:
     p.add_argument("--customers", type=_positive_int, default=customers, help=f"customers to simulate (default {customers})")
     p.add_argument("--days", type=_positive_int, default=365, help="days of history (default 365)")
     p.add_argument("--seed", type=int, default=42, help="random seed; same seed, same files (default 42)")
-    p.add_argument("--dirty-rate", type=_rate, default=0.0, metavar="R",
-                   help="probability per line of each defect type (default 0; 0.01 dirties ~9%% of lines)")
+    p.add_argument("--dirty-rate", type=_rate, default=dirty_rate, metavar="R",
+                   help=f"probability per line of each defect type (default {dirty_rate}; 0.01 dirties ~9%% of lines)")
     p.add_argument("--format", choices=("csv", "parquet"), default="csv", help="file format (default csv)")
     p.add_argument("--files", type=_positive_int, help="number of output files (default: one per 5,000 customers)")
 
@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(support 0.01) and kmeans (k by silhouette over 2-8), and print a summary. "
                        "(Learning, scoring and the report join this command as they land.)")
     p.add_argument("--input", metavar="PATH", help="raw files to use instead of generated data")
-    _generate_options(p, 1000)
+    _generate_options(p, 1000, dirty_rate=0.005)
     _common(p)
 
     p = sub.add_parser("show", help="print rows of a lake table")
