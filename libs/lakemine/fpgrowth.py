@@ -14,8 +14,6 @@ and lift as in `pyspark.ml.fpm.FPGrowth`):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -30,7 +28,7 @@ from lakemine import schemas
 from lakemine.config import Config
 from lakemine.errors import StageError, UsageError
 from lakemine.lake import Lake
-from lakemine.runs import Run, record_run
+from lakemine.runs import Run, deterministic_run_id, record_run
 
 log = logging.getLogger(__name__)
 
@@ -234,12 +232,6 @@ def select_baskets(baskets: DataFrame, as_of: date, window_days: int) -> DataFra
         return baskets.where(day.isNull() | (day <= F.lit(as_of)))
     start = as_of - timedelta(days=window_days)
     return baskets.where((day > F.lit(start)) & (day <= F.lit(as_of)))
-
-
-def deterministic_run_id(stage: str, as_of: date, params: dict, inputs: dict) -> str:
-    """Same stage, date, parameters and input versions -> same run_id, so re-runs write equal rows."""
-    key = json.dumps([stage, as_of.isoformat(), params, inputs], sort_keys=True, default=str)
-    return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
 def run_fpgrowth(lake: Lake, cfg: Config, p: MiningParams, as_of: date | None = None, window_days: int = 0) -> Run:

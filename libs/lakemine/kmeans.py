@@ -24,9 +24,8 @@ from lakemine import schemas
 from lakemine.config import Config
 from lakemine.errors import UsageError
 from lakemine.features import FEATURES, LOG_FEATURES
-from lakemine.fpgrowth import deterministic_run_id
 from lakemine.lake import Lake
-from lakemine.runs import Run, record_run
+from lakemine.runs import Run, deterministic_run_id, record_run
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import uuid
@@ -97,3 +98,9 @@ def conservation_check(run: Run) -> None:
             f"{run.stage}: conservation broken: {run.rows_in} rows in, {run.rows_out} out + "
             f"{run.rows_quarantined} quarantined + {run.rows_duplicate} duplicates = {accounted}"
         )
+
+
+def deterministic_run_id(stage: str, as_of: date, params: dict, inputs: dict) -> str:
+    """Same stage, date, parameters and input versions -> same run_id, so re-runs write equal rows."""
+    key = json.dumps([stage, as_of.isoformat(), params, inputs], sort_keys=True, default=str)
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
