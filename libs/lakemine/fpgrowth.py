@@ -5,10 +5,12 @@ ceil(min_support * baskets) baskets; rules have one consequent item; support, co
 and lift as in `pyspark.ml.fpm.FPGrowth`):
 
 * `pfp` (default): parallel FP-growth on Spark. Frequent items are ranked by count and dealt
-  into groups; every basket sends each group it touches the prefix of its ranked items up
-  to that group's last item, so each group holds exactly the baskets (truncated) needed to
-  count the itemsets whose least frequent item is in the group. Groups are mined in
-  parallel by pyfim's C FP-growth inside `applyInPandas`; rules are made in Spark.
+  into groups; baskets are reduced to their ranked frequent items (numpy over Arrow batches)
+  and identical ones counted; every such basket sends each group it touches the prefix of
+  its ranked items up to that group's last item, with its count, so each group holds exactly
+  the baskets (truncated) needed to count the itemsets whose least frequent item is in the
+  group. Groups are mined in parallel by pyfim's C FP-growth (weighted transactions) inside
+  `applyInPandas`; rules are made in Spark.
 * `mllib`: `pyspark.ml.fpm.FPGrowth`, kept for comparison (slow on long baskets).
 """
 
@@ -68,10 +70,12 @@ def _mine_group(min_cnt: int, max_length: int | None, n_groups: int):
 
     def mine(pdf: pd.DataFrame) -> pd.DataFrame:
         group = int(pdf["g"].iloc[0])
-        # pyfim reports no itemset made only of items that are in every transaction (in a
-        # group's prefixes that is common); one empty transaction changes no count and
-        # removes that case. Single items come from the item counts.
-        tracts = [t.tolist() for t in pdf["prefix"]] + [[]]
+        # Distinct prefixes with their multiplicities (pyfim takes a dict). pyfim reports no
+        # itemset made only of items that are in every transaction (in a group's prefixes
+        # that is common); one empty transaction changes no count and removes that case.
+        # Single items come from the item counts.
+        tracts = {tuple(t.tolist()): int(c) for t, c in zip(pdf["prefix"], pdf["n"])}
+        tracts[()] = 1
         kwargs = {"target": "s", "supp": -min_cnt, "zmin": 2, "report": "a"}
         if max_length:
             kwargs["zmax"] = max_length
@@ -89,6 +93,34 @@ def _mine_group(min_cnt: int, max_length: int | None, n_groups: int):
     return mine
 
 
+def _rank_baskets(item_of: list[str]):
+    """mapInArrow function: `items` (array of strings) -> `r`, the sorted distinct ranks of the
+    basket's frequent items (rank = index in `item_of`), with numpy over whole Arrow batches."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    value_set = pa.array(item_of, pa.string())
+
+    def rank(batches):
+        for batch in batches:
+            items = batch.column(0)
+            ranks = pc.index_in(items.flatten(), value_set=value_set)  # null: not frequent
+            keep = pc.is_valid(ranks)
+            r = pc.filter(ranks, keep).to_numpy(zero_copy_only=False).astype(np.int64)
+            basket = pc.filter(pc.list_parent_indices(items), keep).to_numpy(zero_copy_only=False)
+            order = np.lexsort((r, basket))
+            r, basket = r[order], basket[order]
+            first = np.ones(len(r), dtype=bool)  # drop an item repeated within a basket
+            first[1:] = (r[1:] != r[:-1]) | (basket[1:] != basket[:-1])
+            r, basket = r[first], basket[first]
+            offsets = np.zeros(len(items) + 1, dtype=np.int32)
+            np.cumsum(np.bincount(basket, minlength=len(items)), out=offsets[1:])
+            yield pa.RecordBatch.from_arrays([pa.ListArray.from_arrays(pa.array(offsets), pa.array(r))], ["r"])
+
+    return rank
+
+
 def mine_itemsets_pfp(baskets: DataFrame, min_cnt: int, groups: int, max_length: int | None = None) -> DataFrame:
     """Frequent itemsets (items sorted, freq) of the `items` column by parallel FP-growth."""
     spark = baskets.sparkSession
@@ -104,21 +136,20 @@ def mine_itemsets_pfp(baskets: DataFrame, min_cnt: int, groups: int, max_length:
     singles = spark.createDataFrame([([item], freq) for item, freq in ordered], ITEMSETS_SCHEMA)
     if max_length == 1 or len(ordered) < 2:
         return singles
-    lookup = spark.createDataFrame(
-        [({item: rank for rank, (item, _) in enumerate(ordered)}, [item for item, _ in ordered])],
-        "rank_of map<string, long>, item_of array<string>",
-    )
-    # Keep only frequent items first (a native set intersection), then look up the few left:
-    # a map lookup per item of every basket through a lambda costs several times more.
-    ranked_baskets = (
-        baskets.crossJoin(F.broadcast(lookup))
-        .select(F.array_intersect("items", "item_of").alias("f"), "rank_of")
-        .where(F.size("f") > 0)
-        .select(F.array_sort(F.transform("f", lambda i: F.element_at(F.col("rank_of"), i))).alias("r"))
+    item_of = [item for item, _ in ordered]
+    # Each basket as its sorted frequent-item ranks, then identical ones counted: once
+    # baskets hold only frequent items few distinct ones remain (1M generated baskets at
+    # support 0.01: 71), so the prefixes below are made per distinct basket, not per basket.
+    ranked = (
+        baskets.select("items")
+        .mapInArrow(_rank_baskets(item_of), "r array<long>")
+        .where(F.size("r") > 0)
+        .groupBy("r").agg(F.count(F.lit(1)).alias("n"))
     )
     # for each group the basket touches: the prefix up to that group's last item
     grp = F.transform("r", lambda x: x % groups)
-    prefixes = ranked_baskets.select(
+    prefixes = ranked.select(
+        "n",
         F.explode(
             F.transform(
                 F.array_distinct(grp),
@@ -127,13 +158,15 @@ def mine_itemsets_pfp(baskets: DataFrame, min_cnt: int, groups: int, max_length:
                     F.slice("r", 1, F.size("r") - F.array_position(F.reverse(grp), g) + 1).alias("prefix"),
                 ),
             )
-        ).alias("p")
-    ).select("p.g", "p.prefix")
-    mined = prefixes.groupBy("g").applyInPandas(
+        ).alias("p"),
+    ).select("p.g", "p.prefix", "n")
+    weighted = prefixes.groupBy("g", "prefix").agg(F.sum("n").alias("n"))
+    mined = weighted.groupBy("g").applyInPandas(
         _mine_group(min_cnt, max_length, groups), "ranks array<long>, freq long"
     )
     names = F.transform("ranks", lambda r: F.element_at(F.col("item_of"), (r + 1).cast("int")))
-    pairs_and_more = mined.crossJoin(F.broadcast(lookup.select("item_of"))).select(
+    item_names = spark.createDataFrame([(item_of,)], "item_of array<string>")
+    pairs_and_more = mined.crossJoin(F.broadcast(item_names)).select(
         F.array_sort(names).alias("items"), "freq"
     )
     return singles.unionByName(pairs_and_more)
