@@ -7,7 +7,8 @@ holding any rows. Planted structure (recorded in `_manifest.json` and `_truth/`)
 * customer groups with distinct recency, frequency and spend (for K-means);
 * item bundles bought together (for FP-growth);
 * churn that depends on behaviour: less engaged customers buy less often, return more and
-  are more likely to stop buying before the end (for the churn model);
+  are more likely to stop buying before the end, and the odds are U-shaped in when a
+  customer started (for the churn model, which must beat a linear baseline);
 * a tail of wholesale invoices with hundreds of lines (up to 1,100).
 
 `--dirty-rate R` turns each line, with probability R per defect type, into one of the defects
@@ -177,9 +178,12 @@ def customers(spark: SparkSession, p: GenerateParams) -> DataFrame:
         .otherwise(u_start * d * 0.3)
     )
     df = df.withColumn("start_day", F.floor(start).cast("int"))
-    # Churn-prone customers stop buying in the last months; the odds rise as engagement falls.
+    # Churn-prone customers stop buying in the last months; the odds rise as engagement falls,
+    # and are U-shaped in when the customer started (the earliest and the latest starters of
+    # a group churn more than the middle): a signal no linear model of tenure can use.
     bias = _pick((-1.0, 0.0, 0.5, 0.0, -0.5), g)
-    logit = F.lit(-1.0) + F.lit(4.0) * (F.lit(0.5) - e) + bias
+    u_shape = F.lit(3.0) * (F.abs(F.lit(2.0) * u_start - F.lit(1.0)) - F.lit(0.5))
+    logit = F.lit(-1.0) + F.lit(4.0) * (F.lit(0.5) - e) + bias + u_shape
     df = df.withColumn("churn_prone", (_u(s, "churn", c) < F.lit(1.0) / (F.lit(1.0) + F.exp(-logit))) & (g != 3))
     u_end = _u(s, "end", c)
     end = (
