@@ -103,31 +103,36 @@ class Lake:
         return self.replace_where(df, table, f"_batch_id IN ({listed})")
 
     def merge_into(
-        self, df: DataFrame, table: str, keys: list[str], retries: int = 5
+        self, df: DataFrame, table: str, keys: list[str], retries: int = 8,
+        update_when: str | None = None, schema=None,
     ) -> int:
-        """Upsert `df` on `keys`: matched rows updated, new rows inserted.
+        """Upsert `df` on `keys`: matched rows updated (only where `update_when` holds, with
+        `t.` the table and `s.` the new rows), new rows inserted.
 
-        Retries on Delta's optimistic-concurrency conflicts, so concurrent writers of the
-        same keys never leave duplicates.
+        A missing table is first created empty (with `schema`, default `df`'s), so rows only
+        ever arrive through MERGE. Retries on Delta's optimistic-concurrency conflicts, so
+        concurrent writers of the same keys never leave duplicates.
         """
         for attempt in range(retries + 1):
             try:
                 if not self.exists(table):
-                    return self._write(df, table, "append")
+                    empty = self.spark.createDataFrame([], schema or df.schema)
+                    self._write(empty, table, "append")
                 condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
                 (
                     DeltaTable.forPath(self.spark, self.path(table))
                     .alias("t")
                     .merge(df.alias("s"), condition)
-                    .whenMatchedUpdateAll()
+                    .whenMatchedUpdateAll(condition=update_when)
                     .whenNotMatchedInsertAll()
                     .execute()
                 )
                 return self.table_version(table)
             except Exception as exc:  # Delta raises JVM exceptions wrapped by py4j
                 name = type(exc).__name__ + " " + str(exc)[:300]
-                if attempt == retries or "Concurrent" not in name and "ProtocolChanged" not in name:
+                retriable = ("Concurrent", "ProtocolChanged", "DELTA_PROTOCOL_CHANGED", "already exists")
+                if attempt == retries or not any(r in name for r in retriable):
                     raise
                 log.warning("merge into %s conflicted (%s); retry %d", table, name[:80], attempt + 1)
-                time.sleep(0.5 * (attempt + 1))
+                time.sleep(0.3 * (attempt + 1))
         raise AssertionError("unreachable")

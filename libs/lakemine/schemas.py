@@ -117,3 +117,31 @@ GOLD_FREQUENT_ITEMSETS = "gold/frequent_itemsets"
 GOLD_ASSOCIATION_RULES = "gold/association_rules"
 GOLD_CUSTOMER_SEGMENTS = "gold/customer_segments"
 GOLD_SEGMENT_PROFILES = "gold/segment_profiles"
+GOLD_CUSTOMER_SCORES = "gold/customer_scores"
+OPS_DRIFT = "ops/drift"
+
+SCORES_KEY = ("customer_id", "as_of", "model_version")
+SCORES_SCHEMA = T.StructType(
+    [
+        T.StructField("customer_id", T.StringType()),
+        T.StructField("as_of", T.DateType()),
+        T.StructField("churn_probability", T.DoubleType()),
+        T.StructField("segment", T.IntegerType()),
+        T.StructField("model_version", T.StringType()),
+        T.StructField("scored_at", T.TimestampType()),
+    ]
+)
+
+DRIFT_SCHEMA = T.StructType(
+    [
+        T.StructField("as_of", T.DateType()),
+        T.StructField("model_version", T.StringType()),
+        T.StructField("feature", T.StringType()),
+        T.StructField("psi", T.DoubleType()),
+        T.StructField("status", T.StringType()),
+        T.StructField("expected", T.ArrayType(T.DoubleType())),
+        T.StructField("actual", T.ArrayType(T.DoubleType())),
+        T.StructField("edges", T.ArrayType(T.DoubleType())),
+        T.StructField("run_id", T.StringType()),
+    ]
+)
