@@ -83,3 +83,56 @@ def gold_lake(spark, cfg, tmp_path_factory):
     run_features(lake, lake_cfg)
     truth = spark.read.parquet(str(root / "raw" / "_truth" / "customers"))
     return lake, lake_cfg, truth, manifest
+
+
+@pytest.fixture(scope="session")
+def learn_lake(spark, cfg, tmp_path_factory):
+    """Generated data (600 customers, a year) with feature snapshots 150, 120 and 90 days before
+    the end (complete churn labels) and at the end, and a k-means model; once per run.
+
+    Returns (lake, cfg). Tests that write must work on `copy_lake(...)`.
+    """
+    from datetime import timedelta
+
+    from lakemine.clean import clean
+    from lakemine.features import latest_date, run_features
+    from lakemine.generate import GenerateParams, generate
+    from lakemine.ingest import ingest
+    from lakemine.kmeans import KMeansParams, run_kmeans
+    from lakemine.lake import Lake
+
+    root = tmp_path_factory.mktemp("learn")
+    generate(spark, str(root / "raw"), GenerateParams(customers=600, days=365, seed=11))
+    lake = Lake.at(spark, str(root / "lake"))
+    lake_cfg = cfg.with_lake(lake.root)
+    ingest(lake, lake_cfg, str(root / "raw"))
+    clean(lake, lake_cfg)
+    end = latest_date(lake)
+    for days in (150, 120, 90, 0):
+        run_features(lake, lake_cfg, end - timedelta(days=days))
+    run_kmeans(lake, lake_cfg, KMeansParams(k=4, n_init=2), end)
+    return lake, lake_cfg
+
+
+def copy_lake(lake, cfg, dest: Path):
+    """A writable copy of a session lake (its model folders keep pointing at the original)."""
+    import shutil
+
+    from lakemine.lake import Lake
+
+    shutil.copytree(lake.root, dest)
+    copy = Lake.at(lake.spark, str(dest))
+    return copy, cfg.with_lake(copy.root)
+
+
+@pytest.fixture(scope="session")
+def trained_lake(learn_lake, tmp_path_factory):
+    """A copy of learn_lake with a churn model trained by 2 Horovod processes.
+
+    Returns (lake, cfg, run, metadata). Tests that write must copy it again.
+    """
+    from lakemine.train import TrainParams, run_train
+
+    lake, cfg = copy_lake(*learn_lake, tmp_path_factory.mktemp("trained") / "lake")
+    run, meta = run_train(lake, cfg, TrainParams(backend="horovod", workers=2, epochs=10, batch_size=64, patience=3))
+    return lake, cfg, run, meta

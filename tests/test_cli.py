@@ -64,6 +64,15 @@ def test_run_generates_ingests_cleans_and_summarizes(spark, tmp_path, capsys):
     assert Lake.at(spark, str(lake)).exists(schemas.SILVER_TRANSACTIONS)
 
 
+def _spark_submit(env: dict, master: str) -> list[str]:
+    """The spark-submit command line a user runs (Delta jars and conf from lakemine.submit_args)."""
+    submit_args = subprocess.run(
+        [sys.executable, "-m", "lakemine.submit_args"], check=True, capture_output=True, text=True, env=env
+    ).stdout.split()
+    env["PYSPARK_PYTHON"] = sys.executable
+    return [str(REPO / ".venv" / "bin" / "spark-submit"), "--master", master, *submit_args]
+
+
 @pytest.mark.slow
 def test_jobs_run_through_spark_submit(tmp_path, venv_env):
     """jobs/ingest.py and jobs/clean.py as a cluster user runs them: spark-submit subprocesses."""
@@ -75,11 +84,7 @@ def test_jobs_run_through_spark_submit(tmp_path, venv_env):
         "",
     ])
     lake = tmp_path / "lake"
-    submit_args = subprocess.run(
-        [sys.executable, "-m", "lakemine.submit_args"], check=True, capture_output=True, text=True, env=venv_env
-    ).stdout.split()
-    venv_env["PYSPARK_PYTHON"] = sys.executable
-    base = [str(REPO / ".venv" / "bin" / "spark-submit"), "--master", "local[1]", *submit_args]
+    base = _spark_submit(venv_env, "local[1]")
     expected = {
         "ingest": "ingest: status=succeeded in=4 out=3 quarantined=1",
         "clean": "clean: status=succeeded in=3 out=1 quarantined=1 duplicates=1",
@@ -103,11 +108,7 @@ def test_jobs_run_through_spark_submit(tmp_path, venv_env):
 def test_mining_jobs_run_through_spark_submit(spark, tmp_path, venv_env):
     """generate -> ingest -> clean -> features -> fpgrowth -> kmeans, each a spark-submit job."""
     lake, raw = tmp_path / "lake", tmp_path / "raw"
-    submit_args = subprocess.run(
-        [sys.executable, "-m", "lakemine.submit_args"], check=True, capture_output=True, text=True, env=venv_env
-    ).stdout.split()
-    venv_env["PYSPARK_PYTHON"] = sys.executable
-    base = [str(REPO / ".venv" / "bin" / "spark-submit"), "--master", "local[2]", *submit_args]
+    base = _spark_submit(venv_env, "local[2]")
     steps = [
         ("generate", ["--out", str(raw), "--customers", "80", "--days", "200", "--seed", "4"]),
         ("ingest", ["--input", str(raw), "--lake", str(lake)]),
@@ -127,3 +128,32 @@ def test_mining_jobs_run_through_spark_submit(spark, tmp_path, venv_env):
     assert check.read_table(schemas.GOLD_FREQUENT_ITEMSETS).where("size(items) >= 2").count() > 0
     stages = {r["stage"] for r in check.read_table(schemas.OPS_RUNS).where("status = 'succeeded'").collect()}
     assert stages == {"ingest", "clean", "features", "fpgrowth", "kmeans"}
+
+
+@pytest.mark.slow
+def test_learning_jobs_run_through_spark_submit(learn_lake, tmp_path, venv_env):
+    """jobs/train.py (Horovod on the submitted session's executors) then jobs/score.py."""
+    import pyspark.sql.functions as F
+
+    from conftest import copy_lake
+    from lakemine.train import model_versions
+
+    lake, _ = copy_lake(*learn_lake, tmp_path / "lake")
+    base = _spark_submit(venv_env, "local[2]")
+    steps = [
+        ("train", ["--lake", lake.root, "--epochs", "2", "--batch-size", "128", "--workers", "2"]),
+        ("score", ["--lake", lake.root]),
+    ]
+    for job, args in steps:
+        proc = subprocess.run([*base, str(REPO / "jobs" / f"{job}.py"), *args],
+                              capture_output=True, text=True, env=venv_env, timeout=600)
+        assert proc.returncode == 0, f"{job}: {proc.stderr[-3000:]}"
+    versions = model_versions(lake)
+    assert len(versions) == 1
+    features = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES)
+    latest = features.agg(F.max("as_of")).first()[0]
+    scores = lake.read_table(schemas.GOLD_CUSTOMER_SCORES)
+    assert scores.where(F.col("as_of") == latest).count() == features.where(F.col("as_of") == latest).count()
+    assert {r["model_version"] for r in scores.select("model_version").distinct().collect()} == set(versions)
+    stages = {r["stage"]: r["status"] for r in lake.read_table(schemas.OPS_RUNS).where("stage in ('train', 'score')").collect()}
+    assert stages == {"train": "succeeded", "score": "succeeded"}

@@ -160,6 +160,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-init", type=_positive_int, default=5, help="k-means|| runs per k, the lowest cost kept (default 5)")
     _common(p)
 
+    p = sub.add_parser("train", help="features and labels into a churn model (Petastorm -> Horovod or TorchDistributor)",
+                       description="Build the training set (standardized features + labels + segment one-hot; earlier "
+                       "as_of dates train and the latest validates, or a seeded customer split when one date has "
+                       "complete labels), write it as Parquet under <lake>/models/churn/<version>/data, and train the "
+                       "MLP on --workers processes that each read their own Petastorm shard. Horovod "
+                       "(horovod.spark.run, ring-allreduce; Gloo on CPU, NCCL on GPU) or TorchDistributor (DDP). "
+                       "Early stopping on validation AUC; a checkpoint every epoch, resumed when re-run with the same "
+                       "inputs. Writes state_dict.pt and metadata.json (with a logistic-regression baseline).",
+                       epilog="Defaults come from the config's train section. GPU nodes without Spark: "
+                       "`lakemine train --write-spec spec.json`, then `horovodrun -np N python -m lakemine.train "
+                       "--spec spec.json`, then `lakemine train` again to record the finished model.")
+    p.add_argument("--backend", choices=("horovod", "torch"), help="launcher (default from config: horovod)")
+    p.add_argument("--workers", type=_positive_int, metavar="N", help="training processes, one Spark task each (default 2)")
+    p.add_argument("--epochs", type=_positive_int, metavar="E", help="at most E epochs (default 30; early stopping may end sooner)")
+    p.add_argument("--batch-size", type=_positive_int, metavar="B", help="rows per step per worker (default 256)")
+    p.add_argument("--learning-rate", type=_fraction, metavar="LR", help="per-worker Adam rate, scaled by workers (default 0.001)")
+    p.add_argument("--patience", type=_positive_int, metavar="P", help="epochs without a better validation AUC before stopping (default 4)")
+    p.add_argument("--seed", type=int, help="seed of the split, the initial weights and the shuffling (default 42)")
+    p.add_argument("--write-spec", metavar="FILE", help="prepare the data and write the worker spec for horovodrun, then stop")
+    _common(p)
+
+    p = sub.add_parser("score", help="score customers with a churn model into gold/customer_scores (MERGE)",
+                       description="Score gold/customer_features of --as-of (default: the latest) with a churn model "
+                       "(default: the latest trained) through an iterator-of-batches Arrow UDF, MERGE into "
+                       "gold/customer_scores on (customer_id, as_of, model_version), and write the population "
+                       "stability index of every feature against the training snapshot to ops/drift (warning above "
+                       "score.drift_warn_psi, default 0.2).")
+    p.add_argument("--model-version", metavar="V", help="a folder name under <lake>/models/churn/ (default: the latest)")
+    _common(p)
+
     p = sub.add_parser("run", help="the whole pipeline in one local session",
                        description="Generate data when no --input is given, then ingest, clean, features, fpgrowth "
                        "(support 0.01) and kmeans (k by silhouette over 2-8), and print a summary. "
@@ -287,6 +317,48 @@ def cmd_kmeans(args, cfg, console, submitted) -> int:
     return 0
 
 
+def cmd_train(args, cfg, console, submitted) -> int:
+    from lakemine.train import TrainParams, run_train
+
+    p = TrainParams.from_config(cfg.train, backend=args.backend, workers=args.workers, epochs=args.epochs,
+                                batch_size=args.batch_size, learning_rate=args.learning_rate,
+                                patience=args.patience, seed=args.seed)
+    lake = _open(cfg, args, submitted)
+    console.step("train", f"{schemas.GOLD_CUSTOMER_FEATURES} + {schemas.GOLD_LABELS} -> churn model "
+                 f"({p.backend} x {p.workers}, at most {p.epochs} epochs)")
+    run, meta = run_train(lake, cfg, p, args.as_of, verbose=args.verbose, spec_out=args.write_spec)
+    _print_run(console, run)
+    if meta:
+        console.out(format_training(meta))
+    return 0
+
+
+def format_training(meta: dict) -> str:
+    lines = [f"  model folder: models/churn/{meta['model_version']}  "
+             f"({meta['rows']['train']:,} train / {meta['rows']['val']:,} validation rows, split by {meta['split']['kind']})",
+             "  epoch  train loss  val loss  val AUC"]
+    for h in meta["history"]:
+        mark = "  <- best" if h["epoch"] == meta["epochs"]["best"] else ""
+        lines.append(f"  {h['epoch']:>5}  {h['train_loss']:>10.4f}  {h['val_loss']:>8.4f}  {h['val_auc']:>7.4f}{mark}")
+    lines.append(f"  validation AUC {meta['validation']['auc']:.4f}, log loss {meta['validation']['log_loss']:.4f}; "
+                 f"logistic-regression baseline AUC {meta['baseline']['auc']:.4f}, log loss {meta['baseline']['log_loss']:.4f}")
+    return "\n".join(lines)
+
+
+def cmd_score(args, cfg, console, submitted) -> int:
+    from lakemine.score import run_score
+
+    lake = _open(cfg, args, submitted)
+    console.step("score", f"{schemas.GOLD_CUSTOMER_FEATURES} -> {schemas.GOLD_CUSTOMER_SCORES} "
+                 f"(model {args.model_version or 'latest'})")
+    run, drifts = run_score(lake, cfg, args.model_version, args.as_of)
+    _print_run(console, run)
+    console.out("  feature              PSI  status")
+    for d in drifts:
+        console.out(f"  {d.feature:<18} {d.psi:6.3f}  {d.status}")
+    return 0
+
+
 def cmd_run(args, cfg, console, submitted) -> int:
     from lakemine.pipeline import run_pipeline
 
@@ -321,6 +393,8 @@ COMMANDS: dict[str, Callable] = {
     "features": cmd_features,
     "fpgrowth": cmd_fpgrowth,
     "kmeans": cmd_kmeans,
+    "train": cmd_train,
+    "score": cmd_score,
     "run": cmd_run,
     "show": cmd_show,
     "history": cmd_history,

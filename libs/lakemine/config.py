@@ -53,6 +53,28 @@ class FeaturesConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    backend: str = "horovod"
+    workers: int = 2
+    epochs: int = 30
+    batch_size: int = 256
+    learning_rate: float = 0.001
+    warmup_epochs: int = 1
+    patience: int = 4
+    hidden: tuple = (64, 32)
+    dropout: float = 0.1
+    batch_norm: bool = False
+    val_fraction: float = 0.2
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    drift_bins: int = 10
+    drift_warn_psi: float = 0.2
+
+
+@dataclass(frozen=True)
 class MaintainConfig:
     retention_hours: int = 168
 
@@ -64,6 +86,8 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
     maintain: MaintainConfig = field(default_factory=MaintainConfig)
 
     def with_lake(self, lake: str | None) -> "Config":
@@ -75,19 +99,30 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "spark.log_level": ("ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"),
     "clean.missing_customer": ("quarantine", "keep"),
     "clean.outlier_policy": ("quarantine", "cap"),
+    "train.backend": ("horovod", "torch"),
 }
 _POSITIVE = {
     "spark.shuffle_partitions",
     "clean.max_unit_price",
     "clean.max_quantity",
     "features.horizon_days",
+    "train.workers",
+    "train.epochs",
+    "train.batch_size",
+    "train.learning_rate",
+    "train.patience",
+    "score.drift_bins",
+    "score.drift_warn_psi",
 }
-_NON_NEGATIVE = {"maintain.retention_hours"}
+_NON_NEGATIVE = {"maintain.retention_hours", "train.warmup_epochs", "train.dropout"}
+_FRACTIONS = {"train.val_fraction", "train.dropout"}
 _SECTIONS: dict[str, type] = {
     "spark": SparkConfig,
     "ingest": IngestConfig,
     "clean": CleanConfig,
     "features": FeaturesConfig,
+    "train": TrainConfig,
+    "score": ScoreConfig,
     "maintain": MaintainConfig,
 }
 
@@ -164,6 +199,10 @@ def _coerce(dotted: str, value: Any, default: Any) -> Any:
         if kind is tuple:
             if isinstance(value, str) or not isinstance(value, (list, tuple)):
                 raise ValueError
+            if default and all(isinstance(v, int) for v in default):
+                if any(isinstance(v, bool) or int(v) != v or int(v) <= 0 for v in value):
+                    raise ValueError
+                return tuple(int(v) for v in value)
             return tuple(str(v) for v in value)
         if kind is dict:
             if not isinstance(value, dict):
@@ -191,6 +230,8 @@ def _build(section_cls: type, values: dict, section: str):
             raise ConfigError(f"config key '{dotted}' has value {value!r}; must be > 0")
         if dotted in _NON_NEGATIVE and value < 0:
             raise ConfigError(f"config key '{dotted}' has value {value!r}; must be >= 0")
+        if dotted in _FRACTIONS and not 0 <= value < 1:
+            raise ConfigError(f"config key '{dotted}' has value {value!r}; must be in [0, 1)")
         kwargs[f.name] = value
     return section_cls(**kwargs)
 

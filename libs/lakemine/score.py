@@ -1,0 +1,144 @@
+"""`lakemine score`: a churn model and gold/customer_features into gold/customer_scores (MERGE),
+with the population stability of every feature against the training snapshot in ops/drift.
+
+Inference is an iterator-of-batches Arrow (pandas) UDF: each Python worker loads the weights
+once (cached per process) and scores Arrow batches with torch. Scores are MERGEd on
+(customer_id, as_of, model_version); a matched row is rewritten only when its score or
+segment changed, so a re-run leaves the table (scored_at included) as it was, and Delta's
+conflict retries make concurrent runs safe.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from datetime import date
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pyspark.sql.functions as F
+from pyspark.sql import DataFrame
+from pyspark.sql.functions import pandas_udf
+
+from lakemine import artifacts, drift, schemas
+from lakemine.config import Config
+from lakemine.features import FEATURES
+from lakemine.lake import Lake
+from lakemine.runs import Run, deterministic_run_id, record_run
+from lakemine.train import MODEL_KIND, WEIGHTS, load_metadata
+from lakemine.trainset import SegmentModel, model_inputs
+
+log = logging.getLogger(__name__)
+
+STAGE = "score"
+_LOADED: dict[str, object] = {}  # weights URI -> model, per Python worker process
+
+
+def _load_model(weights_uri: str, architecture: dict):
+    model = _LOADED.get(weights_uri)
+    if model is None:
+        import torch
+
+        from lakemine.model import ChurnMLP
+
+        torch.set_num_threads(1)  # one Python worker per task slot already
+        model = ChurnMLP(architecture["n_inputs"], tuple(architecture["hidden"]), architecture["dropout"],
+                         architecture["batch_norm"])
+        state = torch.load(io.BytesIO(artifacts.read_bytes(weights_uri)), map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        model.eval()
+        _LOADED[weights_uri] = model
+    return model
+
+
+def churn_probability_udf(weights_uri: str, architecture: dict):
+    """pandas UDF: a struct of the input columns (in model order) -> churn probability."""
+
+    @pandas_udf("double")
+    def churn_probability(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
+        import torch
+
+        model = _load_model(weights_uri, architecture)
+        with torch.no_grad():
+            for batch in batches:
+                x = torch.from_numpy(batch.to_numpy(dtype=np.float32, copy=True))
+                yield pd.Series(torch.sigmoid(model(x)).numpy().astype(np.float64))
+
+    return churn_probability
+
+
+def score_features(features: DataFrame, meta: dict, weights_uri: str) -> DataFrame:
+    """customer_id, as_of, churn_probability, segment, model_version for every featured row."""
+    seg = meta.get("segment_model")
+    segments = SegmentModel(seg["path"], seg["as_of"], seg["k"], tuple(seg["columns"])) if seg else None
+    data = model_inputs(features, segments)
+    udf = churn_probability_udf(weights_uri, meta["architecture"])
+    return data.select(
+        "customer_id",
+        "as_of",
+        udf(F.struct(*[F.col(c) for c in meta["features"]])).alias("churn_probability"),
+        "segment",
+        F.lit(meta["model_version"]).alias("model_version"),
+    )
+
+
+@dataclass
+class DriftResult:
+    feature: str
+    psi: float
+    status: str
+    expected: list[float]
+    actual: list[float]
+    edges: list[float]
+
+
+def feature_drift(features: DataFrame, meta: dict, warn_psi: float) -> tuple[list[DriftResult], int]:
+    """PSI of each original-unit feature against the training snapshot's bins."""
+    reference = meta["drift_reference"]
+    edges = {f: reference["edges"][f] for f in FEATURES if f in reference["edges"]}
+    actual, n = drift.proportions(features, edges)
+    out = []
+    for f in edges:
+        value = drift.psi(reference["expected"][f], actual[f])
+        out.append(DriftResult(f, value, "warn" if value > warn_psi else "ok", reference["expected"][f], actual[f], edges[f]))
+    return out, n
+
+
+def run_score(lake: Lake, cfg: Config, model_version: str | None = None, as_of: date | None = None) -> tuple[Run, list[DriftResult]]:
+    """Score gold/customer_features for `as_of` (default: the latest) with a churn model."""
+    meta = load_metadata(lake, model_version)
+    version = meta["model_version"]
+    features_v = lake.table_version(schemas.GOLD_CUSTOMER_FEATURES)
+    features_all = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES, features_v)
+    if as_of is None:
+        as_of = features_all.agg(F.max("as_of")).first()[0]
+    params = {"model_version": version, "drift_warn_psi": cfg.score.drift_warn_psi}
+    inputs = {schemas.GOLD_CUSTOMER_FEATURES: features_v}
+    with record_run(lake, STAGE, as_of, params) as run:
+        run.run_id = deterministic_run_id(STAGE, as_of, params, inputs)
+        run.inputs.update(inputs)
+        features = features_all.where(F.col("as_of") == F.lit(as_of))
+        weights = f"{lake.model_path(MODEL_KIND, version)}/{WEIGHTS}"
+        scores = score_features(features, meta, weights).withColumn("scored_at", F.current_timestamp().cast("timestamp"))
+        scores = scores.select(*schemas.SCORES_SCHEMA.fieldNames())
+        changed = "NOT (t.churn_probability <=> s.churn_probability) OR NOT (t.segment <=> s.segment)"
+        run.outputs[schemas.GOLD_CUSTOMER_SCORES] = lake.merge_into(
+            scores, schemas.GOLD_CUSTOMER_SCORES, list(schemas.SCORES_KEY), update_when=changed,
+            schema=schemas.SCORES_SCHEMA,
+        )
+        drifts, n = feature_drift(features, meta, cfg.score.drift_warn_psi)
+        run.rows_in = n
+        run.rows_out = n
+        rows = [(as_of, version, d.feature, float(d.psi), d.status, d.expected, d.actual, d.edges, run.run_id) for d in drifts]
+        drift_df = lake.spark.createDataFrame(rows, schemas.DRIFT_SCHEMA)
+        predicate = f"as_of = DATE'{as_of.isoformat()}' AND model_version = '{version}'"
+        run.outputs[schemas.OPS_DRIFT] = lake.replace_where(drift_df, schemas.OPS_DRIFT, predicate)
+        warned = [d for d in drifts if d.status == "warn"]
+        run.message = f"{n:,} customers scored with model {version}" + (
+            "; drift: " + ", ".join(f"{d.feature} PSI {d.psi:.2f}" for d in warned) if warned else "; no feature drift above "
+            f"PSI {cfg.score.drift_warn_psi}")
+        for d in warned:
+            log.warning("feature %s drifted: PSI %.3f > %.2f", d.feature, d.psi, cfg.score.drift_warn_psi)
+    return run, drifts

@@ -1,0 +1,103 @@
+"""The training set: standardized customer features + churn labels + segment one-hot.
+
+`model_inputs` is shared by training and scoring, so both build exactly the same input
+columns: the `z_` features, then `segment_0..segment_{k-1}` from the k-means model recorded
+with the churn model (applied to each snapshot's features, so every date uses one
+numbering of segments).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import pyspark.sql.functions as F
+from pyspark.sql import DataFrame
+
+from lakemine import artifacts, schemas
+from lakemine.errors import StageError
+from lakemine.features import Z_FEATURES
+from lakemine.kmeans import SEGMENT_FEATURES, assemble
+from lakemine.lake import Lake
+
+LABEL = "churned"
+
+
+@dataclass(frozen=True)
+class SegmentModel:
+    """A saved k-means model (lakemine kmeans) used to one-hot the segment."""
+
+    path: str
+    as_of: str
+    k: int
+    columns: tuple[str, ...] = SEGMENT_FEATURES
+
+    def load(self):
+        from pyspark.ml.clustering import KMeansModel
+
+        return KMeansModel.load(self.path)
+
+
+def latest_segment_model(lake: Lake) -> SegmentModel | None:
+    """The most recent model under <lake>/models/kmeans/, None when k-means never ran."""
+    dates = [d for d in artifacts.list_dirs(f"{lake.root}/models/kmeans") if not d.startswith((".", "_"))]
+    if not dates:
+        return None
+    path = lake.model_path("kmeans", dates[-1])
+    from pyspark.ml.clustering import KMeansModel
+
+    k = len(KMeansModel.load(path).clusterCenters())
+    return SegmentModel(path, dates[-1], k)
+
+
+def input_columns(segments: SegmentModel | None) -> list[str]:
+    return list(Z_FEATURES) + ([f"segment_{i}" for i in range(segments.k)] if segments else [])
+
+
+def model_inputs(features: DataFrame, segments: SegmentModel | None) -> DataFrame:
+    """`features` plus `segment` (int, null without a segment model) and every input column
+    as float, in the order of `input_columns`."""
+    schemas.require_columns(features, ("customer_id", "as_of") + Z_FEATURES, schemas.GOLD_CUSTOMER_FEATURES)
+    if segments is None:
+        df = features.withColumn("segment", F.lit(None).cast("int"))
+    else:
+        predicted = segments.load().transform(assemble(features, segments.columns))
+        df = predicted.drop("features").withColumn("segment", F.col("prediction").cast("int")).drop("prediction")
+        for i in range(segments.k):
+            df = df.withColumn(f"segment_{i}", (F.col("segment") == i).cast("float"))
+    for c in Z_FEATURES:
+        df = df.withColumn(c, F.col(c).cast("float"))
+    return df
+
+
+@dataclass(frozen=True)
+class Split:
+    kind: str  # "time": earlier dates train, the latest validates; "customer": seeded hash split
+    train_dates: list[str]
+    val_dates: list[str]
+
+
+def training_frame(
+    features: DataFrame, labels: DataFrame, segments: SegmentModel | None, as_of: date,
+    val_fraction: float, seed: int,
+) -> tuple[DataFrame, Split]:
+    """Rows of complete labels dated on or before `as_of`, with their inputs and `split`."""
+    schemas.require_columns(labels, ("customer_id", "as_of", LABEL, "complete"), schemas.GOLD_LABELS)
+    known = labels.where(F.col("complete") & (F.col("as_of") <= F.lit(as_of))).select(
+        "customer_id", "as_of", F.col(LABEL).cast("float").alias(LABEL)
+    )
+    data = model_inputs(features.join(known, ["customer_id", "as_of"]), segments)
+    dates = sorted(r["as_of"] for r in known.select("as_of").distinct().collect())
+    if not dates:
+        raise StageError(
+            f"{schemas.GOLD_LABELS} has no complete labels on or before {as_of}: run `lakemine features "
+            "--as-of D` for a date D at least the churn horizon before the end of the data"
+        )
+    if len(dates) >= 2:
+        split = F.when(F.col("as_of") == F.lit(dates[-1]), "val").otherwise("train")
+        info = Split("time", [d.isoformat() for d in dates[:-1]], [dates[-1].isoformat()])
+    else:
+        bucket = F.abs(F.xxhash64("customer_id", F.lit(seed))) % 10_000
+        split = F.when(bucket < int(val_fraction * 10_000), "val").otherwise("train")
+        info = Split("customer", [dates[0].isoformat()], [dates[0].isoformat()])
+    return data.withColumn("split", split), info

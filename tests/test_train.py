@@ -1,0 +1,118 @@
+"""Churn training: the training set, Horovod on Spark (2 real processes, Gloo), TorchDistributor,
+checkpoint resumption, and the model folder."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import date
+
+import pyspark.sql.functions as F
+import pytest
+import torch
+
+from conftest import copy_lake
+from lakemine import artifacts, schemas
+from lakemine.errors import StageError
+from lakemine.features import Z_FEATURES
+from lakemine.model import ChurnMLP
+from lakemine.train import TrainParams, roc_auc, run_train
+from lakemine.trainset import input_columns, latest_segment_model, training_frame
+
+
+def test_roc_auc_matches_hand_counted_pairs():
+    # positives 0.9, 0.4; negatives 0.5, 0.1, 0.4: pairs won 3 + (1 + 0.5 tie) = 4.5 of 6
+    assert roc_auc([1, 1, 0, 0, 0], [0.9, 0.4, 0.5, 0.1, 0.4]) == pytest.approx(4.5 / 6)
+
+
+def test_model_is_a_plain_module_giving_one_logit_per_row():
+    net = ChurnMLP(5, (8, 4), dropout=0.0, batch_norm=True)
+    assert net(torch.zeros(3, 5)).shape == (3,)
+    assert not any("horovod" in type(m).__module__ for m in net.modules())
+
+
+def test_training_frame_splits_by_time_and_uses_only_complete_labels(learn_lake):
+    lake, cfg = learn_lake
+    labels = lake.read_table(schemas.GOLD_LABELS)
+    features = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES)
+    complete = sorted(r["as_of"] for r in labels.where("complete").select("as_of").distinct().collect())
+    assert len(complete) == 3  # 150, 120 and 90 days before the end; the end itself is incomplete
+    segments = latest_segment_model(lake)
+    frame, split = training_frame(features, labels, segments, complete[-1], 0.2, 42)
+    assert split.kind == "time"
+    assert split.train_dates == [d.isoformat() for d in complete[:-1]]
+    assert split.val_dates == [complete[-1].isoformat()]
+    by_split = {r["split"]: r for r in frame.groupBy("split").agg(F.min("as_of").alias("lo"), F.max("as_of").alias("hi")).collect()}
+    assert by_split["train"]["hi"] < by_split["val"]["lo"] == complete[-1]
+    inputs = input_columns(segments)
+    assert inputs == list(Z_FEATURES) + [f"segment_{i}" for i in range(segments.k)]
+    one_hot = frame.select(sum(F.col(f"segment_{i}") for i in range(segments.k)).alias("s")).distinct().collect()
+    assert [r["s"] for r in one_hot] == [1.0]
+
+
+def test_training_frame_falls_back_to_a_seeded_customer_split(learn_lake):
+    lake, cfg = learn_lake
+    labels = lake.read_table(schemas.GOLD_LABELS)
+    features = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES)
+    first = labels.where("complete").agg(F.min("as_of")).first()[0]
+    frame, split = training_frame(features, labels, None, first, 0.2, 7)
+    again, _ = training_frame(features, labels, None, first, 0.2, 7)
+    assert split.kind == "customer"
+    rows = {(r["customer_id"], r["split"]) for r in frame.select("customer_id", "split").collect()}
+    assert rows == {(r["customer_id"], r["split"]) for r in again.select("customer_id", "split").collect()}
+    share = sum(1 for _, s in rows if s == "val") / len(rows)
+    assert 0.1 < share < 0.3
+
+
+def test_training_without_complete_labels_names_what_to_run(learn_lake, tmp_path):
+    lake, cfg = copy_lake(*learn_lake, tmp_path / "lake")
+    early = date(2000, 1, 1)
+    with pytest.raises(StageError, match="no complete labels on or before 2000-01-01"):
+        run_train(lake, cfg, TrainParams(epochs=1), as_of=early)
+
+
+@pytest.mark.slow
+def test_horovod_ranks_end_identical_and_beat_the_logistic_baseline(trained_lake):
+    lake, cfg, run, meta = trained_lake
+    assert meta["backend"] == "horovod" and meta["world_size"] == 2
+    digests = meta["rank_digests"]
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+    assert meta["validation"]["auc"] > meta["baseline"]["auc"]
+    assert meta["inputs"] == {t: lake.table_version(t) for t in meta["inputs"]}
+    assert len(meta["history"]) == meta["epochs"]["run"] and 1 <= meta["epochs"]["best"] <= meta["epochs"]["run"]
+    best = meta["history"][meta["epochs"]["best"] - 1]
+    assert best["val_auc"] == max(h["val_auc"] for h in meta["history"]) == meta["validation"]["auc"]
+    # every rank read its own shard: the epoch's samples add up to the steps of both ranks
+    assert all(h["samples"] == 2 * 64 * -(-meta["rows"]["train"] // 128) for h in meta["history"])
+    folder = lake.model_path("churn", meta["model_version"])
+    state = torch.load(io.BytesIO(artifacts.read_bytes(f"{folder}/state_dict.pt")), weights_only=True)
+    arch = meta["architecture"]
+    net = ChurnMLP(arch["n_inputs"], tuple(arch["hidden"]), arch["dropout"], arch["batch_norm"])
+    net.load_state_dict(state)
+    assert json.loads(artifacts.read_bytes(f"{folder}/metadata.json")) == meta
+    runs = lake.read_table(schemas.OPS_RUNS).where("stage = 'train'").collect()
+    assert [(r["status"], r["rows_in"]) for r in runs] == [("succeeded", meta["rows"]["train"] + meta["rows"]["val"])]
+
+
+@pytest.mark.slow
+def test_rerun_with_more_epochs_resumes_from_the_checkpoint(learn_lake, tmp_path):
+    lake, cfg = copy_lake(*learn_lake, tmp_path / "lake")
+    params = dict(backend="horovod", workers=2, patience=100)
+    _, first = run_train(lake, cfg, TrainParams(epochs=2, **params))
+    _, second = run_train(lake, cfg, TrainParams(epochs=4, **params))
+    assert second["model_version"] == first["model_version"]
+    assert len(second["history"]) == 4
+    assert second["history"][:2] == first["history"]  # epochs 1-2 were not trained again
+    _, third = run_train(lake, cfg, TrainParams(epochs=4, **params))
+    assert third["history"] == second["history"]  # finished: a re-run trains nothing
+
+
+@pytest.mark.slow
+def test_torch_distributor_reaches_an_auc_comparable_to_horovod(learn_lake, trained_lake, tmp_path):
+    lake, cfg = copy_lake(*learn_lake, tmp_path / "lake")
+    _, meta = run_train(lake, cfg, TrainParams(backend="torch", workers=2, epochs=10, batch_size=64, patience=3))
+    horovod = trained_lake[3]
+    assert meta["backend"] == "torch" and meta["world_size"] == 2
+    assert meta["model_version"] != horovod["model_version"]
+    assert meta["rows"] == horovod["rows"]
+    assert abs(meta["validation"]["auc"] - horovod["validation"]["auc"]) < 0.03
