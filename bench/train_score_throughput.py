@@ -8,7 +8,7 @@ one-hots, the label), written as Parquet exactly as `lakemine train` writes its 
   of 1 thread each, batch 256 per rank; samples/s = samples / time in the epochs' training
   steps (as recorded by the workers), and also over the whole launch (process start-up,
   readers and validation included).
-* in-memory: one process, 2 threads, the same network, global batch 512 (= 2 x 256), tensors
+* in-memory: one process, 2 threads, the same network, the same global batch (2 x --batch-size), tensors
   already in memory, the same epochs.
 * scoring: `score_features` (iterator Arrow UDF, model loaded once per Python worker) over the
   rows as a Spark DataFrame, written to the `noop` sink, against `model(x)` on the same rows
@@ -65,14 +65,14 @@ def make_rows(spark, n: int, seed: int = 1):
     return df.withColumn(LABEL, (F.rand(seed + 99) < 1 / (1 + F.exp(-logit))).cast("float"))
 
 
-def spec_for(work: Path, epochs: int, n_train: int) -> dict:
+def spec_for(work: Path, epochs: int, n_train: int, batch: int) -> dict:
     return {
-        "backend": "horovod", "workers": 2, "epochs": epochs, "batch_size": 256, "learning_rate": 0.001,
+        "backend": "horovod", "workers": 2, "epochs": epochs, "batch_size": batch, "learning_rate": 0.001,
         "warmup_epochs": 1, "patience": 10**6, "hidden": list(HIDDEN), "dropout": 0.1, "batch_norm": False,
         "val_fraction": 0.2, "seed": 42, "inputs": INPUTS,
         "train_url": artifacts.dataset_url(str(work / "train")), "val_url": artifacts.dataset_url(str(work / "val")),
         "checkpoint": str(work / "ckpt" / "checkpoint.pt"), "pos_weight": 1.0,
-        "steps_per_epoch": -(-n_train // 512), "threads": 1, "use_gpu": False,
+        "steps_per_epoch": -(-n_train // (2 * batch)), "threads": 1, "use_gpu": False,
     }
 
 
@@ -88,7 +88,7 @@ def time_petastorm_horovod(spark, spec: dict) -> dict:
             "samples_per_sec": samples / train_secs, "samples_per_sec_wall": samples / wall}
 
 
-def time_in_memory(x: torch.Tensor, y: torch.Tensor, epochs: int, steps: int) -> dict:
+def time_in_memory(x: torch.Tensor, y: torch.Tensor, epochs: int, steps: int, batch: int) -> dict:
     torch.set_num_threads(2)
     torch.manual_seed(42)
     net = ChurnMLP(x.shape[1], HIDDEN, 0.1, False)
@@ -100,9 +100,9 @@ def time_in_memory(x: torch.Tensor, y: torch.Tensor, epochs: int, steps: int) ->
         t0 = time.perf_counter()
         order = torch.randperm(x.shape[0], generator=g)
         for s in range(steps):
-            idx = order[(s * 512) % x.shape[0]:][:512]
-            if idx.shape[0] < 512:
-                idx = torch.cat([idx, order[: 512 - idx.shape[0]]])
+            idx = order[(s * batch) % x.shape[0]:][:batch]
+            if idx.shape[0] < batch:
+                idx = torch.cat([idx, order[: batch - idx.shape[0]]])
             opt.zero_grad()
             loss = loss_fn(net(x[idx]), y[idx])
             loss.backward()
@@ -118,6 +118,7 @@ def main() -> int:
     ap.add_argument("--score-rows", type=int, default=1_000_000)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=256, help="per rank; the in-memory run uses 2x (the same global batch)")
     ap.add_argument("--work", default=str(REPO / "bench" / "work" / "train"))
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "train_score"))
     args = ap.parse_args()
@@ -133,13 +134,13 @@ def main() -> int:
     pdf = spark.read.parquet(str(work / "train")).toPandas()
     x = torch.from_numpy(pdf[INPUTS].to_numpy(dtype=np.float32))
     y = torch.from_numpy(pdf[LABEL].to_numpy(dtype=np.float32))
-    spec = spec_for(work, args.epochs, args.rows)
+    spec = spec_for(work, args.epochs, args.rows, args.batch_size)
 
     time_petastorm_horovod(spark, {**spec, "epochs": 1})  # warm-up: imports, page cache
     ph, mem = [], []
     for i in range(args.repeat):
         ph.append(time_petastorm_horovod(spark, spec))
-        mem.append(time_in_memory(x, y, args.epochs, spec["steps_per_epoch"]))
+        mem.append(time_in_memory(x, y, args.epochs, spec["steps_per_epoch"], 2 * args.batch_size))
         print(f"train run {i + 1}: petastorm+horovod {ph[-1]['samples_per_sec']:,.0f} samples/s "
               f"({ph[-1]['samples_per_sec_wall']:,.0f} over the whole launch), in-memory {mem[-1]['samples_per_sec']:,.0f}",
               flush=True)
@@ -177,7 +178,7 @@ def main() -> int:
     med = statistics.median
     result = {
         "train": {
-            "rows": args.rows, "epochs": args.epochs, "global_batch": 512,
+            "rows": args.rows, "epochs": args.epochs, "batch_per_rank": args.batch_size, "global_batch": 2 * args.batch_size,
             "petastorm_horovod_samples_per_sec": med(r["samples_per_sec"] for r in ph),
             "petastorm_horovod_samples_per_sec_whole_launch": med(r["samples_per_sec_wall"] for r in ph),
             "in_memory_samples_per_sec": med(r["samples_per_sec"] for r in mem),
@@ -205,8 +206,8 @@ def main() -> int:
         f"{meta_out['machine']}; median of {args.repeat} runs; {len(INPUTS)} inputs, MLP {HIDDEN}.", "",
         "| what | rows | lakemine (per s) | peer (per s) | lakemine / peer |",
         "|---|---:|---:|---:|---:|",
-        f"| training samples, Petastorm + Horovod 2 x 1 thread vs in-memory 1 x 2 threads, {args.epochs} epochs "
-        f"(training steps) | {args.rows:,} | {t['petastorm_horovod_samples_per_sec']:,.0f} | "
+        f"| training samples, Petastorm + Horovod 2 x 1 thread vs in-memory 1 x 2 threads, {args.epochs} epochs, "
+        f"global batch {2 * args.batch_size} (training steps) | {args.rows:,} | {t['petastorm_horovod_samples_per_sec']:,.0f} | "
         f"{t['in_memory_samples_per_sec']:,.0f} | {t['ratio']:.2f} |",
         f"| the same, over the whole launch (start-up, readers, validation) | {args.rows:,} | "
         f"{t['petastorm_horovod_samples_per_sec_whole_launch']:,.0f} | {t['in_memory_samples_per_sec']:,.0f} | "
