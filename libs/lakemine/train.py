@@ -375,10 +375,8 @@ def load_metadata(lake: Lake, version: str | None = None) -> dict:
     return artifacts.read_json(path)
 
 
-def _write_split(frame, split: str, columns: list[str], files: int, url: str) -> int:
-    rows = frame.where(F.col("split") == split).select(*columns)
-    rows.repartition(files).write.mode("overwrite").parquet(url)
-    return rows.count()
+def _write_split(frame, split: str, columns: list[str], files: int, url: str) -> None:
+    frame.where(F.col("split") == split).select(*columns).repartition(files).write.mode("overwrite").parquet(url)
 
 
 def run_train(
