@@ -60,6 +60,18 @@ def list_dirs(uri: str) -> list[str]:
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
 
+def data_files(uri: str, suffix: str = ".parquet") -> tuple[int, int]:
+    """(count, bytes) of the files ending in `suffix` anywhere under `uri` except in
+    `_delta_log` (a table's data files on disk, live or not)."""
+    filesystem, path = _resolve(uri)
+    if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
+        return 0, 0
+    infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+    files = [i for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(suffix)
+             and "/_delta_log/" not in i.path]
+    return len(files), sum(i.size for i in files)
+
+
 def dataset_url(uri: str) -> str:
     """The URL Petastorm and pyarrow datasets take: local paths become file:// URLs."""
     if uri.startswith("file:"):

@@ -67,6 +67,38 @@ class Lake:
             raise StageError(f"table {table} does not exist in lake {self.root}")
         return DeltaTable.forPath(self.spark, self.path(table)).history()
 
+    def tables(self) -> list[str]:
+        """Every Delta table under the root, as "layer/name", sorted (models and reports are not tables)."""
+        from lakemine import artifacts
+
+        found = []
+        for layer in artifacts.list_dirs(self.root):
+            if layer.startswith((".", "_")) or layer in ("models", "reports"):
+                continue
+            for name in artifacts.list_dirs(f"{self.root}/{layer}"):
+                if artifacts.exists(f"{self.root}/{layer}/{name}/_delta_log"):
+                    found.append(f"{layer}/{name}")
+        return sorted(found)
+
+    def optimize(self, table: str) -> dict:
+        """OPTIMIZE (bin-packing compaction); returns Delta's file metrics. No commit when
+        there is nothing to compact."""
+        rows = DeltaTable.forPath(self.spark, self.path(table)).optimize().executeCompaction().collect()
+        metrics = rows[0]["metrics"].asDict() if rows else {}
+        return {"files_added": int(metrics.get("numFilesAdded", 0)), "files_removed": int(metrics.get("numFilesRemoved", 0))}
+
+    def vacuum(self, table: str, retention_hours: int) -> None:
+        """VACUUM: delete files no version of the last `retention_hours` needs. Below Delta's
+        safety default (168 h) the check is turned off for this call only."""
+        key = "spark.databricks.delta.retentionDurationCheck.enabled"
+        previous = self.spark.conf.get(key, "true")
+        if retention_hours < 168:
+            self.spark.conf.set(key, "false")
+        try:
+            DeltaTable.forPath(self.spark, self.path(table)).vacuum(float(retention_hours))
+        finally:
+            self.spark.conf.set(key, previous)
+
     def rows_written(self, table: str) -> int:
         """Rows the table's latest commit wrote (Delta's numOutputRows), 0 when none."""
         last = DeltaTable.forPath(self.spark, self.path(table)).history(1).first()
