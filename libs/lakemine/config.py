@@ -50,6 +50,8 @@ class CleanConfig:
 @dataclass(frozen=True)
 class FeaturesConfig:
     horizon_days: int = 90
+    training_snapshots: int = 2
+    snapshot_spacing_days: int = 30
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,18 @@ class MaintainConfig:
 
 
 @dataclass(frozen=True)
+class OrchestrationConfig:
+    input: str = "./landing"
+    conn_id: str = "spark_default"
+    retries: int = 2
+    retry_delay_minutes: int = 2
+    max_retry_delay_minutes: int = 30
+    task_timeout_minutes: int = 60
+    train_weekday: int = 6
+    spark_conf: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Config:
     lake: str = "./lake"
     spark: SparkConfig = field(default_factory=SparkConfig)
@@ -89,6 +103,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     maintain: MaintainConfig = field(default_factory=MaintainConfig)
+    orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
 
     def with_lake(self, lake: str | None) -> "Config":
         return self if lake is None else dataclasses.replace(self, lake=lake)
@@ -106,6 +121,10 @@ _POSITIVE = {
     "clean.max_unit_price",
     "clean.max_quantity",
     "features.horizon_days",
+    "features.snapshot_spacing_days",
+    "orchestration.retry_delay_minutes",
+    "orchestration.max_retry_delay_minutes",
+    "orchestration.task_timeout_minutes",
     "train.workers",
     "train.epochs",
     "train.batch_size",
@@ -114,7 +133,10 @@ _POSITIVE = {
     "score.drift_bins",
     "score.drift_warn_psi",
 }
-_NON_NEGATIVE = {"maintain.retention_hours", "train.warmup_epochs", "train.dropout"}
+_NON_NEGATIVE = {
+    "maintain.retention_hours", "train.warmup_epochs", "train.dropout", "features.training_snapshots",
+    "orchestration.retries", "orchestration.train_weekday",
+}
 _FRACTIONS = {"train.val_fraction", "train.dropout"}
 _SECTIONS: dict[str, type] = {
     "spark": SparkConfig,
@@ -124,6 +146,7 @@ _SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "score": ScoreConfig,
     "maintain": MaintainConfig,
+    "orchestration": OrchestrationConfig,
 }
 
 
@@ -168,7 +191,7 @@ def _merge(base: dict, over: dict, where: str = "") -> dict:
         if key not in base:
             allowed = ", ".join(sorted(base))
             raise ConfigError(f"config key '{dotted}' is unknown; allowed here: {allowed}")
-        if isinstance(base[key], dict) and key != "conf":
+        if isinstance(base[key], dict) and key not in ("conf", "spark_conf"):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{dotted}' must be a mapping")
             merged[key] = _merge(base[key], value, dotted + ".")
@@ -230,6 +253,8 @@ def _build(section_cls: type, values: dict, section: str):
             raise ConfigError(f"config key '{dotted}' has value {value!r}; must be > 0")
         if dotted in _NON_NEGATIVE and value < 0:
             raise ConfigError(f"config key '{dotted}' has value {value!r}; must be >= 0")
+        if dotted == "orchestration.train_weekday" and value > 6:
+            raise ConfigError(f"config key '{dotted}' has value {value!r}; must be 0 (Monday) to 6 (Sunday)")
         if dotted in _FRACTIONS and not 0 <= value < 1:
             raise ConfigError(f"config key '{dotted}' has value {value!r}; must be in [0, 1)")
         kwargs[f.name] = value

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 
 import pyspark.sql.functions as F
 from pyspark.sql import DataFrame, Window
 
 from lakemine import schemas
 from lakemine.config import Config
+from lakemine.errors import StageError
 from lakemine.lake import Lake
 from lakemine.runs import Run, record_run
 
@@ -199,8 +200,38 @@ def latest_date(lake: Lake, version: int | None = None) -> date:
     return lake.read_table(schemas.SILVER_TRANSACTIONS, version).agg(F.max("invoice_date")).first()[0]
 
 
-def run_features(lake: Lake, cfg: Config, as_of: date | None = None, horizon_days: int | None = None) -> Run:
-    """Write baskets (all), and features, scaler and labels for `as_of`; records ops/runs."""
+def training_dates(as_of: date, data_start: date, horizon_days: int, snapshots: int, spacing_days: int) -> list[date]:
+    """The earlier snapshot dates whose labels are complete by `as_of`: as_of - horizon,
+    then `spacing_days` further back each, oldest first; dates with less than `spacing_days`
+    of history before them are left out."""
+    dates = [as_of - timedelta(days=horizon_days + i * spacing_days) for i in range(snapshots)]
+    return sorted(d for d in dates if d >= data_start + timedelta(days=spacing_days))
+
+
+def run_feature_snapshots(
+    lake: Lake, cfg: Config, as_of: date | None = None, horizon_days: int | None = None,
+    training_snapshots: int | None = None,
+) -> list[Run]:
+    """`run_features` for `as_of` and for its training snapshots (see `training_dates`):
+    the dates whose churn labels the data now complete, so training always has labelled
+    rows. Returns the runs, `as_of`'s last."""
+    version = lake.table_version(schemas.SILVER_TRANSACTIONS)
+    if version is None:
+        raise StageError(f"table {schemas.SILVER_TRANSACTIONS} does not exist in lake {lake.root}: run `lakemine clean` first")
+    as_of = as_of or latest_date(lake, version)
+    horizon = horizon_days or cfg.features.horizon_days
+    n = cfg.features.training_snapshots if training_snapshots is None else training_snapshots
+    start = lake.read_table(schemas.SILVER_TRANSACTIONS, version).agg(F.min("invoice_date")).first()[0]
+    earlier = training_dates(as_of, start, horizon, n, cfg.features.snapshot_spacing_days) if start else []
+    runs = [run_features(lake, cfg, d, horizon, baskets=False) for d in earlier]
+    return runs + [run_features(lake, cfg, as_of, horizon)]
+
+
+def run_features(
+    lake: Lake, cfg: Config, as_of: date | None = None, horizon_days: int | None = None, baskets: bool = True,
+) -> Run:
+    """Write baskets (all, unless `baskets` is False), and features, scaler and labels for
+    `as_of`; records ops/runs."""
     version = lake.table_version(schemas.SILVER_TRANSACTIONS)
     as_of = as_of or latest_date(lake, version)
     p = FeatureParams(as_of, horizon_days or cfg.features.horizon_days)
@@ -208,7 +239,8 @@ def run_features(lake: Lake, cfg: Config, as_of: date | None = None, horizon_day
         silver = lake.read_table(schemas.SILVER_TRANSACTIONS, version)
         run.inputs[schemas.SILVER_TRANSACTIONS] = version
         run.rows_in = silver.where(F.col("invoice_date") <= F.lit(as_of)).count()
-        run.outputs[schemas.GOLD_BASKETS] = lake.overwrite(build_baskets(silver), schemas.GOLD_BASKETS)
+        if baskets:
+            run.outputs[schemas.GOLD_BASKETS] = lake.overwrite(build_baskets(silver), schemas.GOLD_BASKETS)
         features, scaler = standardize(compute_customer_features(silver, p))
         run.outputs[schemas.GOLD_CUSTOMER_FEATURES] = lake.overwrite_as_of(features, schemas.GOLD_CUSTOMER_FEATURES, as_of)
         run.rows_out = lake.rows_written(schemas.GOLD_CUSTOMER_FEATURES)

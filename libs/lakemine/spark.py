@@ -6,7 +6,6 @@ partitions, time zone and the UI.
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import sys
@@ -15,48 +14,9 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from lakemine.config import Config
-from lakemine.errors import UsageError
+from lakemine.jars import DELTA_CONF, delta_jars
 
 log = logging.getLogger(__name__)
-
-DELTA_CONF = {
-    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
-    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
-}
-_REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def jars_dir(cfg: Config) -> Path:
-    """Folder holding the Delta jars fetched by scripts/setup.sh."""
-    if cfg.spark.jars_dir:
-        return Path(cfg.spark.jars_dir)
-    if os.environ.get("LAKEMINE_JARS_DIR"):
-        return Path(os.environ["LAKEMINE_JARS_DIR"])
-    return _REPO_ROOT / ".jars"
-
-
-def delta_jars(cfg: Config) -> list[str]:
-    """Paths of the Delta jars; raises UsageError saying how to get them when missing."""
-    folder = jars_dir(cfg)
-    jars = sorted(glob.glob(str(folder / "*.jar")))
-    if not any(Path(j).name.startswith("delta-spark_") for j in jars):
-        raise UsageError(
-            f"Delta jars not found in {folder}: run scripts/setup.sh, set spark.jars_dir, "
-            "or set spark.delta_jars: packages to resolve them through Ivy"
-        )
-    return jars
-
-
-def submit_args(cfg: Config) -> list[str]:
-    """spark-submit arguments that put Delta on the classpath and enable its catalog."""
-    if cfg.spark.delta_jars == "packages":
-        args = ["--packages", cfg.spark.delta_packages]
-    else:
-        args = ["--jars", ",".join(delta_jars(cfg))]
-    for key, value in DELTA_CONF.items():
-        args += ["--conf", f"{key}={value}"]
-    return args
-
 
 QUIET_LOG4J = Path(__file__).with_name("log4j2.properties")
 

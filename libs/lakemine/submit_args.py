@@ -10,7 +10,7 @@ import sys
 
 from lakemine.config import load_config
 from lakemine.errors import UsageError
-from lakemine.spark import submit_args
+from lakemine.jars import submit_args
 
 
 def main(argv: list[str] | None = None) -> int:
