@@ -54,7 +54,8 @@ READY_HASH="$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" "$ROOT/infra/m
 READY="$VENV/.lakemine-ready"
 if [[ "$FORCE" != 1 && "$(cat "$READY" 2>/dev/null)" == "$READY_HASH" && -x "$VENV/bin/lakemine" \
       && -d "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/horovod/torch" \
-      && -f "$JARS/delta-spark_2.13-${DELTA_VERSION}.jar" ]]; then
+      && -f "$JARS/delta-spark_2.13-${DELTA_VERSION}.jar" ]] \
+      && { command -v chromium >/dev/null 2>&1 || [[ "$(id -u)" != 0 ]]; }; then
   say "already set up (.venv, horovod, .jars); LAKEMINE_FORCE_SETUP=1 redoes every step"
   exit 0
 fi
@@ -128,6 +129,18 @@ if [[ "$FORCE" == 1 || ! -f "$JARS/delta-spark_2.13-${DELTA_VERSION}.jar" || ! -
   rm -f "$MVN_LOG"
 else
   say "delta jars present (.jars)"
+fi
+
+# --- headless Chromium for the report test (Debian's package) ---------------------------
+if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
+  say "chromium present (report rendering test)"
+elif [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  say "installing Debian's chromium with apt-get (headless rendering test of the HTML report)"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null \
+    || die "apt-get could not install chromium (needed by tests/test_report.py)"
+else
+  say "WARNING: chromium not found and not root: 'sudo apt-get install chromium' to run the report rendering test"
 fi
 
 "$VENV/bin/python" -c 'import pyspark, delta, pyarrow, numpy, petastorm, torch, airflow; assert pyspark.__version__.startswith("4.0."), pyspark.__version__; assert pyarrow.__version__ == "14.0.2", pyarrow.__version__; assert numpy.__version__ < "2", numpy.__version__' \

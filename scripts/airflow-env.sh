@@ -1,0 +1,21 @@
+# Source me: the environment the lakemine DAGs run in on this machine (local mode).
+#
+#   source scripts/airflow-env.sh
+#   airflow dags test retail_mining 2011-11-30     # one run, every task through spark-submit
+#   airflow standalone                             # scheduler + UI on http://localhost:8080
+#
+# AIRFLOW_HOME defaults to .airflow/ in the checkout (SQLite metadata, created on first use);
+# the spark_default connection points at local mode unless AIRFLOW_CONN_SPARK_DEFAULT is
+# already set (e.g. '{"conn_type": "spark", "host": "spark://HOST:7077"}', or host "yarn").
+# lakemine settings: LAKEMINE_CONFIG=FILE and LAKEMINE_* variables (see libs/lakemine/defaults.yaml).
+LAKEMINE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export AIRFLOW_HOME="${AIRFLOW_HOME:-$LAKEMINE_ROOT/.airflow}"
+export AIRFLOW__CORE__DAGS_FOLDER="$LAKEMINE_ROOT/dags"
+export AIRFLOW__CORE__LOAD_EXAMPLES=False
+export AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT="${AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT:-60}"
+export AIRFLOW_CONN_SPARK_DEFAULT="${AIRFLOW_CONN_SPARK_DEFAULT:-{\"conn_type\": \"spark\", \"host\": \"local[*]\"}}"
+export PATH="$LAKEMINE_ROOT/.venv/bin:$PATH"
+if [[ ! -f "$AIRFLOW_HOME/airflow.db" ]]; then
+  mkdir -p "$AIRFLOW_HOME"
+  airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 || { tail -20 "$AIRFLOW_HOME/db-migrate.log" >&2; return 1 2>/dev/null || exit 1; }
+fi
