@@ -42,7 +42,7 @@ def _reference_probabilities(lake, meta, features_pdf):
     x = np.concatenate([features_pdf[[c for c in meta["features"] if c.startswith("z_")]].to_numpy(),
                         np.eye(seg["k"])[nearest]], axis=1).astype(np.float32)
     with torch.no_grad():
-        return torch.sigmoid(net(torch.from_numpy(x))).numpy(), nearest
+        return torch.sigmoid(net(torch.from_numpy(x)) + meta["calibration"]["logit_offset"]).numpy(), nearest
 
 
 def test_scores_equal_plain_torch_and_a_rerun_leaves_the_table_identical(trained_lake, tmp_path):

@@ -16,7 +16,7 @@ from lakemine import artifacts, schemas
 from lakemine.errors import StageError
 from lakemine.features import Z_FEATURES
 from lakemine.model import ChurnMLP
-from lakemine.train import TrainParams, roc_auc, run_train
+from lakemine.train import TrainParams, effective_batch_size, logit_offset, roc_auc, run_train
 from lakemine.trainset import input_columns, latest_segment_model, training_frame
 
 
@@ -83,7 +83,12 @@ def test_horovod_ranks_end_identical_and_beat_the_logistic_baseline(trained_lake
     best = meta["history"][meta["epochs"]["best"] - 1]
     assert best["val_auc"] == max(h["val_auc"] for h in meta["history"]) == meta["validation"]["auc"]
     # every rank read its own shard: the epoch's samples add up to the steps of both ranks
-    assert all(h["samples"] == 2 * 64 * -(-meta["rows"]["train"] // 128) for h in meta["history"])
+    rows = meta["rows"]
+    assert meta["calibration"]["logit_offset"] == pytest.approx(
+        logit_offset((rows["train"] - rows["train_churned"]) / rows["train_churned"]))
+    batch = meta["batch_size"]["used"]
+    assert batch == effective_batch_size(64, meta["rows"]["train"], 2) and 16 <= batch <= 64
+    assert all(h["samples"] == 2 * batch * -(-meta["rows"]["train"] // (2 * batch)) for h in meta["history"])
     folder = lake.model_path("churn", meta["model_version"])
     state = torch.load(io.BytesIO(artifacts.read_bytes(f"{folder}/state_dict.pt")), weights_only=True)
     arch = meta["architecture"]
@@ -116,3 +121,12 @@ def test_torch_distributor_reaches_an_auc_comparable_to_horovod(learn_lake, trai
     assert meta["model_version"] != horovod["model_version"]
     assert meta["rows"] == horovod["rows"]
     assert abs(meta["validation"]["auc"] - horovod["validation"]["auc"]) < 0.03
+
+
+def test_small_training_sets_get_smaller_batches_not_fewer_steps():
+    assert effective_batch_size(256, 1_000_000, 2) == 256
+    assert effective_batch_size(256, 785, 2) == 19            # 20 steps per epoch per rank
+    assert effective_batch_size(256, 100, 2) == 16            # never below 16
+    assert effective_batch_size(8, 100, 2) == 8               # nor above what was asked
+    # class weighting with w = 3 learns odds x3; the offset takes them back
+    assert logit_offset(3.0) == pytest.approx(-1.0986, abs=1e-4)

@@ -53,8 +53,9 @@ def _load_model(weights_uri: str, architecture: dict):
     return model
 
 
-def churn_probability_udf(weights_uri: str, architecture: dict):
-    """pandas UDF: a struct of the input columns (in model order) -> churn probability."""
+def churn_probability_udf(weights_uri: str, architecture: dict, offset: float = 0.0):
+    """pandas UDF: a struct of the input columns (in model order) -> churn probability,
+    sigmoid(network logit + `offset`) (the calibration recorded with the model)."""
 
     @pandas_udf("double")
     def churn_probability(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
@@ -64,7 +65,7 @@ def churn_probability_udf(weights_uri: str, architecture: dict):
         with torch.no_grad():
             for batch in batches:
                 x = torch.from_numpy(batch.to_numpy(dtype=np.float32, copy=True))
-                yield pd.Series(torch.sigmoid(model(x)).numpy().astype(np.float64))
+                yield pd.Series(torch.sigmoid(model(x) + offset).numpy().astype(np.float64))
 
     return churn_probability
 
@@ -74,7 +75,8 @@ def score_features(features: DataFrame, meta: dict, weights_uri: str) -> DataFra
     seg = meta.get("segment_model")
     segments = SegmentModel(seg["path"], seg["as_of"], seg["k"], tuple(seg["columns"])) if seg else None
     data = model_inputs(features, segments)
-    udf = churn_probability_udf(weights_uri, meta["architecture"])
+    offset = (meta.get("calibration") or {}).get("logit_offset", 0.0)  # models before calibration: 0
+    udf = churn_probability_udf(weights_uri, meta["architecture"], offset)
     return data.select(
         "customer_id",
         "as_of",

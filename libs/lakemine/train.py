@@ -50,6 +50,22 @@ MODEL_KIND = "churn"
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "state_dict.pt"
 METADATA = "metadata.json"
+# A small training set still gets this many optimizer steps per epoch: the batch per rank
+# shrinks (not below MIN_BATCH) rather than an epoch being one or two steps.
+MIN_STEPS_PER_EPOCH = 20
+MIN_BATCH = 16
+
+
+def effective_batch_size(batch_size: int, train_rows: int, workers: int) -> int:
+    """The configured rows per step per rank, or fewer when the set is too small for
+    MIN_STEPS_PER_EPOCH steps of it."""
+    return max(min(MIN_BATCH, batch_size), min(batch_size, train_rows // (workers * MIN_STEPS_PER_EPOCH)))
+
+
+def logit_offset(pos_weight: float) -> float:
+    """Class weighting multiplies the odds the network learns by `pos_weight`; adding
+    -log(pos_weight) to its logit gives calibrated churn probabilities (AUC unchanged)."""
+    return -math.log(pos_weight)
 
 
 @dataclass(frozen=True)
@@ -230,6 +246,7 @@ def train_worker(spec: dict) -> dict:
     pos_weight = torch.tensor(spec["pos_weight"], device=device)
     weighted = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction="sum")
     plain = torch.nn.BCEWithLogitsLoss(reduction="sum")
+    offset = logit_offset(spec["pos_weight"])  # the validation log loss is of calibrated probabilities
 
     def xy(batch):
         x = torch.stack([batch[c].float() for c in inputs], dim=1).to(device)
@@ -246,8 +263,8 @@ def train_worker(spec: dict) -> dict:
                 x, y = xy(batch)
                 logits = net(x)
                 loss_w += float(weighted(logits, y))
-                loss_p += float(plain(logits, y))
-                preds.append(torch.sigmoid(logits).cpu())
+                loss_p += float(plain(logits + offset, y))
+                preds.append(torch.sigmoid(logits + offset).cpu())
                 ys.append(y.cpu())
         local_p = torch.cat(preds) if preds else torch.zeros(0)
         local_y = torch.cat(ys) if ys else torch.zeros(0)
@@ -303,8 +320,9 @@ def train_worker(spec: dict) -> dict:
                 torch.save({**progress, "history": history, "model": model.state_dict(),
                             "optimizer": optimizer.state_dict(), "best_model": best_state}, buf)
                 artifacts.write_bytes(spec["checkpoint"], buf.getvalue())
-            print(f"[rank {rank}/{size}] epoch {epoch + 1}: train loss {total / n:.4f}, "
-                  f"val loss {val_loss:.4f}, val AUC {val_auc:.4f}", flush=True)
+                # the metrics are allreduced: every rank has the same, one line is enough
+                print(f"[rank 0/{size}] epoch {epoch + 1}: train loss {total / n:.4f}, "
+                      f"val loss {val_loss:.4f}, val AUC {val_auc:.4f}", flush=True)
     finally:
         reader.stop()
         reader.join()
@@ -445,10 +463,11 @@ def run_train(
             .where(F.col("as_of").isin([date.fromisoformat(d) for d in scaler_dates])).orderBy("as_of", "feature").collect()
         ]
         use_gpu = spark.sparkContext.getConf().get("spark.executor.resource.gpu.amount", None) is not None
+        batch = effective_batch_size(p.batch_size, n_train, p.workers)
         spec = {
             **params, "inputs": inputs, "train_url": train_url, "val_url": val_url,
             "checkpoint": f"{model_dir}/{CHECKPOINT}", "pos_weight": counts[("train", 0)] / counts[("train", 1)],
-            "steps_per_epoch": max(1, math.ceil(n_train / (p.batch_size * p.workers))),
+            "batch_size": batch, "steps_per_epoch": max(1, math.ceil(n_train / (batch * p.workers))),
             "threads": max(1, (os.cpu_count() or 1) // p.workers), "use_gpu": use_gpu,
         }
         if spec_out:
@@ -472,6 +491,8 @@ def run_train(
             "rows": {"train": n_train, "val": n_val, "train_churned": counts[("train", 1)], "val_churned": counts[("val", 1)]},
             "backend": p.backend, "world_size": results[0]["size"], "params": params,
             "epochs": {"max": p.epochs, "run": len(chief["history"]), "best": chief["best_epoch"]},
+            "batch_size": {"configured": p.batch_size, "used": batch},
+            "calibration": {"pos_weight": spec["pos_weight"], "logit_offset": logit_offset(spec["pos_weight"])},
             "history": chief["history"],
             "validation": {"auc": best["val_auc"], "log_loss": best["val_log_loss"]},
             "baseline": {"model": "logistic regression (Spark ML)", **baseline},
