@@ -57,11 +57,41 @@ def test_run_generates_ingests_cleans_and_summarizes(spark, tmp_path, capsys):
     code = main(["run", "--lake", str(lake), "--customers", "40", "--days", "60", "--dirty-rate", "0.01"])
     out = capsys.readouterr().out
     assert code == 0
-    for expected in ("silver/transactions", "quarantined by reason", "conservation (this run)", "wall time per stage"):
+    for expected in ("silver/transactions", "quarantined by reason", "conservation (this run)", "wall time per stage",
+                     "not trained: no complete churn labels", "report: "):
         assert expected in out
     from lakemine.lake import Lake
 
     assert Lake.at(spark, str(lake)).exists(schemas.SILVER_TRANSACTIONS)
+
+
+@pytest.mark.slow
+def test_run_with_input_trains_scores_and_reports(spark, tmp_path, capsys):
+    """`lakemine run --input` on a year of generated exports: every stage, the training
+    snapshots, a Horovod model against the baseline, scores, drift and the report."""
+    from lakemine import artifacts
+    from lakemine.generate import GenerateParams, generate
+    from lakemine.lake import Lake
+
+    raw, lake_dir = tmp_path / "raw", tmp_path / "lake"
+    generate(spark, str(raw), GenerateParams(customers=300, days=300, seed=9, dirty_rate=0.005))
+    code = main(["run", "--input", str(raw), "--lake", str(lake_dir), "--epochs", "4"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
+    out = captured.out
+    for expected in ("association rules as of", "customer segments", "churn model", "validation AUC",
+                     "logistic-regression baseline", "scores written: ", "wall time per stage"):
+        assert expected in out, expected
+    for stage in ("features", "fpgrowth", "kmeans", "train", "score", "report"):
+        assert f"\n  {stage:<10}" in out, stage
+    assert "training snapshots: " in captured.err  # progress on stderr
+    lake = Lake.at(spark, str(lake_dir))
+    dates = sorted(r["as_of"] for r in lake.read_table(schemas.GOLD_CUSTOMER_FEATURES).select("as_of").distinct().collect())
+    assert len(dates) == 3 and (dates[-1] - dates[1]).days == 90 and (dates[1] - dates[0]).days == 30
+    scored = lake.read_table(schemas.GOLD_CUSTOMER_SCORES).select("as_of").distinct().collect()
+    assert [r["as_of"] for r in scored] == [dates[-1]]
+    report = out.split("report: ", 1)[1].split()[0]
+    assert report == f"{lake.root}/reports/{dates[-1]}/report.html" and artifacts.exists(report)
 
 
 def _spark_submit(env: dict, master: str) -> list[str]:

@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(RFM and behaviour, using only rows on or before as-of, with standardized z_ copies), "
                        "gold/feature_scaler and gold/labels (churned = no purchase in the horizon after as-of).")
     p.add_argument("--horizon-days", type=_positive_int, metavar="H", help="churn horizon in days (default from config: 90)")
+    p.add_argument("--training-snapshots", type=int, metavar="N",
+                   help="also (re)build N earlier snapshots whose labels are now complete: as-of minus the horizon, "
+                   "then 30 days further back each (default from config: 2; 0 = only --as-of)")
     _common(p)
 
     p = sub.add_parser("fpgrowth", help="gold/baskets into frequent itemsets and association rules",
@@ -190,12 +193,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-version", metavar="V", help="a folder name under <lake>/models/churn/ (default: the latest)")
     _common(p)
 
-    p = sub.add_parser("run", help="the whole pipeline in one local session",
-                       description="Generate data when no --input is given, then ingest, clean, features, fpgrowth "
-                       "(support 0.01) and kmeans (k by silhouette over 2-8), and print a summary. "
-                       "(Learning, scoring and the report join this command as they land.)")
-    p.add_argument("--input", metavar="PATH", help="raw files to use instead of generated data")
+    p = sub.add_parser("run", help="the whole pipeline in one local session, then the report",
+                       description="Generate data when no --input is given, then ingest, clean, features (as-of and "
+                       "its training snapshots), fpgrowth (support 0.01), kmeans (k by silhouette over 2-8), train "
+                       "(config's train section), score and drift, write <lake>/reports/<as_of>/report.html, and "
+                       "print a summary: rows per table, quarantine by reason, rules, segments, model AUC against "
+                       "the baseline, scores, drift warnings, wall time per stage.",
+                       epilog="Re-running with the same input leaves the same rows: ingested files are skipped and "
+                       "every stage replaces its own as_of.")
+    p.add_argument("--input", metavar="PATH", help="raw files (UCI Online Retail I or II exports) instead of generated data")
     _generate_options(p, 1000, dirty_rate=0.005)
+    p.add_argument("--epochs", type=_positive_int, metavar="E", help="at most E training epochs (default from config: 30)")
+    p.add_argument("--workers", type=_positive_int, metavar="N", help="training processes (default from config: 2)")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    _common(p)
+
+    p = sub.add_parser("report", help="write <lake>/reports/<as_of>/report.html with its plots",
+                       description="A self-contained HTML page (plots embedded): data quality, segments, top rules "
+                       "by lift, training curves against the baseline, score distributions, drift per feature.")
+    _common(p)
+
+    p = sub.add_parser("maintain", help="OPTIMIZE and VACUUM every Delta table",
+                       description="Compact small files (OPTIMIZE) and delete files no version within the retention "
+                       "needs (VACUUM) in every table under the lake root. Rows never change.")
+    p.add_argument("--retention-hours", type=int, metavar="H",
+                   help="keep files needed by versions of the last H hours (default from config: 168)")
+    p.add_argument("--table", action="append", metavar="LAYER/NAME", help="only this table (repeatable)")
     _common(p)
 
     p = sub.add_parser("show", help="print rows of a lake table")
@@ -289,11 +312,14 @@ def cmd_clean(args, cfg, console, submitted) -> int:
 
 
 def cmd_features(args, cfg, console, submitted) -> int:
-    from lakemine.features import run_features
+    from lakemine.features import run_feature_snapshots
 
+    if args.training_snapshots is not None and args.training_snapshots < 0:
+        raise UsageError(f"--training-snapshots {args.training_snapshots}: must be >= 0")
     lake = _open(cfg, args, submitted)
     console.step("features", f"{schemas.SILVER_TRANSACTIONS} -> gold baskets, features, labels")
-    _print_run(console, run_features(lake, cfg, args.as_of, args.horizon_days))
+    for run in run_feature_snapshots(lake, cfg, args.as_of, args.horizon_days, args.training_snapshots):
+        _print_run(console, run)
     return 0
 
 
@@ -370,6 +396,36 @@ def cmd_run(args, cfg, console, submitted) -> int:
     return 0
 
 
+def cmd_report(args, cfg, console, submitted) -> int:
+    from lakemine.report import write_report
+
+    lake = _open(cfg, args, submitted)
+    console.step("report", f"{lake.root} -> reports/")
+    console.out(f"report: {write_report(lake, cfg, args.as_of)}")
+    return 0
+
+
+def cmd_maintain(args, cfg, console, submitted) -> int:
+    from lakemine.maintain import maintain
+
+    if args.retention_hours is not None and args.retention_hours < 0:
+        raise UsageError(f"--retention-hours {args.retention_hours}: must be >= 0")
+    lake = _open(cfg, args, submitted)
+    if args.table:
+        missing = [t for t in args.table if not lake.exists(t)]
+        if missing:
+            raise UsageError(f"{', '.join(missing)}: no such Delta table in lake {lake.root}")
+    console.step("maintain", f"OPTIMIZE and VACUUM under {lake.root}")
+    run, done = maintain(lake, cfg, args.as_of, args.retention_hours, args.table,
+                         progress=lambda text: console.step("maintain", text))
+    _print_run(console, run)
+    console.out(f"  {'table':<26} {'compacted':>9} {'written':>8} {'vacuumed':>9} {'MB freed':>9}  version")
+    for t in done:
+        console.out(f"  {t.table:<26} {t.files_compacted:>9,} {t.files_written:>8,} {t.files_deleted:>9,} "
+                    f"{t.bytes_deleted / 1e6:>9.2f}  {t.version}")
+    return 0
+
+
 def cmd_show(args, cfg, console, submitted) -> int:
     lake = _open(cfg, args, submitted)
     df = lake.read_table(args.table, version=args.table_version)
@@ -396,6 +452,8 @@ COMMANDS: dict[str, Callable] = {
     "train": cmd_train,
     "score": cmd_score,
     "run": cmd_run,
+    "report": cmd_report,
+    "maintain": cmd_maintain,
     "show": cmd_show,
     "history": cmd_history,
 }

@@ -25,13 +25,14 @@ class Timings:
 
 
 def run_pipeline(lake: Lake, cfg: Config, args, console) -> str:
-    """Generate (when no input), ingest, clean, features, fpgrowth, kmeans; returns the summary."""
+    """Generate (when no input), ingest, clean, features (with the training snapshots),
+    fpgrowth, kmeans, train, score and the report; returns the summary."""
     from lakemine.clean import clean
-    from lakemine.features import run_features
+    from lakemine.features import run_feature_snapshots
     from lakemine.fpgrowth import MiningParams, run_fpgrowth
-    from lakemine.kmeans import KMeansParams, run_kmeans
     from lakemine.generate import GenerateParams, generate
     from lakemine.ingest import ingest
+    from lakemine.kmeans import KMeansParams, run_kmeans
 
     timings = Timings()
     input_path = args.input
@@ -50,23 +51,64 @@ def run_pipeline(lake: Lake, cfg: Config, args, console) -> str:
     console.step("clean", f"{cleaned.rows_out:,} rows to silver, {cleaned.rows_quarantined:,} quarantined, "
                  f"{cleaned.rows_duplicate:,} duplicates removed")
     console.step("features", f"{schemas.SILVER_TRANSACTIONS} -> baskets, customer features, labels")
-    feats = timings.timed("features", run_features, lake, cfg, args.as_of)
-    console.step("features", f"{feats.rows_out:,} customers as of {feats.as_of}")
+    snapshots = timings.timed("features", run_feature_snapshots, lake, cfg, args.as_of)
+    feats = snapshots[-1]
+    console.step("features", f"{feats.rows_out:,} customers as of {feats.as_of}; training snapshots: "
+                 + (", ".join(f"{r.as_of} ({r.rows_out:,})" for r in snapshots[:-1]) or "none (history too short)"))
     console.step("fpgrowth", f"{schemas.GOLD_BASKETS} -> itemsets and rules")
     mined = timings.timed("fpgrowth", run_fpgrowth, lake, cfg, MiningParams(), feats.as_of)
     console.step("fpgrowth", mined.message or "")
     console.step("kmeans", f"{schemas.GOLD_CUSTOMER_FEATURES} -> segments")
     segmented = timings.timed("kmeans", run_kmeans, lake, cfg, KMeansParams(k_range=(2, 8)), feats.as_of)
     console.step("kmeans", segmented.message or "")
-    return summarize(lake, timings, result.run, cleaned, feats.as_of)
+    learned = _learn(lake, cfg, args, console, timings, feats.as_of, trainable=len(snapshots) > 1)
+    report = None
+    if not getattr(args, "no_report", False):
+        from lakemine.report import write_report
+
+        console.step("report", f"plots and tables -> {lake.root}/reports/{feats.as_of}/report.html")
+        report = timings.timed("report", write_report, lake, cfg, feats.as_of)
+    return summarize(lake, timings, result.run, cleaned, feats.as_of, learned, report)
 
 
-def summarize(lake: Lake, timings: Timings, ingest_run, clean_run, as_of=None) -> str:
+@dataclass
+class Learned:
+    """What train and score left for the summary (None when training could not run)."""
+
+    meta: dict | None = None
+    skipped: str | None = None
+    scored: int = 0
+    drifts: list = field(default_factory=list)
+
+
+def _learn(lake: Lake, cfg: Config, args, console, timings: Timings, as_of, trainable: bool) -> Learned:
+    from lakemine.score import run_score
+    from lakemine.train import TrainParams, run_train
+
+    if not trainable:
+        why = (f"no complete churn labels: the data must span the churn horizon ({cfg.features.horizon_days} days) "
+               f"plus {cfg.features.snapshot_spacing_days} days of history")
+        console.step("train", f"skipped: {why}")
+        return Learned(skipped=why)
+    p = TrainParams.from_config(cfg.train, epochs=getattr(args, "epochs", None), workers=getattr(args, "workers", None))
+    console.step("train", f"features + labels -> churn model ({p.backend} x {p.workers} processes, at most {p.epochs} epochs)")
+    run, meta = timings.timed("train", run_train, lake, cfg, p, None, verbose=args.verbose)
+    console.step("train", run.message or "")
+    console.step("score", f"{schemas.GOLD_CUSTOMER_FEATURES} as of {as_of} -> {schemas.GOLD_CUSTOMER_SCORES}")
+    scored, drifts = timings.timed("score", run_score, lake, cfg, meta["model_version"], as_of)
+    warned = [d.feature for d in drifts if d.status == "warn"]
+    console.step("score", f"{scored.rows_out:,} customers scored; drift warnings: {', '.join(warned) or 'none'}")
+    return Learned(meta=meta, scored=scored.rows_out, drifts=drifts)
+
+
+def summarize(lake: Lake, timings: Timings, ingest_run, clean_run, as_of=None, learned: Learned | None = None,
+              report: str | None = None) -> str:
     lines = ["", f"lakemine run: lake {lake.root}", "", "tables"]
     for table in (schemas.BRONZE_TRANSACTIONS, schemas.BRONZE_QUARANTINE,
                   schemas.SILVER_TRANSACTIONS, schemas.SILVER_QUARANTINE, schemas.GOLD_BASKETS,
                   schemas.GOLD_CUSTOMER_FEATURES, schemas.GOLD_LABELS, schemas.GOLD_FREQUENT_ITEMSETS,
-                  schemas.GOLD_ASSOCIATION_RULES, schemas.GOLD_CUSTOMER_SEGMENTS):
+                  schemas.GOLD_ASSOCIATION_RULES, schemas.GOLD_CUSTOMER_SEGMENTS, schemas.GOLD_CUSTOMER_SCORES,
+                  schemas.OPS_DRIFT):
         if lake.exists(table):
             n = lake.read_table(table).count()
             lines.append(f"  {table:<24} {n:>12,} rows  (version {lake.table_version(table)})")
@@ -94,6 +136,28 @@ def summarize(lake: Lake, timings: Timings, ingest_run, clean_run, as_of=None) -
         for r in profiles.orderBy("segment").collect():
             lines.append(f"  {r['segment']}  {r['segment_label']:<14} {r['size']:>8,} customers  recency {r['recency_days']:6.0f} d  "
                          f"frequency {r['frequency']:6.1f}  monetary {r['monetary']:12,.0f}")
+    if learned is not None:
+        lines += ["", "churn model"]
+        if learned.meta is None:
+            lines.append(f"  not trained: {learned.skipped}")
+        else:
+            m = learned.meta
+            lines.append(f"  models/churn/{m['model_version']}  ({m['backend']} x {m['world_size']}, "
+                         f"{m['epochs']['run']} epochs, best {m['epochs']['best']}; split by {m['split']['kind']}: "
+                         f"{m['rows']['train']:,} train / {m['rows']['val']:,} validation rows)")
+            gain = m["validation"]["auc"] - m["baseline"]["auc"]
+            lines.append(f"  validation AUC {m['validation']['auc']:.4f} vs logistic-regression baseline "
+                         f"{m['baseline']['auc']:.4f} ({gain:+.4f})")
+            lines.append(f"  scores written: {learned.scored:,} customers as of {as_of}")
+            warned = [d for d in learned.drifts if d.status == "warn"]
+            if warned:
+                lines.append("  drift warnings (PSI above score.drift_warn_psi) against the training snapshot:")
+                for d in sorted(warned, key=lambda d: -d.psi):
+                    lines.append(f"    {d.feature:<20} PSI {d.psi:.3f}")
+            else:
+                lines.append("  drift: no feature above the PSI threshold")
+    if report:
+        lines += ["", f"report: {report}"]
     lines += ["", "wall time per stage"]
     for name, secs in timings.stages.items():
         lines.append(f"  {name:<10} {secs:8.1f} s")
