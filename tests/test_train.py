@@ -14,7 +14,7 @@ import torch
 from conftest import copy_lake
 from lakemine import artifacts, schemas
 from lakemine.errors import StageError
-from lakemine.features import Z_FEATURES
+from lakemine.features import Z_FEATURES, run_features
 from lakemine.model import ChurnMLP
 from lakemine.train import TrainParams, effective_batch_size, logit_offset, roc_auc, run_train
 from lakemine.trainset import input_columns, latest_segment_model, training_frame
@@ -108,8 +108,14 @@ def test_rerun_with_more_epochs_resumes_from_the_checkpoint(learn_lake, tmp_path
     assert second["model_version"] == first["model_version"]
     assert len(second["history"]) == 4
     assert second["history"][:2] == first["history"]  # epochs 1-2 were not trained again
+    # the features of one training date rebuilt from the same data: new Delta versions, same rows
+    labels_before = lake.table_version(schemas.GOLD_LABELS)
+    run_features(lake, cfg, date.fromisoformat(first["split"]["train_dates"][0]), baskets=False)
+    assert lake.table_version(schemas.GOLD_LABELS) > labels_before
     _, third = run_train(lake, cfg, TrainParams(epochs=4, **params))
+    assert third["model_version"] == first["model_version"]  # the version follows the rows, not the versions
     assert third["history"] == second["history"]  # finished: a re-run trains nothing
+    assert third["inputs"][schemas.GOLD_LABELS] == lake.table_version(schemas.GOLD_LABELS)
 
 
 @pytest.mark.slow

@@ -56,6 +56,12 @@ MIN_STEPS_PER_EPOCH = 20
 MIN_BATCH = 16
 
 
+def fingerprint(df, columns: list[str]) -> str:
+    """Row count and the XOR of every row's 64-bit hash: equal for equal rows in any order."""
+    row = df.agg(F.count(F.lit(1)).alias("n"), F.bit_xor(F.xxhash64(*columns)).alias("h")).first()
+    return f"{row['n']}-{(row['h'] or 0) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
 def effective_batch_size(batch_size: int, train_rows: int, workers: int) -> int:
     """The configured rows per step per rank, or fewer when the set is too small for
     MIN_STEPS_PER_EPOCH steps of it."""
@@ -420,19 +426,23 @@ def run_train(
             )
     segments = latest_segment_model(lake)
     params = {**asdict(p), "hidden": list(p.hidden)}
-    key = {**inputs_v, "segment_model": segments.as_of if segments else None}
     # The epoch budget is not part of the version: a re-run with more --epochs continues the
     # same model from its checkpoint.
     identity = {k: v for k, v in params.items() if k != "epochs"}
-    version = f"{as_of.isoformat()}-{deterministic_run_id(STAGE, as_of, identity, key)[:8]}"
-    model_dir = lake.model_path(MODEL_KIND, version)
     with record_run(lake, STAGE, as_of, params) as run:
-        run.run_id = deterministic_run_id(STAGE, as_of, params, key)
         run.inputs.update(inputs_v)
         features = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES, inputs_v[schemas.GOLD_CUSTOMER_FEATURES])
         frame, split = training_frame(features, labels, segments, as_of, p.val_fraction, p.seed)
         frame = frame.cache()
         try:
+            # The version follows the training rows' content, not the tables' Delta versions:
+            # re-running the features for the same data rewrites the tables but resumes (and
+            # so keeps) the same model, and scoring MERGEs onto the same rows.
+            key = {"data": fingerprint(frame, ["customer_id", "as_of", "split", LABEL, *input_columns(segments)]),
+                   "segment_model": segments.as_of if segments else None}
+            version = f"{as_of.isoformat()}-{deterministic_run_id(STAGE, as_of, identity, key)[:8]}"
+            model_dir = lake.model_path(MODEL_KIND, version)
+            run.run_id = deterministic_run_id(STAGE, as_of, params, key)
             counts = {(r["split"], int(r[LABEL])): r["count"] for r in frame.groupBy("split", LABEL).count().collect()}
             for part in ("train", "val"):
                 for cls in (0, 1):
