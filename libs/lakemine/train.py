@@ -218,6 +218,13 @@ def train_worker(spec: dict) -> dict:
     `spec` holds only plain values (it is pickled to the workers). Returns this rank's
     history and parameter digest; rank 0 also returns the best epoch's weights.
     """
+    import warnings
+
+    # Petastorm 0.13.1 calls pyarrow's legacy dataset API (the reason for the pyarrow 14 pin);
+    # its deprecation warnings, twice per rank and epoch, say nothing a user can act on.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
+    warnings.filterwarnings("ignore", message="shard_seed was deprecated")
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # its batches are read-only views
     import torch
     from petastorm import make_batch_reader
     from petastorm.pytorch import BatchedDataLoader
@@ -261,17 +268,23 @@ def train_worker(spec: dict) -> dict:
     def evaluate() -> tuple[float, float, float]:
         net.eval()
         preds, ys, loss_w, loss_p = [], [], 0.0, 0.0
-        with torch.no_grad(), make_batch_reader(
+        # stopped by hand, not with `with`: its __exit__ prints "Cache cleanup complete." each epoch
+        reader = make_batch_reader(
             spec["val_url"], schema_fields=fields, num_epochs=1, cur_shard=rank, shard_count=size,
             shuffle_row_groups=False, workers_count=1,
-        ) as reader:
-            for batch in BatchedDataLoader(reader, batch_size=4096):
-                x, y = xy(batch)
-                logits = net(x)
-                loss_w += float(weighted(logits, y))
-                loss_p += float(plain(logits + offset, y))
-                preds.append(torch.sigmoid(logits + offset).cpu())
-                ys.append(y.cpu())
+        )
+        try:
+            with torch.no_grad():
+                for batch in BatchedDataLoader(reader, batch_size=4096):
+                    x, y = xy(batch)
+                    logits = net(x)
+                    loss_w += float(weighted(logits, y))
+                    loss_p += float(plain(logits + offset, y))
+                    preds.append(torch.sigmoid(logits + offset).cpu())
+                    ys.append(y.cpu())
+        finally:
+            reader.stop()
+            reader.join()
         local_p = torch.cat(preds) if preds else torch.zeros(0)
         local_y = torch.cat(ys) if ys else torch.zeros(0)
         total_w, total_p, n = comm.sum([loss_w, loss_p, float(local_y.shape[0])])
@@ -305,7 +318,7 @@ def train_worker(spec: dict) -> dict:
                 loss = weighted(net(x), y)
                 (loss / max(1, y.shape[0])).backward()
                 optimizer.step()
-                loss_sum += float(loss)
+                loss_sum += float(loss.detach())
                 seen += int(y.shape[0])
             for buffer in model.buffers():  # batch-norm statistics: keep ranks identical
                 if buffer.is_floating_point():
