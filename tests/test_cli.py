@@ -187,3 +187,34 @@ def test_learning_jobs_run_through_spark_submit(learn_lake, tmp_path, venv_env):
     assert {r["model_version"] for r in scores.select("model_version").distinct().collect()} == set(versions)
     stages = {r["stage"]: r["status"] for r in lake.read_table(schemas.OPS_RUNS).where("stage in ('train', 'score')").collect()}
     assert stages == {"train": "succeeded", "score": "succeeded"}
+
+
+@pytest.mark.slow
+def test_package_prints_a_submit_line_that_runs(tmp_path, venv_env, capsys):
+    """`lakemine package`: the zip for --py-files, and the printed spark-submit line works as printed."""
+    import shlex
+    import zipfile
+
+    write_lines(tmp_path / "raw" / "a.csv", [HEADER, "536365,85123A,HEART,6,12/1/2010 8:26,2.55,17850,United Kingdom"])
+    lake = tmp_path / "lake"
+    assert main(["ingest", "--input", str(tmp_path / "raw"), "--lake", str(lake)]) == 0
+    capsys.readouterr()
+    assert main(["package", "--out", str(tmp_path / "dist"), "--master", "local[1]", "--stage", "clean",
+                 "--lake", str(lake)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    zip_path = out[0].split("package: ", 1)[1].split(" (")[0]
+    assert "lakemine/cli.py" in zipfile.ZipFile(zip_path).namelist()
+    line = shlex.split(out[1])
+    assert line[0] == "spark-submit" and line[line.index("--py-files") + 1] == zip_path
+    proc = subprocess.run(line, capture_output=True, text=True, env=venv_env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "clean: status=succeeded in=1 out=1" in proc.stdout
+
+    # the edge-node script: package, properties file, Delta jars (--offline) and the config shipped
+    (tmp_path / "c.yaml").write_text("maintain:\n  retention_hours: 200\n")
+    env = dict(venv_env, LAKEMINE_CONFIG=str(tmp_path / "c.yaml"))
+    proc = subprocess.run([str(REPO / "infra" / "submit" / "submit.sh"), "--master", "local[1]", "--offline",
+                           "maintain", "--lake", str(lake), "--table", "bronze/transactions"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "maintain: status=succeeded" in proc.stdout and "retention 200 h" in proc.stdout, proc.stdout

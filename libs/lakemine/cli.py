@@ -99,6 +99,9 @@ def _generate_options(p: argparse.ArgumentParser, customers: int, dirty_rate: fl
     p.add_argument("--files", type=_positive_int, help="number of output files (default: one per 5,000 customers)")
 
 
+STAGES = ("ingest", "clean", "features", "fpgrowth", "kmeans", "train", "score", "report", "maintain")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lakemine",
@@ -219,6 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retention-hours", type=int, metavar="H",
                    help="keep files needed by versions of the last H hours (default from config: 168)")
     p.add_argument("--table", action="append", metavar="LAYER/NAME", help="only this table (repeatable)")
+    _common(p)
+
+    p = sub.add_parser("package", help="build the zip that spark-submit --py-files ships, and print the submit line",
+                       description="Zip the lakemine package (same sources, same bytes) into --out and print the "
+                       "spark-submit line that runs a stage with it: the master, the Delta jars or packages and "
+                       "conf (from the config's spark.delta_jars), --py-files and jobs/<stage>.py.",
+                       epilog="On a cluster the Python on every node needs lakemine's dependencies (torch, pyfim, "
+                       "petastorm, horovod); the zip carries lakemine itself. See infra/submit/submit.sh.")
+    p.add_argument("--out", default="dist", metavar="DIR", help="folder for the zip (default dist)")
+    p.add_argument("--master", default="yarn", metavar="URL",
+                   help="master for the printed line: yarn, spark://HOST:7077, k8s://https://HOST:443, local[*] (default yarn)")
+    p.add_argument("--stage", default="ingest", choices=STAGES, help="stage of the printed line (default ingest)")
     _common(p)
 
     p = sub.add_parser("show", help="print rows of a lake table")
@@ -426,6 +441,28 @@ def cmd_maintain(args, cfg, console, submitted) -> int:
     return 0
 
 
+def cmd_package(args, cfg, console, submitted) -> int:
+    import os
+    import shlex
+
+    from lakemine import __version__
+    from lakemine.jars import REPO_ROOT, submit_args
+    from lakemine.orchestration import build_py_files
+
+    path = build_py_files(os.path.abspath(os.path.join(args.out, f"lakemine-{__version__}-py.zip")))
+    console.out(f"package: {path} ({os.path.getsize(path) / 1024:,.0f} KiB)")
+    line = ["spark-submit", "--master", args.master, *submit_args(cfg), "--py-files", path,
+            str(REPO_ROOT / "jobs" / f"{args.stage}.py"), "--lake", args.lake or cfg.lake]
+    if args.stage == "ingest":
+        line += ["--input", "INPUT"]
+    if args.config:
+        line += ["--config", os.path.abspath(args.config)]
+    if args.as_of:
+        line += ["--as-of", args.as_of.isoformat()]
+    console.out(" ".join(shlex.quote(a) for a in line))
+    return 0
+
+
 def cmd_show(args, cfg, console, submitted) -> int:
     lake = _open(cfg, args, submitted)
     df = lake.read_table(args.table, version=args.table_version)
@@ -454,6 +491,7 @@ COMMANDS: dict[str, Callable] = {
     "run": cmd_run,
     "report": cmd_report,
     "maintain": cmd_maintain,
+    "package": cmd_package,
     "show": cmd_show,
     "history": cmd_history,
 }
