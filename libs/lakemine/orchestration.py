@@ -21,6 +21,8 @@ from lakemine.jars import DELTA_CONF, REPO_ROOT, delta_jars
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 QUIET_LOG4J = PACKAGE_DIR / "log4j2.properties"
+# the layout lakemine.train writes (MODEL_KIND, METADATA); named again here because importing
+# lakemine.train would load pyspark when the DAG files are parsed
 MODELS = "models/churn"
 METADATA = "metadata.json"
 
