@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--horizon-days", type=_positive_int, metavar="H", help="churn horizon in days (default from config: 90)")
     p.add_argument("--training-snapshots", type=int, metavar="N",
                    help="also (re)build N earlier snapshots whose labels are now complete: as-of minus the horizon, "
-                   "then 30 days further back each (default from config: 2; 0 = only --as-of)")
+                   "then features.snapshot_spacing_days (30) further back each (default from config: 2; 0 = only --as-of)")
     _common(p)
 
     p = sub.add_parser("fpgrowth", help="gold/baskets into frequent itemsets and association rules",
