@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import socket
 import time
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timezone
@@ -345,8 +346,11 @@ def train_worker(spec: dict) -> dict:
     finally:
         reader.stop()
         reader.join()
+    # where this rank ran: on a cluster the working folder is the executor's own
+    # (standalone: <worker dir>/<app id>/<executor id>), which shows the placement
     result = {"rank": rank, "size": size, "digest": parameter_digest(model), "history": history,
-              "best_epoch": progress["best_epoch"], "best_auc": progress["best_auc"]}
+              "best_epoch": progress["best_epoch"], "best_auc": progress["best_auc"],
+              "placement": {"host": socket.gethostname(), "pid": os.getpid(), "workdir": os.getcwd()}}
     if rank == 0:
         buf = io.BytesIO()
         torch.save(best_state if best_state is not None else model.state_dict(), buf)
@@ -521,6 +525,7 @@ def run_train(
             "baseline": {"model": "logistic regression (Spark ML)", **baseline},
             "drift_reference": {"bins": cfg.score.drift_bins, "edges": edges, "expected": expected},
             "rank_digests": {str(r["rank"]): r["digest"] for r in results},
+            "placement": {str(r["rank"]): r["placement"] for r in results},
         }
         artifacts.write_json(f"{model_dir}/{METADATA}", meta)
         run.message = (f"model {version}: validation AUC {best['val_auc']:.4f} (baseline {baseline['auc']:.4f}), "
