@@ -4,7 +4,8 @@ in-memory tensors in one process, and scoring rows/s through the Arrow UDF again
 Data: a synthetic training set with the model's real input columns (10 z-features, 4 segment
 one-hots, the label), written as Parquet exactly as `lakemine train` writes its splits.
 
-* petastorm+horovod: `lakemine.train.launch` with `horovod.spark.run` on `local[2]`, 2 ranks
+* petastorm+horovod: `lakemine.train.launch` with `horovod.spark.run` on `local[2]`, 2 ranks, streamed
+  (the shard read from Parquet every epoch) and cached (read once, kept as tensors: `train.cache_rows`)
   of 1 thread each, batch 256 per rank; samples/s = samples / time in the epochs' training
   steps (as recorded by the workers), and also over the whole launch (process start-up,
   readers and validation included).
@@ -38,7 +39,7 @@ import pyspark.sql.functions as F
 import torch
 
 from lakemine import artifacts
-from lakemine.config import load_config
+from lakemine.config import TrainConfig, load_config
 from lakemine.features import Z_FEATURES
 from lakemine.model import ChurnMLP
 from lakemine.score import score_features
@@ -65,7 +66,7 @@ def make_rows(spark, n: int, seed: int = 1):
     return df.withColumn(LABEL, (F.rand(seed + 99) < 1 / (1 + F.exp(-logit))).cast("float"))
 
 
-def spec_for(work: Path, epochs: int, n_train: int, batch: int) -> dict:
+def spec_for(work: Path, epochs: int, n_train: int, batch: int, cache_rows: int) -> dict:
     return {
         "backend": "horovod", "workers": 2, "epochs": epochs, "batch_size": batch, "learning_rate": 0.001,
         "warmup_epochs": 1, "patience": 10**6, "hidden": list(HIDDEN), "dropout": 0.1, "batch_norm": False,
@@ -73,6 +74,7 @@ def spec_for(work: Path, epochs: int, n_train: int, batch: int) -> dict:
         "train_url": artifacts.dataset_url(str(work / "train")), "val_url": artifacts.dataset_url(str(work / "val")),
         "checkpoint": str(work / "ckpt" / "checkpoint.pt"), "pos_weight": 1.0,
         "steps_per_epoch": -(-n_train // (2 * batch)), "threads": 1, "use_gpu": False,
+        "train_rows": n_train, "cache_rows": cache_rows,
     }
 
 
@@ -134,16 +136,22 @@ def main() -> int:
     pdf = spark.read.parquet(str(work / "train")).toPandas()
     x = torch.from_numpy(pdf[INPUTS].to_numpy(dtype=np.float32))
     y = torch.from_numpy(pdf[LABEL].to_numpy(dtype=np.float32))
-    spec = spec_for(work, args.epochs, args.rows, args.batch_size)
+    # streamed: every epoch read from the Parquet files (shards above train.cache_rows);
+    # cached: each rank reads its shard once through Petastorm and keeps it as tensors
+    modes = {"streamed": 0, "cached": TrainConfig().cache_rows}
+    specs = {m: spec_for(work, args.epochs, args.rows, args.batch_size, c) for m, c in modes.items()}
+    steps = specs["cached"]["steps_per_epoch"]
 
-    time_petastorm_horovod(spark, {**spec, "epochs": 1})  # warm-up: imports, page cache
-    ph, mem = [], []
+    time_petastorm_horovod(spark, {**specs["streamed"], "epochs": 1})  # warm-up: imports, page cache
+    ph, mem = {m: [] for m in modes}, []
     for i in range(args.repeat):
-        ph.append(time_petastorm_horovod(spark, spec))
-        mem.append(time_in_memory(x, y, args.epochs, spec["steps_per_epoch"], 2 * args.batch_size))
-        print(f"train run {i + 1}: petastorm+horovod {ph[-1]['samples_per_sec']:,.0f} samples/s "
-              f"({ph[-1]['samples_per_sec_wall']:,.0f} over the whole launch), in-memory {mem[-1]['samples_per_sec']:,.0f}",
-              flush=True)
+        for m in modes:
+            ph[m].append(time_petastorm_horovod(spark, specs[m]))
+        mem.append(time_in_memory(x, y, args.epochs, steps, 2 * args.batch_size))
+        print(f"train run {i + 1}: " + ", ".join(
+            f"petastorm+horovod {m} {ph[m][-1]['samples_per_sec']:,.0f} samples/s "
+            f"({ph[m][-1]['samples_per_sec_wall']:,.0f} over the whole launch)" for m in modes)
+            + f", in-memory {mem[-1]['samples_per_sec']:,.0f}", flush=True)
 
     # scoring: a model with the real architecture, saved where score_features reads it
     torch.manual_seed(0)
@@ -176,13 +184,14 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
 
     med = statistics.median
+    peer = med(r["samples_per_sec"] for r in mem)
     result = {
         "train": {
             "rows": args.rows, "epochs": args.epochs, "batch_per_rank": args.batch_size, "global_batch": 2 * args.batch_size,
-            "petastorm_horovod_samples_per_sec": med(r["samples_per_sec"] for r in ph),
-            "petastorm_horovod_samples_per_sec_whole_launch": med(r["samples_per_sec_wall"] for r in ph),
-            "in_memory_samples_per_sec": med(r["samples_per_sec"] for r in mem),
-            "runs": {"petastorm_horovod": ph, "in_memory": mem},
+            "in_memory_samples_per_sec": peer,
+            **{m: {"cache_rows": c, "samples_per_sec": med(r["samples_per_sec"] for r in ph[m]),
+                   "samples_per_sec_whole_launch": med(r["samples_per_sec_wall"] for r in ph[m])} for m, c in modes.items()},
+            "runs": {**{f"petastorm_horovod_{m}": ph[m] for m in modes}, "in_memory": mem},
         },
         "score": {
             "rows": args.score_rows, "arrow_udf_rows_per_sec": args.score_rows / med(udf_s),
@@ -190,8 +199,9 @@ def main() -> int:
         },
     }
     t = result["train"]
-    t["ratio"] = t["petastorm_horovod_samples_per_sec"] / t["in_memory_samples_per_sec"]
-    t["ratio_whole_launch"] = t["petastorm_horovod_samples_per_sec_whole_launch"] / t["in_memory_samples_per_sec"]
+    for m in modes:
+        t[m]["ratio"] = t[m]["samples_per_sec"] / peer
+        t[m]["ratio_whole_launch"] = t[m]["samples_per_sec_whole_launch"] / peer
     s = result["score"]
     s["ratio"] = s["arrow_udf_rows_per_sec"] / s["plain_torch_rows_per_sec"]
     meta_out = {
@@ -206,12 +216,12 @@ def main() -> int:
         f"{meta_out['machine']}; median of {args.repeat} runs; {len(INPUTS)} inputs, MLP {HIDDEN}.", "",
         "| what | rows | lakemine (per s) | peer (per s) | lakemine / peer |",
         "|---|---:|---:|---:|---:|",
-        f"| training samples, Petastorm + Horovod 2 x 1 thread vs in-memory 1 x 2 threads, {args.epochs} epochs, "
-        f"global batch {2 * args.batch_size} (training steps) | {args.rows:,} | {t['petastorm_horovod_samples_per_sec']:,.0f} | "
-        f"{t['in_memory_samples_per_sec']:,.0f} | {t['ratio']:.2f} |",
-        f"| the same, over the whole launch (start-up, readers, validation) | {args.rows:,} | "
-        f"{t['petastorm_horovod_samples_per_sec_whole_launch']:,.0f} | {t['in_memory_samples_per_sec']:,.0f} | "
-        f"{t['ratio_whole_launch']:.2f} |",
+        *[line for m in modes for line in (
+            f"| training samples, Petastorm ({m}) + Horovod 2 x 1 thread vs in-memory 1 x 2 threads, {args.epochs} epochs, "
+            f"global batch {2 * args.batch_size} (training steps) | {args.rows:,} | {t[m]['samples_per_sec']:,.0f} | "
+            f"{peer:,.0f} | {t[m]['ratio']:.2f} |",
+            f"| the same, over the whole launch (start-up, readers, validation) | {args.rows:,} | "
+            f"{t[m]['samples_per_sec_whole_launch']:,.0f} | {peer:,.0f} | {t[m]['ratio_whole_launch']:.2f} |")],
         f"| scoring rows, Arrow UDF (Spark, noop sink) vs plain torch in memory | {args.score_rows:,} | "
         f"{s['arrow_udf_rows_per_sec']:,.0f} | {s['plain_torch_rows_per_sec']:,.0f} | {s['ratio']:.2f} |",
     ]

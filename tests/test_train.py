@@ -16,7 +16,7 @@ from lakemine import artifacts, schemas
 from lakemine.errors import StageError
 from lakemine.features import Z_FEATURES, run_features
 from lakemine.model import ChurnMLP
-from lakemine.train import TrainParams, effective_batch_size, logit_offset, roc_auc, run_train
+from lakemine.train import TrainParams, effective_batch_size, in_memory_passes, logit_offset, roc_auc, run_train
 from lakemine.trainset import input_columns, latest_segment_model, training_frame
 
 
@@ -121,7 +121,9 @@ def test_rerun_with_more_epochs_resumes_from_the_checkpoint(learn_lake, tmp_path
 @pytest.mark.slow
 def test_torch_distributor_reaches_an_auc_comparable_to_horovod(learn_lake, trained_lake, tmp_path):
     lake, cfg = copy_lake(*learn_lake, tmp_path / "lake")
-    _, meta = run_train(lake, cfg, TrainParams(backend="torch", workers=2, epochs=10, batch_size=64, patience=3))
+    # cache_rows=0: this run streams its shards from Parquet every epoch, the Horovod one keeps them in memory
+    _, meta = run_train(lake, cfg, TrainParams(backend="torch", workers=2, epochs=10, batch_size=64, patience=3,
+                                               cache_rows=0))
     horovod = trained_lake[3]
     assert meta["backend"] == "torch" and meta["world_size"] == 2
     assert meta["model_version"] != horovod["model_version"]
@@ -136,3 +138,21 @@ def test_small_training_sets_get_smaller_batches_not_fewer_steps():
     assert effective_batch_size(8, 100, 2) == 8               # nor above what was asked
     # class weighting with w = 3 learns odds x3; the offset takes them back
     assert logit_offset(3.0) == pytest.approx(-1.0986, abs=1e-4)
+
+
+def test_in_memory_passes_cover_every_row_once_per_pass_in_a_seeded_order():
+    import torch
+
+    x = torch.arange(10, dtype=torch.float32).reshape(10, 1)
+    y = torch.arange(10, dtype=torch.float32)
+    batches = in_memory_passes(x, y, 3, seed=7)
+    first = [next(batches) for _ in range(3)]           # 10 rows, batch 3: 3 full batches, 1 row dropped
+    rows = torch.cat([b[1] for b in first])
+    assert len(set(rows.tolist())) == 9
+    assert all(torch.equal(bx[:, 0], by) for bx, by in first)     # x and y stay paired
+    second = torch.cat([next(batches)[1] for _ in range(3)])
+    assert not torch.equal(rows, second)                # a new order each pass
+    again = in_memory_passes(x, y, 3, seed=7)
+    assert torch.equal(torch.cat([next(again)[1] for _ in range(3)]), rows)
+    assert next(in_memory_passes(x[:2], y[:2], 3, seed=1))[1].shape == (2,)   # a shard smaller than a batch
+

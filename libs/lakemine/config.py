@@ -63,6 +63,7 @@ class TrainConfig:
     learning_rate: float = 0.001
     warmup_epochs: int = 1
     patience: int = 4
+    cache_rows: int = 2_000_000
     hidden: tuple = (64, 32)
     dropout: float = 0.1
     batch_norm: bool = False
@@ -135,7 +136,7 @@ _POSITIVE = {
 }
 _NON_NEGATIVE = {
     "maintain.retention_hours", "train.warmup_epochs", "train.dropout", "features.training_snapshots",
-    "orchestration.retries", "orchestration.train_weekday",
+    "orchestration.retries", "orchestration.train_weekday", "train.cache_rows",
 }
 _FRACTIONS = {"train.val_fraction", "train.dropout"}
 _SECTIONS: dict[str, type] = {

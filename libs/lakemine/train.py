@@ -213,6 +213,20 @@ def parameter_digest(model) -> str:
     return h.hexdigest()
 
 
+def in_memory_passes(x, y, batch_size: int, seed: int):
+    """Endless (x, y) batches over tensors in memory, a new seeded permutation each pass; a
+    pass's last, incomplete batch is dropped (its rows come early in another pass)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    n = x.shape[0]
+    while True:
+        order = torch.randperm(n, generator=g).to(x.device)
+        for i in range(0, max(1, n - batch_size + 1), batch_size):
+            idx = order[i:i + batch_size]
+            yield x[idx], y[idx]
+
+
 def train_worker(spec: dict) -> dict:
     """One rank of the distributed training; the same function under every launcher.
 
@@ -266,26 +280,33 @@ def train_worker(spec: dict) -> dict:
         x = torch.stack([batch[c].float() for c in inputs], dim=1).to(device)
         return x, batch[LABEL].float().to(device)
 
-    def evaluate() -> tuple[float, float, float]:
-        net.eval()
-        preds, ys, loss_w, loss_p = [], [], 0.0, 0.0
-        # stopped by hand, not with `with`: its __exit__ prints "Cache cleanup complete." each epoch
-        reader = make_batch_reader(
-            spec["val_url"], schema_fields=fields, num_epochs=1, cur_shard=rank, shard_count=size,
-            shuffle_row_groups=False, workers_count=1,
-        )
+    def read_shard(url: str, batch_size: int, queue: int = 0, **options):
+        """This rank's shard of `url` in Petastorm batches. The reader is stopped by hand, not
+        with `with`: its __exit__ prints "Cache cleanup complete." each time."""
+        reader = make_batch_reader(url, schema_fields=fields, cur_shard=rank, shard_count=size, **options)
         try:
-            with torch.no_grad():
-                for batch in BatchedDataLoader(reader, batch_size=4096):
-                    x, y = xy(batch)
-                    logits = net(x)
-                    loss_w += float(weighted(logits, y))
-                    loss_p += float(plain(logits + offset, y))
-                    preds.append(torch.sigmoid(logits + offset).cpu())
-                    ys.append(y.cpu())
+            for batch in BatchedDataLoader(reader, batch_size=batch_size, shuffling_queue_capacity=queue):
+                yield xy(batch)
         finally:
             reader.stop()
             reader.join()
+
+    # Small shards are read once and kept as tensors (4 bytes per input and row); larger ones
+    # are streamed from the Parquet files every epoch. Either way a rank holds only its shard.
+    cached = math.ceil(spec["train_rows"] / size) <= spec["cache_rows"]
+    once = {"num_epochs": 1, "shuffle_row_groups": False, "workers_count": 1}
+    val_cache = list(read_shard(spec["val_url"], 4096, **once)) if cached else None
+
+    def evaluate() -> tuple[float, float, float]:
+        net.eval()
+        preds, ys, loss_w, loss_p = [], [], 0.0, 0.0
+        with torch.no_grad():
+            for x, y in val_cache if cached else read_shard(spec["val_url"], 4096, **once):
+                logits = net(x)
+                loss_w += float(weighted(logits, y))
+                loss_p += float(plain(logits + offset, y))
+                preds.append(torch.sigmoid(logits + offset).cpu())
+                ys.append(y.cpu())
         local_p = torch.cat(preds) if preds else torch.zeros(0)
         local_y = torch.cat(ys) if ys else torch.zeros(0)
         total_w, total_p, n = comm.sum([loss_w, loss_p, float(local_y.shape[0])])
@@ -295,13 +316,18 @@ def train_worker(spec: dict) -> dict:
     steps = spec["steps_per_epoch"]
     warm = spec["warmup_epochs"] * steps
     history = progress["history"]
-    reader = make_batch_reader(
-        spec["train_url"], schema_fields=fields, num_epochs=None, cur_shard=rank, shard_count=size,
-        shuffle_row_groups=True, shuffle_rows=True, seed=spec["seed"] + rank, shard_seed=spec["seed"],
-        workers_count=2,
-    )
+    if cached:
+        shard = list(read_shard(spec["train_url"], 65536, **{**once, "workers_count": 2}))
+        if not shard:
+            raise RuntimeError(f"rank {rank} of {size}: its shard of {spec['train_url']} has no rows")
+        batches = in_memory_passes(torch.cat([x for x, _ in shard]), torch.cat([y for _, y in shard]),
+                                   spec["batch_size"], spec["seed"] + rank)
+        del shard
+    else:
+        batches = read_shard(spec["train_url"], spec["batch_size"], 4 * spec["batch_size"], num_epochs=None,
+                             shuffle_row_groups=True, shuffle_rows=True, seed=spec["seed"] + rank,
+                             shard_seed=spec["seed"], workers_count=2)
     try:
-        batches = iter(BatchedDataLoader(reader, batch_size=spec["batch_size"], shuffling_queue_capacity=4 * spec["batch_size"]))
         for epoch in range(progress["epoch"], spec["epochs"]):
             if progress["bad_epochs"] >= spec["patience"]:
                 break
@@ -314,7 +340,7 @@ def train_worker(spec: dict) -> dict:
                 scale = 1 + (size - 1) * min(1.0, g / warm) if warm else size
                 for group in optimizer.param_groups:
                     group["lr"] = lr * scale
-                x, y = xy(next(batches))
+                x, y = next(batches)
                 optimizer.zero_grad()
                 loss = weighted(net(x), y)
                 (loss / max(1, y.shape[0])).backward()
@@ -344,8 +370,7 @@ def train_worker(spec: dict) -> dict:
                 print(f"[rank 0/{size}] epoch {epoch + 1}: train loss {total / n:.4f}, "
                       f"val loss {val_loss:.4f}, val AUC {val_auc:.4f}", flush=True)
     finally:
-        reader.stop()
-        reader.join()
+        batches.close()  # stops a streaming reader
     # where this rank ran: on a cluster the working folder is the executor's own
     # (standalone: <worker dir>/<app id>/<executor id>), which shows the placement
     result = {"rank": rank, "size": size, "digest": parameter_digest(model), "history": history,
@@ -495,6 +520,7 @@ def run_train(
             **params, "inputs": inputs, "train_url": train_url, "val_url": val_url,
             "checkpoint": f"{model_dir}/{CHECKPOINT}", "pos_weight": counts[("train", 0)] / counts[("train", 1)],
             "batch_size": batch, "steps_per_epoch": max(1, math.ceil(n_train / (batch * p.workers))),
+            "train_rows": n_train,
             "threads": max(1, (os.cpu_count() or 1) // p.workers), "use_gpu": use_gpu,
         }
         if spec_out:
