@@ -74,7 +74,7 @@ def spec_for(work: Path, epochs: int, n_train: int, batch: int, cache_rows: int)
         "train_url": artifacts.dataset_url(str(work / "train")), "val_url": artifacts.dataset_url(str(work / "val")),
         "checkpoint": str(work / "ckpt" / "checkpoint.pt"), "pos_weight": 1.0,
         "steps_per_epoch": -(-n_train // (2 * batch)), "threads": 1, "use_gpu": False,
-        "train_rows": n_train, "cache_rows": cache_rows,
+        "train_rows": n_train, "val_rows": n_train // 10, "cache_rows": cache_rows,
     }
 
 

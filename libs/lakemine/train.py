@@ -295,13 +295,14 @@ def train_worker(spec: dict) -> dict:
     # are streamed from the Parquet files every epoch. Either way a rank holds only its shard.
     cached = math.ceil(spec["train_rows"] / size) <= spec["cache_rows"]
     once = {"num_epochs": 1, "shuffle_row_groups": False, "workers_count": 1}
-    val_cache = list(read_shard(spec["val_url"], 4096, **once)) if cached else None
+    val_cache = (list(read_shard(spec["val_url"], 4096, **once))
+                 if math.ceil(spec["val_rows"] / size) <= spec["cache_rows"] else None)
 
     def evaluate() -> tuple[float, float, float]:
         net.eval()
         preds, ys, loss_w, loss_p = [], [], 0.0, 0.0
         with torch.no_grad():
-            for x, y in val_cache if cached else read_shard(spec["val_url"], 4096, **once):
+            for x, y in val_cache if val_cache is not None else read_shard(spec["val_url"], 4096, **once):
                 logits = net(x)
                 loss_w += float(weighted(logits, y))
                 loss_p += float(plain(logits + offset, y))
@@ -520,7 +521,7 @@ def run_train(
             **params, "inputs": inputs, "train_url": train_url, "val_url": val_url,
             "checkpoint": f"{model_dir}/{CHECKPOINT}", "pos_weight": counts[("train", 0)] / counts[("train", 1)],
             "batch_size": batch, "steps_per_epoch": max(1, math.ceil(n_train / (batch * p.workers))),
-            "train_rows": n_train,
+            "train_rows": n_train, "val_rows": n_val,
             "threads": max(1, (os.cpu_count() or 1) // p.workers), "use_gpu": use_gpu,
         }
         if spec_out:
