@@ -108,7 +108,9 @@ class _HorovodComm:
 
     def wrap(self, model, optimizer, optimizer_state):
         hvd = self.hvd
-        optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
+        # groups=1: every gradient in one grouped allreduce per step, not one negotiation per
+        # tensor (bench/horovod_floor.py measures both)
+        optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(), groups=1)
         if optimizer_state is not None:  # rank 0 only; the broadcast below gives it to all
             optimizer.load_state_dict(optimizer_state)
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
