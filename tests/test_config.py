@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from lakemine.config import load_config
+from lakemine.config import TrainConfig, load_config
 from lakemine.errors import ConfigError
 
 
@@ -14,6 +14,7 @@ def test_defaults_load_with_the_documented_values():
     assert cfg.clean.outlier_policy == "quarantine"
     assert cfg.clean.date_formats[0] == "M/d/yyyy H:mm"
     assert cfg.features.horizon_days == 90
+    assert cfg.train == TrainConfig() and cfg.train.batch_size == 4096  # defaults.yaml and the code agree
 
 
 def test_file_then_environment_override_defaults(tmp_path):

@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("horovod", "torch"), help="launcher (default from config: horovod)")
     p.add_argument("--workers", type=_positive_int, metavar="N", help="training processes, one Spark task each (default 2)")
     p.add_argument("--epochs", type=_positive_int, metavar="E", help="at most E epochs (default 30; early stopping may end sooner)")
-    p.add_argument("--batch-size", type=_positive_int, metavar="B", help="rows per step per worker (default 256)")
+    p.add_argument("--batch-size", type=_positive_int, metavar="B", help="rows per step per worker (default 4096; fewer on small sets)")
     p.add_argument("--learning-rate", type=_fraction, metavar="LR", help="per-worker Adam rate, scaled by workers (default 0.001)")
     p.add_argument("--patience", type=_positive_int, metavar="P", help="epochs without a better validation AUC before stopping (default 4)")
     p.add_argument("--seed", type=int, help="seed of the split, the initial weights and the shuffling (default 42)")

@@ -59,7 +59,7 @@ class TrainConfig:
     backend: str = "horovod"
     workers: int = 2
     epochs: int = 30
-    batch_size: int = 256
+    batch_size: int = 4096
     learning_rate: float = 0.001
     warmup_epochs: int = 1
     patience: int = 4
