@@ -295,10 +295,12 @@ def train_worker(spec: dict) -> dict:
 
     # Small shards are read once and kept as tensors (4 bytes per input and row); larger ones
     # are streamed from the Parquet files every epoch. Either way a rank holds only its shard.
-    cached = math.ceil(spec["train_rows"] / size) <= spec["cache_rows"]
+    def fits(rows: int) -> bool:  # this rank's shard of a split with `rows` rows
+        return math.ceil(rows / size) <= spec["cache_rows"]
+
+    cached = fits(spec["train_rows"])
     once = {"num_epochs": 1, "shuffle_row_groups": False, "workers_count": 1}
-    val_cache = (list(read_shard(spec["val_url"], 4096, **once))
-                 if math.ceil(spec["val_rows"] / size) <= spec["cache_rows"] else None)
+    val_cache = list(read_shard(spec["val_url"], 4096, **once)) if fits(spec["val_rows"]) else None
 
     def evaluate() -> tuple[float, float, float]:
         net.eval()
