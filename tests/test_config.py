@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from lakemine.config import TrainConfig, load_config
-from lakemine.errors import ConfigError
+from lakemine.core.config import load_config
+from lakemine.core.errors import ConfigError
 
 
 def test_defaults_load_with_the_documented_values():
@@ -14,7 +14,29 @@ def test_defaults_load_with_the_documented_values():
     assert cfg.clean.outlier_policy == "quarantine"
     assert cfg.clean.date_formats[0] == "M/d/yyyy H:mm"
     assert cfg.features.horizon_days == 90
-    assert cfg.train == TrainConfig() and cfg.train.batch_size == 4096  # defaults.yaml and the code agree
+    assert cfg.train.batch_size == 4096 and cfg.kmeans.k_range == (2, 10) and cfg.fpgrowth.max_length is None
+    assert cfg.run.k_range == (2, 8) and cfg.generate.dirty_rate == 0.0
+
+
+def test_stage_parameters_and_cli_help_come_from_the_config(tmp_path, capsys):
+    """One source of defaults: a config file changes what a stage runs with, a command-line
+    option overrides it through the same checks, and --help quotes defaults.yaml."""
+    from lakemine.cli import main
+    from lakemine.mining.fpgrowth import MiningParams
+    from lakemine.mining.kmeans import KMeansParams
+
+    path = tmp_path / "c.yaml"
+    path.write_text("fpgrowth:\n  min_support: 0.05\n  max_length: 3\nkmeans:\n  k_range: [3, 5]\n")
+    cfg = load_config(str(path), env={})
+    p = MiningParams.from_config(cfg, min_confidence=0.7)
+    assert (p.min_support, p.min_confidence, p.max_length, p.engine, p.as_of) == (0.05, 0.7, 3, "pfp", None)
+    assert KMeansParams.from_config(cfg).candidates() == [3, 4, 5]
+    assert KMeansParams.from_config(cfg, k=4).candidates() == [4]
+    with pytest.raises(ConfigError, match=r"^--min-support 1.5: must be in \(0, 1\]$"):
+        MiningParams.from_config(cfg, min_support=1.5)
+    with pytest.raises(SystemExit):
+        main(["fpgrowth", "--help"])
+    assert "minimum support, a fraction of baskets (default from config: 0.01)" in " ".join(capsys.readouterr().out.split())
 
 
 def test_file_then_environment_override_defaults(tmp_path):

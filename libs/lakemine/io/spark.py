@@ -13,8 +13,8 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from lakemine.config import Config
-from lakemine.jars import DELTA_CONF, delta_jars
+from lakemine.core.config import Config
+from lakemine.orchestration.jars import DELTA_CONF, delta_jars
 
 log = logging.getLogger(__name__)
 

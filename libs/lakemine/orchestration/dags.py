@@ -15,23 +15,15 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
-from lakemine import __version__, artifacts
-from lakemine.config import Config, load_config
-from lakemine.jars import DELTA_CONF, REPO_ROOT, delta_jars
+from lakemine import __version__
+from lakemine.core import storage
+from lakemine.core.config import Config, load_config
+from lakemine.orchestration.jars import DELTA_CONF, PACKAGE_DIR, PACKAGE_JOB, QUIET_LOG4J, REPO_ROOT, delta_jars, jobs_dir
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-QUIET_LOG4J = PACKAGE_DIR / "log4j2.properties"
-# the layout lakemine.train writes (MODEL_KIND, METADATA); named again here because importing
-# lakemine.train would load pyspark when the DAG files are parsed
+# the layout lakemine.learning.train writes (MODEL_KIND, METADATA); named again here because
+# importing it would load pyspark when the DAG files are parsed
 MODELS = "models/churn"
 METADATA = "metadata.json"
-
-
-def _resolve(location: str, base: Path) -> str:
-    """A lake or input location from config: URIs as they are, relative paths under `base`."""
-    if "://" in location or location.startswith("file:"):
-        return location.rstrip("/")
-    return str((base / location).resolve())
 
 
 @dataclass(frozen=True)
@@ -41,7 +33,7 @@ class DagSettings:
     lake: str
     input: str
     conn_id: str
-    jobs: Path
+    jobs: Path | None
     py_files: str
     jars: str | None
     packages: str | None
@@ -54,22 +46,50 @@ class DagSettings:
     retention_hours: int = 168
     config_file: str | None = None
 
+    @property
+    def dag_args(self) -> dict:
+        """DAG arguments both lakemine DAGs share: one run at a time, every task's retries
+        (exponential backoff) and timeout, the tag."""
+        default_args = {"retries": self.retries, "retry_delay": self.retry_delay, "retry_exponential_backoff": True,
+                        "max_retry_delay": self.max_retry_delay, "execution_timeout": self.execution_timeout}
+        return {"max_active_runs": 1, "default_args": default_args, "tags": ["lakemine"]}
+
+    def package_task(self):
+        """The `package` task: (re)builds the zip that --py-files ships with every stage
+        (Airflow is imported here, when a DAG file calls this, never by lakemine itself)."""
+        from airflow.sdk import task
+
+        @task(task_id="package")
+        def package() -> str:
+            return build_py_files(self.py_files)
+
+        return package()
+
+    def submit_args(self, stage: str, extra: list[str] | None = None) -> dict:
+        """SparkSubmitOperator arguments that run `stage` for the templated logical date."""
+        return {"application": self.job(stage), "application_args": self.common_args(stage) + (extra or []),
+                "conn_id": self.conn_id, "py_files": self.py_files, "jars": self.jars, "packages": self.packages,
+                "conf": self.conf, "name": f"lakemine-{stage}-{{{{ ds }}}}"}
+
     def job(self, stage: str) -> str:
-        return str(self.jobs / f"{stage}.py")
+        """The application spark-submit runs: `jobs/<stage>.py`, or the installed package's
+        `lakemine/job.py` when there is no jobs folder."""
+        return str(self.jobs / f"{stage}.py") if self.jobs is not None else str(PACKAGE_JOB)
 
     def common_args(self, stage: str) -> list[str]:
-        """--lake, --as-of (templated logical date) and --config for `jobs/<stage>.py`."""
-        args = ["--lake", self.lake, "--as-of", "{{ ds }}"]
+        """--lake, --as-of (templated logical date) and --config for the stage's application
+        (led by the stage name for the package's `job.py`)."""
+        args = ([] if self.jobs is not None else [stage]) + ["--lake", self.lake, "--as-of", "{{ ds }}"]
         return args + (["--config", self.config_file] if self.config_file else [])
 
     def asset_uri(self, table: str) -> str:
-        root = self.lake if "://" in self.lake else "file://" + self.lake
-        return f"{root}/{table}"
+        return f"{storage.file_url(self.lake)}/{table}"
 
 
 def dag_settings(config_file: str | None = None, env: dict | None = None) -> DagSettings:
     """Settings for the DAG files from the lakemine config (`LAKEMINE_CONFIG` names the file).
-    Relative lake and input paths are taken from the repository root."""
+    Relative lake and input paths are taken from the repository root (the working directory
+    when the package is installed outside a checkout)."""
     env = os.environ if env is None else env
     config_file = config_file or env.get("LAKEMINE_CONFIG") or None
     cfg: Config = load_config(config_file, env)
@@ -78,16 +98,19 @@ def dag_settings(config_file: str | None = None, env: dict | None = None) -> Dag
         jars, packages = None, cfg.spark.delta_packages
     else:
         jars, packages = ",".join(delta_jars(cfg)), None
+    base = REPO_ROOT or Path.cwd()
+    dist = Path(o.dist_dir) if o.dist_dir else (
+        REPO_ROOT / "dist" if REPO_ROOT else Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lakemine" / "dist")
     return DagSettings(
-        lake=_resolve(cfg.lake, REPO_ROOT),
-        input=_resolve(o.input, REPO_ROOT),
+        lake=storage.absolute(cfg.lake, base),
+        input=storage.absolute(o.input, base),
         conn_id=o.conn_id,
-        jobs=REPO_ROOT / "jobs",
-        py_files=str(REPO_ROOT / "dist" / f"lakemine-{__version__}-py.zip"),
+        jobs=jobs_dir(cfg),
+        py_files=str(dist / f"lakemine-{__version__}-py.zip"),
         jars=jars,
         packages=packages,
         # client mode: the driver runs beside Airflow and reads the quiet log4j file from the
-        # checkout (Spark's errors still reach the task log, its INFO chatter does not)
+        # package (Spark's errors still reach the task log, its INFO chatter does not)
         conf={**DELTA_CONF, "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={QUIET_LOG4J.as_uri()}",
               **o.spark_conf},
         retries=o.retries,
@@ -113,15 +136,15 @@ def build_py_files(dest: str) -> str:
             info.external_attr = 0o644 << 16
             zf.writestr(info, path.read_bytes())
     data = buf.getvalue()
-    if not (artifacts.exists(dest) and artifacts.read_bytes(dest) == data):
-        artifacts.write_bytes(dest, data)
+    if not (storage.exists(dest) and storage.read_bytes(dest) == data):
+        storage.write_bytes(dest, data)
     return dest
 
 
 def has_model(lake_root: str) -> bool:
     """Whether any churn model finished training (its metadata.json written) under the lake."""
     root = f"{lake_root}/{MODELS}"
-    return any(artifacts.exists(f"{root}/{name}/{METADATA}") for name in artifacts.list_dirs(root))
+    return any(storage.exists(f"{root}/{name}/{METADATA}") for name in storage.list_dirs(root))
 
 
 def choose_training(lake_root: str, logical_date: date, train_weekday: int) -> tuple[bool, str]:

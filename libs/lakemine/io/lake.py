@@ -7,7 +7,6 @@ the rows of one logical date or batch (Delta `replaceWhere`), `merge_into` upser
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from datetime import date
@@ -15,7 +14,8 @@ from datetime import date
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
-from lakemine.errors import StageError
+from lakemine.core import storage
+from lakemine.core.errors import StageError
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,7 @@ class Lake:
 
     @classmethod
     def at(cls, spark: SparkSession, root: str) -> "Lake":
-        if "://" not in root and not root.startswith("file:"):
-            root = os.path.abspath(root)
-        return cls(spark, root.rstrip("/"))
+        return cls(spark, storage.absolute(root))
 
     def path(self, table: str) -> str:
         return f"{self.root}/{table}"
@@ -69,14 +67,12 @@ class Lake:
 
     def tables(self) -> list[str]:
         """Every Delta table under the root, as "layer/name", sorted (models and reports are not tables)."""
-        from lakemine import artifacts
-
         found = []
-        for layer in artifacts.list_dirs(self.root):
+        for layer in storage.list_dirs(self.root):
             if layer.startswith((".", "_")) or layer in ("models", "reports"):
                 continue
-            for name in artifacts.list_dirs(f"{self.root}/{layer}"):
-                if artifacts.exists(f"{self.root}/{layer}/{name}/_delta_log"):
+            for name in storage.list_dirs(f"{self.root}/{layer}"):
+                if storage.exists(f"{self.root}/{layer}/{name}/_delta_log"):
                     found.append(f"{layer}/{name}")
         return sorted(found)
 

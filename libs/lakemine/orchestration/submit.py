@@ -1,6 +1,6 @@
-"""Print the spark-submit options that put Delta on the classpath: `python -m lakemine.submit_args`.
+"""Print the spark-submit options that put Delta on the classpath: `python -m lakemine.orchestration.submit`.
 
-    spark-submit $(python -m lakemine.submit_args) jobs/clean.py --lake lake
+    spark-submit $(python -m lakemine.orchestration.submit) jobs/clean.py --lake lake
 """
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from __future__ import annotations
 import shlex
 import sys
 
-from lakemine.config import load_config
-from lakemine.errors import UsageError
-from lakemine.jars import submit_args
+from lakemine.core.config import load_config
+from lakemine.core.errors import UsageError
+from lakemine.orchestration.jars import submit_args
 
 
 def main(argv: list[str] | None = None) -> int:

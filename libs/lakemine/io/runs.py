@@ -9,11 +9,11 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from typing import Iterator
+from typing import Any, Iterator
 
-from lakemine import schemas
-from lakemine.errors import StageError, UsageError
-from lakemine.lake import Lake
+from lakemine.core.errors import StageError, UsageError
+from lakemine.io import schemas
+from lakemine.io.lake import Lake
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ class Run:
     outputs: dict[str, int] = field(default_factory=dict)
     message: str | None = None
     finished_at: datetime | None = None
+    # what the stage hands back to its caller besides the counts (not written to ops/runs)
+    result: Any = None
 
     def row(self) -> tuple:
         return (

@@ -1,0 +1,315 @@
+"""Typed configuration: packaged defaults, then a user file, then LAKEMINE_* environment variables.
+
+`load_config(path, env)` returns a frozen `Config`. Every value is validated at load; a bad
+value raises `ConfigError` naming the key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Mapping
+
+import yaml
+
+from lakemine.core.errors import ConfigError
+
+ENV_PREFIX = "LAKEMINE_"
+
+# The sections declare names and types only: every value, default included, comes from
+# defaults.yaml (then the user's file, then the environment), through one validation path
+# (`_build`), which command-line overrides take too (`StageParams.from_config`).
+
+
+def _section(name: str, spec: str) -> type:
+    """A frozen dataclass of typed fields from "field: type; field: type; ..." (types: str,
+    int, float, bool, dict, tuple[str, ...], tuple[int, ...], and any of them | None)."""
+    kinds = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict, "tuple": tuple, "None": None}
+    fields = []
+    for item in spec.split(";"):
+        field, kind = (s.strip() for s in item.split(":", 1))
+        fields.append((field, eval(kind, {"__builtins__": {}}, kinds)))  # noqa: S307 - a literal of this module
+    cls = dataclasses.make_dataclass(name, fields, frozen=True)
+    cls.__module__ = __name__  # so pickling (Spark, Horovod) finds it here
+    return cls
+
+
+SparkConfig = _section("SparkConfig", "master: str; app_name: str; shuffle_partitions: int; driver_memory: str; "
+                       "ui: bool; log_level: str; delta_jars: str; jars_dir: str | None; delta_packages: str; conf: dict")
+GenerateConfig = _section("GenerateConfig", "customers: int; days: int; seed: int; dirty_rate: float; format: str; "
+                          "files: int | None")
+IngestConfig = _section("IngestConfig", "suffixes: tuple[str, ...]")
+CleanConfig = _section("CleanConfig", "date_formats: tuple[str, ...]; missing_customer: str; outlier_policy: str; "
+                       "max_unit_price: float; max_quantity: int")
+FeaturesConfig = _section("FeaturesConfig", "horizon_days: int; training_snapshots: int; snapshot_spacing_days: int; "
+                          "top_categories: int")
+FpgrowthConfig = _section("FpgrowthConfig", "min_support: float; min_confidence: float; window_days: int; "
+                          "max_itemsets: int; max_length: int | None; engine: str; groups: int | None")
+KmeansConfig = _section("KmeansConfig", "k: int | None; k_range: tuple[int, ...]; seed: int; n_init: int; "
+                        "max_iter: int; tol: float; columns: tuple[str, ...]")
+TrainConfig = _section("TrainConfig", "backend: str; workers: int; epochs: int; batch_size: int; learning_rate: float; "
+                       "warmup_epochs: int; patience: int; cache_rows: int; hidden: tuple[int, ...]; dropout: float; "
+                       "batch_norm: bool; val_fraction: float; seed: int")
+ScoreConfig = _section("ScoreConfig", "drift_bins: int; drift_warn_psi: float")
+MaintainConfig = _section("MaintainConfig", "retention_hours: int")
+RunConfig = _section("RunConfig", "dirty_rate: float; k_range: tuple[int, ...]")
+OrchestrationConfig = _section("OrchestrationConfig", "input: str; conn_id: str; retries: int; retry_delay_minutes: int; "
+                               "max_retry_delay_minutes: int; task_timeout_minutes: int; train_weekday: int; "
+                               "spark_conf: dict; jobs_dir: str | None; dist_dir: str | None")
+
+
+@dataclass(frozen=True)
+class Config:
+    lake: str
+    spark: SparkConfig
+    generate: GenerateConfig
+    ingest: IngestConfig
+    clean: CleanConfig
+    features: FeaturesConfig
+    fpgrowth: FpgrowthConfig
+    kmeans: KmeansConfig
+    train: TrainConfig
+    score: ScoreConfig
+    maintain: MaintainConfig
+    run: RunConfig
+    orchestration: OrchestrationConfig
+
+    def with_lake(self, lake: str | None) -> "Config":
+        return self if lake is None else dataclasses.replace(self, lake=lake)
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "spark.delta_jars": ("local", "packages"),
+    "spark.log_level": ("ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"),
+    "generate.format": ("csv", "parquet"),
+    "clean.missing_customer": ("quarantine", "keep"),
+    "clean.outlier_policy": ("quarantine", "cap"),
+    "fpgrowth.engine": ("pfp", "mllib"),
+    "train.backend": ("horovod", "torch"),
+}
+_POSITIVE = {
+    "spark.shuffle_partitions",
+    "generate.customers", "generate.days", "generate.files",
+    "clean.max_unit_price",
+    "clean.max_quantity",
+    "features.horizon_days",
+    "features.snapshot_spacing_days",
+    "features.top_categories",
+    "fpgrowth.max_itemsets", "fpgrowth.max_length", "fpgrowth.groups",
+    "kmeans.n_init", "kmeans.max_iter", "kmeans.tol",
+    "orchestration.retry_delay_minutes",
+    "orchestration.max_retry_delay_minutes",
+    "orchestration.task_timeout_minutes",
+    "train.workers",
+    "train.epochs",
+    "train.batch_size",
+    "train.learning_rate",
+    "train.patience",
+    "score.drift_bins",
+    "score.drift_warn_psi",
+}
+_NON_NEGATIVE = {
+    "maintain.retention_hours", "train.warmup_epochs", "train.dropout", "features.training_snapshots",
+    "orchestration.retries", "orchestration.train_weekday", "train.cache_rows", "fpgrowth.window_days",
+}
+# dotted key -> (low, high, low inclusive, high inclusive, how to say it)
+_RANGES: dict[str, tuple[float, float, bool, bool, str]] = {
+    "train.val_fraction": (0, 1, True, False, "in [0, 1)"),
+    "train.dropout": (0, 1, True, False, "in [0, 1)"),
+    "train.learning_rate": (0, 1, False, True, "in (0, 1]"),
+    "generate.dirty_rate": (0, 0.1, True, True, "between 0 and 0.1 (a rate per defect type)"),
+    "run.dirty_rate": (0, 0.1, True, True, "between 0 and 0.1 (a rate per defect type)"),
+    "fpgrowth.min_support": (0, 1, False, True, "in (0, 1]"),
+    "fpgrowth.min_confidence": (0, 1, True, True, "in [0, 1]"),
+    "orchestration.train_weekday": (0, 6, True, True, "0 (Monday) to 6 (Sunday)"),
+}
+_K_RANGES = {"kmeans.k_range", "run.k_range"}
+_SECTIONS: dict[str, type] = {
+    "spark": SparkConfig,
+    "generate": GenerateConfig,
+    "ingest": IngestConfig,
+    "clean": CleanConfig,
+    "features": FeaturesConfig,
+    "fpgrowth": FpgrowthConfig,
+    "kmeans": KmeansConfig,
+    "train": TrainConfig,
+    "score": ScoreConfig,
+    "maintain": MaintainConfig,
+    "run": RunConfig,
+    "orchestration": OrchestrationConfig,
+}
+
+
+def _defaults() -> dict:
+    text = resources.files("lakemine.core").joinpath("defaults.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def _read_file(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: not valid YAML ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping of sections")
+    return data
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict:
+    """LAKEMINE_LAKE=x and LAKEMINE_SECTION__KEY=value (YAML-parsed, so numbers and lists work)."""
+    out: dict = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "JARS_DIR":
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        value = yaml.safe_load(raw) if raw.strip() else raw
+        if "__" in key:
+            section, sub = key.split("__", 1)
+            out.setdefault(section, {})[sub] = value
+        elif key == "lake":
+            out["lake"] = raw
+    return out
+
+
+def _merge(base: dict, over: dict, where: str = "") -> dict:
+    merged = dict(base)
+    for key, value in over.items():
+        dotted = f"{where}{key}"
+        if key not in base:
+            allowed = ", ".join(sorted(base))
+            raise ConfigError(f"config key '{dotted}' is unknown; allowed here: {allowed}")
+        if isinstance(base[key], dict) and key not in ("conf", "spark_conf"):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{dotted}' must be a mapping")
+            merged[key] = _merge(base[key], value, dotted + ".")
+        else:
+            merged[key] = value
+    return merged
+
+
+def _coerce(dotted: str, value: Any, kind: Any) -> Any:
+    """`value` as the annotated type `kind` (str, int, float, bool, dict, tuple[str | int, ...],
+    or any of them | None)."""
+    args = typing.get_args(kind)
+    if type(None) in args:  # X | None
+        if value is None:
+            return None
+        kind = next(a for a in args if a is not type(None))
+    elif value is None:
+        raise ConfigError(f"config key '{dotted}' is empty; expected {getattr(kind, '__name__', kind)}")
+    origin = typing.get_origin(kind) or kind
+    try:
+        if origin is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if origin is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if origin is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if origin is tuple:
+            if isinstance(value, str) or not isinstance(value, (list, tuple)):
+                raise ValueError
+            if typing.get_args(kind)[0] is int:
+                if any(isinstance(v, bool) or int(v) != v or int(v) <= 0 for v in value):
+                    raise ValueError
+                return tuple(int(v) for v in value)
+            return tuple(str(v) for v in value)
+        if origin is dict:
+            if not isinstance(value, dict):
+                raise ValueError
+            return {str(k): str(v) for k, v in value.items()}
+        return str(value)
+    except (TypeError, ValueError):
+        name = getattr(origin, "__name__", str(kind))
+        raise ConfigError(f"config key '{dotted}' has value {value!r}; expected {name}") from None
+
+
+def _check(dotted: str, value: Any) -> None:
+    """The value rules of one key (choices, signs, ranges); ConfigError naming the key."""
+    if value is None:
+        return
+    if dotted in _CHOICES and value not in _CHOICES[dotted]:
+        allowed = ", ".join(_CHOICES[dotted])
+        raise ConfigError(f"config key '{dotted}' has value {value!r}; allowed: {allowed}")
+    if dotted in _POSITIVE and not value > 0:
+        raise ConfigError(f"config key '{dotted}' has value {value!r}; must be > 0")
+    if dotted in _NON_NEGATIVE and value < 0:
+        raise ConfigError(f"config key '{dotted}' has value {value!r}; must be >= 0")
+    if dotted in _RANGES:
+        low, high, low_in, high_in, say = _RANGES[dotted]
+        if not ((low <= value) if low_in else (low < value)) or not ((value <= high) if high_in else (value < high)):
+            raise ConfigError(f"config key '{dotted}' has value {value!r}; must be {say}")
+    if dotted in _K_RANGES and not (len(value) == 2 and 2 <= value[0] <= value[1]):
+        raise ConfigError(f"config key '{dotted}' has value {value!r}; needs [low, high] with 2 <= low <= high")
+    if dotted == "kmeans.k" and value < 2:
+        raise ConfigError(f"config key '{dotted}' has value {value!r}; must be at least 2")
+    if dotted == "clean.date_formats" and not value:
+        raise ConfigError("config key 'clean.date_formats' is empty; give at least one pattern")
+
+
+def _build(section_cls: type, values: dict, section: str):
+    """The section dataclass from `values`, every key typed and checked; a key the section
+    has but `values` lacks is an error (defaults.yaml must name every key)."""
+    hints = typing.get_type_hints(section_cls)
+    kwargs = {}
+    for f in dataclasses.fields(section_cls):
+        dotted = f"{section}.{f.name}"
+        if f.name not in values:
+            raise ConfigError(f"config key '{dotted}' has no value (the packaged defaults.yaml must set it)")
+        value = _coerce(dotted, values[f.name], hints[f.name])
+        _check(dotted, value)
+        kwargs[f.name] = value
+    return section_cls(**kwargs)
+
+
+def packaged_defaults() -> Config:
+    """The configuration of defaults.yaml alone (for help texts: what an option falls back to)."""
+    return load_config(None, env={})
+
+
+class StageParams:
+    """Mixin for a stage's parameters: a config section's fields (`SECTION`) plus the run's own
+    arguments (as_of, input...). `from_config` fills the section's fields from the config and
+    takes command-line overrides through the same validation as the config file."""
+
+    SECTION: typing.ClassVar[str]
+
+    @classmethod
+    def from_config(cls, cfg: Config | None = None, **overrides):
+        """The parameters of `cfg` (None: the packaged defaults) with `overrides` (None = keep)."""
+        section = getattr(cfg if cfg is not None else packaged_defaults(), cls.SECTION)
+        values = {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+        given = {k: v for k, v in overrides.items() if v is not None}
+        try:
+            checked = _build(type(section), {**values, **{k: v for k, v in given.items() if k in values}}, cls.SECTION)
+        except ConfigError as exc:  # an override: name the option, not the config key
+            for k, v in given.items():
+                said = f"config key '{cls.SECTION}.{k}' has value {v!r}"
+                if str(exc).startswith(said):
+                    raise ConfigError(f"--{k.replace('_', '-')} {v}" + str(exc)[len(said):].replace(";", ":", 1)) from None
+            raise
+        merged = {f.name: getattr(checked, f.name) for f in dataclasses.fields(checked)}
+        return cls(**merged, **{k: v for k, v in given.items() if k not in values})
+
+
+def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Defaults < file at `path` < environment (`os.environ` when `env` is None)."""
+    data = _defaults()
+    if path:
+        data = _merge(data, _read_file(path))
+    data = _merge(data, _env_overrides(os.environ if env is None else env))
+    sections = {name: _build(cls, data.get(name) or {}, name) for name, cls in _SECTIONS.items()}
+    return Config(lake=str(data["lake"]), **sections)

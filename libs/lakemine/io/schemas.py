@@ -1,0 +1,85 @@
+"""Table names, raw layouts and schemas: the constants every stage checks against."""
+
+from __future__ import annotations
+
+import re
+
+from pyspark.sql import DataFrame
+from pyspark.sql import types as T
+
+from lakemine.core.errors import SchemaError
+
+BRONZE_TRANSACTIONS = "bronze/transactions"
+BRONZE_QUARANTINE = "bronze/quarantine"
+SILVER_TRANSACTIONS = "silver/transactions"
+SILVER_QUARANTINE = "silver/quarantine"
+GOLD_BASKETS = "gold/baskets"
+GOLD_CUSTOMER_FEATURES = "gold/customer_features"
+GOLD_FEATURE_SCALER = "gold/feature_scaler"
+GOLD_LABELS = "gold/labels"
+GOLD_FREQUENT_ITEMSETS = "gold/frequent_itemsets"
+GOLD_ASSOCIATION_RULES = "gold/association_rules"
+GOLD_CUSTOMER_SEGMENTS = "gold/customer_segments"
+GOLD_SEGMENT_PROFILES = "gold/segment_profiles"
+GOLD_CUSTOMER_SCORES = "gold/customer_scores"
+OPS_RUNS = "ops/runs"
+OPS_DRIFT = "ops/drift"
+
+# UCI Online Retail; bronze keeps these names for both public layouts.
+RAW_COLUMNS = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country")
+# UCI Online Retail II names, mapped onto RAW_COLUMNS position by position.
+RAW_COLUMNS_II = ("Invoice", "StockCode", "Description", "Quantity", "InvoiceDate", "Price", "Customer ID", "Country")
+LAYOUTS = {
+    "online_retail": dict(zip(RAW_COLUMNS, RAW_COLUMNS)),
+    "online_retail_ii": dict(zip(RAW_COLUMNS_II, RAW_COLUMNS)),
+}
+
+_TYPES = {
+    "string": T.StringType(), "int": T.IntegerType(), "long": T.LongType(), "double": T.DoubleType(),
+    "boolean": T.BooleanType(), "date": T.DateType(), "timestamp": T.TimestampType(),
+    "array<double>": T.ArrayType(T.DoubleType()), "map<string,long>": T.MapType(T.StringType(), T.LongType()),
+}
+
+
+def fields(ddl: str) -> list[T.StructField]:
+    """Struct fields from "name type, name type, ..." (the types of `_TYPES`), all nullable."""
+    out = []
+    for part in re.split(r",\s+", ddl.strip()):
+        name, kind = part.split()
+        out.append(T.StructField(name, _TYPES[kind]))
+    return out
+
+
+LINEAGE_FIELDS = fields("_source_file string, _line long, _batch_id string")
+RAW_FIELDS = [T.StructField(c, T.StringType()) for c in RAW_COLUMNS]
+
+BRONZE_SCHEMA = T.StructType(RAW_FIELDS + LINEAGE_FIELDS + fields("_ingested_at timestamp"))
+QUARANTINE_SCHEMA = T.StructType(RAW_FIELDS + fields("_raw string, reason string, detail string, stage string")
+                                 + LINEAGE_FIELDS)
+SILVER_SCHEMA = T.StructType(
+    fields("invoice_no string, stock_code string, description string, quantity int, invoice_ts timestamp, "
+           "invoice_date date, unit_price double, line_amount double, customer_id string, country string, "
+           "is_return boolean")
+    + LINEAGE_FIELDS
+)
+RUNS_SCHEMA = T.StructType(fields(
+    "run_id string, stage string, as_of date, status string, started_at timestamp, finished_at timestamp, "
+    "rows_in long, rows_out long, rows_quarantined long, rows_duplicate long, quarantine_reasons map<string,long>, "
+    "inputs map<string,long>, outputs map<string,long>, params string, message string"
+))
+SCORES_KEY = ("customer_id", "as_of", "model_version")
+SCORES_SCHEMA = T.StructType(fields(
+    "customer_id string, as_of date, churn_probability double, segment int, model_version string, scored_at timestamp"
+))
+DRIFT_SCHEMA = T.StructType(fields(
+    "as_of date, model_version string, feature string, psi double, status string, expected array<double>, "
+    "actual array<double>, edges array<double>, run_id string"
+))
+
+
+def require_columns(df: DataFrame, columns: tuple[str, ...] | list[str], table: str) -> None:
+    """Raise SchemaError naming the first column of `columns` that `df` lacks."""
+    present = set(df.columns)
+    for column in columns:
+        if column not in present:
+            raise SchemaError(f"table {table} has no column '{column}' (has: {', '.join(df.columns)})")
