@@ -18,7 +18,7 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Asset, TriggerRule, task
 
-from lakemine.orchestration import dag_settings
+from lakemine.orchestration.dags import dag_settings
 
 S = dag_settings()
 TABLES = {
@@ -35,50 +35,23 @@ TABLES = {
 
 def stage(name: str, extra: list[str] | None = None, **kwargs) -> SparkSubmitOperator:
     return SparkSubmitOperator(
-        task_id=name,
-        application=S.job(name),
-        application_args=S.common_args(name) + (extra or []),
-        conn_id=S.conn_id,
-        py_files=S.py_files,
-        jars=S.jars,
-        packages=S.packages,
-        conf=S.conf,
-        name=f"lakemine-{name}-{{{{ ds }}}}",
+        task_id=name, **S.submit_args(name, extra),
         outlets=[Asset(name=f"lakemine/{t}", uri=S.asset_uri(t)) for t in TABLES[name]],
         **kwargs,
     )
 
 
-with DAG(
-    dag_id="retail_mining",
-    description="lakemine: raw exports to gold tables, segments, rules, churn scores and a report",
-    schedule="@daily",
-    start_date=pendulum.datetime(2010, 12, 1, tz="UTC"),  # the first day of the UCI exports: any date after can be backfilled
-    catchup=False,
-    max_active_runs=1,
-    default_args={
-        "retries": S.retries,
-        "retry_delay": S.retry_delay,
-        "retry_exponential_backoff": True,
-        "max_retry_delay": S.max_retry_delay,
-        "execution_timeout": S.execution_timeout,
-    },
-    tags=["lakemine"],
-) as dag:
-
-    @task
-    def package() -> str:
-        """The lakemine package as the zip that --py-files ships with every stage."""
-        from lakemine.orchestration import build_py_files
-
-        return build_py_files(S.py_files)
+# the first day of the UCI exports: any date after can be backfilled
+with DAG("retail_mining", schedule="@daily", start_date=pendulum.datetime(2010, 12, 1, tz="UTC"), catchup=False,
+         description="lakemine: raw exports to gold tables, segments, rules, churn scores and a report",
+         **S.dag_args) as dag:
 
     @task.branch
     def train_today(ds=None) -> str:
         """`train` when the lake has no model yet or on the weekly retraining day."""
         from datetime import date
 
-        from lakemine.orchestration import choose_training
+        from lakemine.orchestration.dags import choose_training
 
         train, why = choose_training(S.lake, date.fromisoformat(ds), S.train_weekday)
         print(f"{'training' if train else 'not training'}: {why}")
@@ -88,5 +61,5 @@ with DAG(
     learned = [stage("train"), EmptyOperator(task_id="keep_model")]
     score = stage("score", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
 
-    package() >> stage("ingest", ["--input", S.input]) >> stage("clean") >> stage("features") >> mined
+    S.package_task() >> stage("ingest", ["--input", S.input]) >> stage("clean") >> stage("features") >> mined
     mined >> train_today() >> learned >> score >> stage("report")

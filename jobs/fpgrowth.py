@@ -1,20 +1,11 @@
 """spark-submit entry for the fpgrowth stage; options as for `lakemine fpgrowth --help`.
 
-    .venv/bin/spark-submit $(.venv/bin/python -m lakemine.submit_args) jobs/fpgrowth.py --lake lake
-
-`python -m lakemine.submit_args` prints the --jars (or --packages) and Delta --conf options.
+    .venv/bin/spark-submit $(.venv/bin/python -m lakemine.orchestration.submit) jobs/fpgrowth.py --lake lake ...
 """
-
-from __future__ import annotations
 
 import sys
 
-from lakemine.cli import main
-
-
-def run(argv: list[str]) -> int:
-    return main(["fpgrowth", *argv], submitted=True)
-
+from lakemine.job import run
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    sys.exit(run("fpgrowth", sys.argv[1:]))

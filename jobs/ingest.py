@@ -1,20 +1,11 @@
 """spark-submit entry for the ingest stage; options as for `lakemine ingest --help`.
 
-    .venv/bin/spark-submit $(.venv/bin/python -m lakemine.submit_args) jobs/ingest.py --lake lake ...
-
-`python -m lakemine.submit_args` prints the --jars (or --packages) and Delta --conf options.
+    .venv/bin/spark-submit $(.venv/bin/python -m lakemine.orchestration.submit) jobs/ingest.py --lake lake ...
 """
-
-from __future__ import annotations
 
 import sys
 
-from lakemine.cli import main
-
-
-def run(argv: list[str]) -> int:
-    return main(["ingest", *argv], submitted=True)
-
+from lakemine.job import run
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    sys.exit(run("ingest", sys.argv[1:]))

@@ -14,9 +14,10 @@ import time
 from datetime import date
 from typing import Callable
 
-from lakemine import __version__, schemas
-from lakemine.config import Config, load_config
-from lakemine.errors import LakemineError, UsageError
+from lakemine import __version__
+from lakemine.core.config import Config, load_config, packaged_defaults
+from lakemine.core.errors import LakemineError, UsageError
+from lakemine.io import schemas
 
 log = logging.getLogger("lakemine")
 
@@ -89,20 +90,32 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="show Spark's logs and full tracebacks")
 
 
-def _generate_options(p: argparse.ArgumentParser, customers: int, dirty_rate: float = 0.0) -> None:
-    p.add_argument("--customers", type=_positive_int, default=customers, help=f"customers to simulate (default {customers})")
-    p.add_argument("--days", type=_positive_int, default=365, help="days of history (default 365)")
-    p.add_argument("--seed", type=int, default=42, help="random seed; same seed, same files (default 42)")
-    p.add_argument("--dirty-rate", type=_rate, default=dirty_rate, metavar="R",
-                   help=f"probability per line of each defect type (default {dirty_rate}; 0.01 dirties ~9%% of lines)")
-    p.add_argument("--format", choices=("csv", "parquet"), default="csv", help="file format (default csv)")
+def _generate_options(p: argparse.ArgumentParser, d: Config, dirty_rate: float) -> None:
+    g = d.generate
+    p.add_argument("--customers", type=_positive_int, help=f"customers to simulate (default from config: {g.customers})")
+    p.add_argument("--days", type=_positive_int, help=f"days of history (default from config: {g.days})")
+    p.add_argument("--seed", type=int, help=f"random seed; same seed, same files (default from config: {g.seed})")
+    p.add_argument("--dirty-rate", type=_rate, metavar="R",
+                   help=f"probability per line of each defect type (default from config: {dirty_rate}; 0.01 dirties ~9%% of lines)")
+    p.add_argument("--format", choices=("csv", "parquet"), help=f"file format (default from config: {g.format})")
     p.add_argument("--files", type=_positive_int, help="number of output files (default: one per 5,000 customers)")
+
+
+def _command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand with the options every command takes (--lake, --as-of, --config, -v)."""
+    p = sub.add_parser(name, **kwargs)
+    _common(p)
+    return p
 
 
 STAGES = ("ingest", "clean", "features", "fpgrowth", "kmeans", "train", "score", "report", "maintain")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser. Options left out are None: the stage's parameters then come from the config
+    (defaults.yaml, the --config file, LAKEMINE_* variables); help texts quote the packaged
+    defaults."""
+    d = packaged_defaults()
     parser = argparse.ArgumentParser(
         prog="lakemine",
         description="Retail data mining on Spark and Delta Lake: raw exports -> bronze -> silver -> gold.",
@@ -112,61 +125,60 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lakemine {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("generate", help="write synthetic raw line items (UCI Online Retail layout)",
+    p = _command(sub, "generate", help="write synthetic raw line items (UCI Online Retail layout)",
                        description="Write deterministic raw line items with planted bundles, customer groups and "
                        "churn, plus _manifest.json (what was planted and injected) and _truth/.")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (files there named online_retail_*.csv are replaced)")
-    _generate_options(p, 1000)
-    _common(p)
+    _generate_options(p, d, d.generate.dirty_rate)
 
-    p = sub.add_parser("ingest", help="raw files into bronze/transactions",
+    p = _command(sub, "ingest", help="raw files into bronze/transactions",
                        description="Read CSV (with or without BOM) or Parquet in either UCI layout from a file, folder "
                        "or glob into bronze/transactions; unreadable lines go to bronze/quarantine with a reason. "
                        "Content already ingested is skipped.")
     p.add_argument("--input", required=True, metavar="PATH", help="file, folder or glob")
-    _common(p)
 
-    p = sub.add_parser("clean", help="bronze into silver/transactions",
+    p = _command(sub, "clean", help="bronze into silver/transactions",
                        description="Type, trim and validate bronze rows into silver/transactions; exact duplicate lines "
                        "are removed and counted; failing rows go to silver/quarantine with a reason code.")
-    _common(p)
 
-    p = sub.add_parser("features", help="silver into gold baskets, customer features and labels",
+    p = _command(sub, "features", help="silver into gold baskets, customer features and labels",
                        description="Build gold/baskets (every sales invoice), and for --as-of: gold/customer_features "
                        "(RFM and behaviour, using only rows on or before as-of, with standardized z_ copies), "
                        "gold/feature_scaler and gold/labels (churned = no purchase in the horizon after as-of).")
-    p.add_argument("--horizon-days", type=_positive_int, metavar="H", help="churn horizon in days (default from config: 90)")
+    p.add_argument("--horizon-days", type=_positive_int, metavar="H", help=f"churn horizon in days (default from config: {d.features.horizon_days})")
     p.add_argument("--training-snapshots", type=int, metavar="N",
                    help="also (re)build N earlier snapshots whose labels are now complete: as-of minus the horizon, "
-                   "then features.snapshot_spacing_days (30) further back each (default from config: 2; 0 = only --as-of)")
-    _common(p)
+                   f"then features.snapshot_spacing_days ({d.features.snapshot_spacing_days}) further back each "
+                   f"(default from config: {d.features.training_snapshots}; 0 = only --as-of)")
 
-    p = sub.add_parser("fpgrowth", help="gold/baskets into frequent itemsets and association rules",
+    p = _command(sub, "fpgrowth", help="gold/baskets into frequent itemsets and association rules",
                        description="Exact frequent itemsets and single-consequent rules with MLlib's definitions. The "
                        "default engine (pfp) shards baskets by item groups and mines each group with pyfim's C "
                        "FP-growth in parallel; --engine mllib uses pyspark.ml.fpm.FPGrowth.")
-    p.add_argument("--min-support", type=_fraction, default=0.01, metavar="S", help="minimum support, a fraction of baskets (default 0.01)")
-    p.add_argument("--min-confidence", type=_fraction, default=0.5, metavar="C", help="minimum rule confidence (default 0.5)")
-    p.add_argument("--window-days", type=int, default=0, metavar="W", help="baskets of the W days up to as-of; 0 = all (default)")
-    p.add_argument("--max-itemsets", type=_positive_int, default=1_000_000, metavar="N",
-                   help="stop with a message naming the support to use when more itemsets are found (default 1,000,000)")
+    f = d.fpgrowth
+    p.add_argument("--min-support", type=_fraction, metavar="S",
+                   help=f"minimum support, a fraction of baskets (default from config: {f.min_support})")
+    p.add_argument("--min-confidence", type=_fraction, metavar="C", help=f"minimum rule confidence (default from config: {f.min_confidence})")
+    p.add_argument("--window-days", type=int, metavar="W",
+                   help=f"baskets of the W days up to as-of; 0 = all (default from config: {f.window_days})")
+    p.add_argument("--max-itemsets", type=_positive_int, metavar="N",
+                   help=f"stop with a message naming the support to use when more itemsets are found (default from config: {f.max_itemsets:,})")
     p.add_argument("--max-length", type=_positive_int, metavar="L", help="longest itemset to mine (default: no limit)")
-    p.add_argument("--engine", choices=("pfp", "mllib"), default="pfp", help="mining engine (default pfp)")
+    p.add_argument("--engine", choices=("pfp", "mllib"), help=f"mining engine (default from config: {f.engine})")
     p.add_argument("--groups", type=_positive_int, help="item groups for pfp (default: 2 x Spark parallelism)")
-    _common(p)
 
-    p = sub.add_parser("kmeans", help="customer features into segments",
+    p = _command(sub, "kmeans", help="customer features into segments",
                        description="K-means (k-means|| init, seeded) on the standardized features of --as-of; k given by "
                        "--k or chosen by the best silhouette over --k-range. Writes gold/customer_segments, "
                        "gold/segment_profiles (centres in original units, readable labels) and the model.")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--k", type=_positive_int, help="number of segments")
-    group.add_argument("--k-range", type=_range, default=(2, 10), metavar="LO-HI", help="candidate k (default 2-10)")
-    p.add_argument("--seed", type=int, default=42, help="K-means seed (default 42)")
-    p.add_argument("--n-init", type=_positive_int, default=5, help="k-means|| runs per k, the lowest cost kept (default 5)")
-    _common(p)
+    km = d.kmeans
+    group.add_argument("--k-range", type=_range, metavar="LO-HI", help="candidate k (default from config: %d-%d)" % km.k_range)
+    p.add_argument("--seed", type=int, help=f"K-means seed (default from config: {km.seed})")
+    p.add_argument("--n-init", type=_positive_int, help=f"k-means|| runs per k, the lowest cost kept (default from config: {km.n_init})")
 
-    p = sub.add_parser("train", help="features and labels into a churn model (Petastorm -> Horovod or TorchDistributor)",
+    p = _command(sub, "train", help="features and labels into a churn model (Petastorm -> Horovod or TorchDistributor)",
                        description="Build the training set (standardized features + labels + segment one-hot; earlier "
                        "as_of dates train and the latest validates, or a seeded customer split when one date has "
                        "complete labels), write it as Parquet under <lake>/models/churn/<version>/data, and train the "
@@ -175,56 +187,53 @@ def build_parser() -> argparse.ArgumentParser:
                        "Early stopping on validation AUC; a checkpoint every epoch, resumed when re-run with the same "
                        "inputs. Writes state_dict.pt and metadata.json (with a logistic-regression baseline).",
                        epilog="Defaults come from the config's train section. GPU nodes without Spark: "
-                       "`lakemine train --write-spec spec.json`, then `horovodrun -np N python -m lakemine.train "
+                       "`lakemine train --write-spec spec.json`, then `horovodrun -np N python -m lakemine.learning.train "
                        "--spec spec.json`, then `lakemine train` again to record the finished model.")
-    p.add_argument("--backend", choices=("horovod", "torch"), help="launcher (default from config: horovod)")
-    p.add_argument("--workers", type=_positive_int, metavar="N", help="training processes, one Spark task each (default 2)")
-    p.add_argument("--epochs", type=_positive_int, metavar="E", help="at most E epochs (default 30; early stopping may end sooner)")
-    p.add_argument("--batch-size", type=_positive_int, metavar="B", help="rows per step per worker (default 4096; fewer on small sets)")
-    p.add_argument("--learning-rate", type=_fraction, metavar="LR", help="per-worker Adam rate, scaled by workers (default 0.001)")
-    p.add_argument("--patience", type=_positive_int, metavar="P", help="epochs without a better validation AUC before stopping (default 4)")
-    p.add_argument("--seed", type=int, help="seed of the split, the initial weights and the shuffling (default 42)")
+    tr = d.train
+    p.add_argument("--backend", choices=("horovod", "torch"), help=f"launcher (default from config: {tr.backend})")
+    p.add_argument("--workers", type=_positive_int, metavar="N", help=f"training processes, one Spark task each (default from config: {tr.workers})")
+    p.add_argument("--epochs", type=_positive_int, metavar="E", help=f"at most E epochs (default from config: {tr.epochs}; early stopping may end sooner)")
+    p.add_argument("--batch-size", type=_positive_int, metavar="B", help=f"rows per step per worker (default from config: {tr.batch_size}; fewer on small sets)")
+    p.add_argument("--learning-rate", type=_fraction, metavar="LR", help=f"per-worker Adam rate, scaled by workers (default from config: {tr.learning_rate})")
+    p.add_argument("--patience", type=_positive_int, metavar="P", help=f"epochs without a better validation AUC before stopping (default from config: {tr.patience})")
+    p.add_argument("--seed", type=int, help=f"seed of the split, the initial weights and the shuffling (default from config: {tr.seed})")
     p.add_argument("--write-spec", metavar="FILE", help="prepare the data and write the worker spec for horovodrun, then stop")
-    _common(p)
 
-    p = sub.add_parser("score", help="score customers with a churn model into gold/customer_scores (MERGE)",
+    p = _command(sub, "score", help="score customers with a churn model into gold/customer_scores (MERGE)",
                        description="Score gold/customer_features of --as-of (default: the latest) with a churn model "
                        "(default: the latest trained) through an iterator-of-batches Arrow UDF, MERGE into "
                        "gold/customer_scores on (customer_id, as_of, model_version), and write the population "
                        "stability index of every feature against the training snapshot to ops/drift (warning above "
-                       "score.drift_warn_psi, default 0.2).")
+                       f"score.drift_warn_psi, default {d.score.drift_warn_psi}).")
     p.add_argument("--model-version", metavar="V", help="a folder name under <lake>/models/churn/ (default: the latest)")
-    _common(p)
 
-    p = sub.add_parser("run", help="the whole pipeline in one local session, then the report",
+    p = _command(sub, "run", help="the whole pipeline in one local session, then the report",
                        description="Generate data when no --input is given, then ingest, clean, features (as-of and "
-                       "its training snapshots), fpgrowth (support 0.01), kmeans (k by silhouette over 2-8), train "
+                       f"its training snapshots), fpgrowth (the config's fpgrowth section: support {d.fpgrowth.min_support}), "
+                       "kmeans (k by silhouette over run.k_range, %d-%d), train " % d.run.k_range +
                        "(config's train section), score and drift, write <lake>/reports/<as_of>/report.html, and "
                        "print a summary: rows per table, quarantine by reason, rules, segments, model AUC against "
                        "the baseline, scores, drift warnings, wall time per stage.",
                        epilog="Re-running with the same input leaves the same rows: ingested files are skipped and "
                        "every stage replaces its own as_of.")
     p.add_argument("--input", metavar="PATH", help="raw files (UCI Online Retail I or II exports) instead of generated data")
-    _generate_options(p, 1000, dirty_rate=0.005)
-    p.add_argument("--epochs", type=_positive_int, metavar="E", help="at most E training epochs (default from config: 30)")
-    p.add_argument("--workers", type=_positive_int, metavar="N", help="training processes (default from config: 2)")
+    _generate_options(p, d, d.run.dirty_rate)
+    p.add_argument("--epochs", type=_positive_int, metavar="E", help=f"at most E training epochs (default from config: {tr.epochs})")
+    p.add_argument("--workers", type=_positive_int, metavar="N", help=f"training processes (default from config: {tr.workers})")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
-    _common(p)
 
-    p = sub.add_parser("report", help="write <lake>/reports/<as_of>/report.html with its plots",
+    p = _command(sub, "report", help="write <lake>/reports/<as_of>/report.html with its plots",
                        description="A self-contained HTML page (plots embedded): data quality, segments, top rules "
                        "by lift, training curves against the baseline, score distributions, drift per feature.")
-    _common(p)
 
-    p = sub.add_parser("maintain", help="OPTIMIZE and VACUUM every Delta table",
+    p = _command(sub, "maintain", help="OPTIMIZE and VACUUM every Delta table",
                        description="Compact small files (OPTIMIZE) and delete files no version within the retention "
                        "needs (VACUUM) in every table under the lake root. Rows never change.")
     p.add_argument("--retention-hours", type=int, metavar="H",
-                   help="keep files needed by versions of the last H hours (default from config: 168)")
+                   help=f"keep files needed by versions of the last H hours (default from config: {d.maintain.retention_hours})")
     p.add_argument("--table", action="append", metavar="LAYER/NAME", help="only this table (repeatable)")
-    _common(p)
 
-    p = sub.add_parser("package", help="build the zip that spark-submit --py-files ships, and print the submit line",
+    p = _command(sub, "package", help="build the zip that spark-submit --py-files ships, and print the submit line",
                        description="Zip the lakemine package (same sources, same bytes) into --out and print the "
                        "spark-submit line that runs a stage with it: the master, the Delta jars or packages and "
                        "conf (from the config's spark.delta_jars), --py-files and jobs/<stage>.py.",
@@ -234,17 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--master", default="yarn", metavar="URL",
                    help="master for the printed line: yarn, spark://HOST:7077, k8s://https://HOST:443, local[*] (default yarn)")
     p.add_argument("--stage", default="ingest", choices=STAGES, help="stage of the printed line (default ingest)")
-    _common(p)
 
-    p = sub.add_parser("show", help="print rows of a lake table")
+    p = _command(sub, "show", help="print rows of a lake table")
     p.add_argument("table", help="e.g. silver/transactions")
     p.add_argument("--limit", type=_positive_int, default=20)
     p.add_argument("--version", dest="table_version", type=int, metavar="V", help="read the table at this Delta version")
-    _common(p)
 
-    p = sub.add_parser("history", help="print the Delta history of a lake table")
+    p = _command(sub, "history", help="print the Delta history of a lake table")
     p.add_argument("table")
-    _common(p)
     return parser
 
 
@@ -259,8 +265,8 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _open(cfg: Config, args: argparse.Namespace, submitted: bool):
-    from lakemine.lake import Lake
-    from lakemine.spark import session
+    from lakemine.io.lake import Lake
+    from lakemine.io.spark import session
 
     spark = session(cfg, submitted=submitted, quiet=not args.verbose)
     return Lake.at(spark, cfg.lake)
@@ -279,13 +285,14 @@ def _print_run(console: Console, run) -> None:
 
 
 def cmd_generate(args, cfg, console, submitted) -> int:
-    from lakemine.generate import GenerateParams, generate
-    from lakemine.spark import session
+    from lakemine.io.spark import session
+    from lakemine.stages.generate import GenerateParams, generate
 
     spark = session(cfg, submitted=submitted, quiet=not args.verbose)
-    params = GenerateParams(args.customers, args.days, args.seed, args.dirty_rate, args.format, args.files)
-    console.step("generate", f"{args.customers:,} customers x {args.days} days, seed {args.seed} -> {args.out}")
-    manifest = generate(spark, args.out, params)
+    p = GenerateParams.from_config(cfg, customers=args.customers, days=args.days, seed=args.seed,
+                                   dirty_rate=args.dirty_rate, format=args.format, files=args.files)
+    console.step("generate", f"{p.customers:,} customers x {p.days} days, seed {p.seed} -> {args.out}")
+    manifest = generate(spark, args.out, p)
     console.out(f"generate: {manifest['data_lines']:,} lines in {len(manifest['files'])} file(s) under {args.out}")
     injected = {k: v for k, v in manifest["injected"].items() if v}
     if injected:
@@ -298,79 +305,89 @@ def _check_local_input(path: str) -> None:
     import glob
     import os
 
-    if "://" in path or path.startswith("file:"):
+    from lakemine.core import storage
+
+    if storage.is_uri(path):
         return
     if not os.path.exists(path) and not glob.glob(path):
         raise UsageError(f"{path}: no such file or directory")
 
 
 def cmd_ingest(args, cfg, console, submitted) -> int:
-    from lakemine.ingest import ingest
+    from lakemine.stages import ingest
 
     _check_local_input(args.input)
+    p = ingest.IngestParams.from_config(cfg, input=args.input, as_of=args.as_of)
     lake = _open(cfg, args, submitted)
     console.step("ingest", f"{args.input} -> {lake.path(schemas.BRONZE_TRANSACTIONS)}")
-    result = ingest(lake, cfg, args.input, args.as_of)
-    _print_run(console, result.run)
-    for path, why in sorted(result.skipped.items()):
+    run = ingest.run(lake, cfg, p)
+    _print_run(console, run)
+    for path, why in sorted(run.result.skipped.items()):
         console.out(f"  skipped {path}: {why}")
     return 0
 
 
 def cmd_clean(args, cfg, console, submitted) -> int:
-    from lakemine.clean import clean
+    from lakemine.stages import clean
 
+    p = clean.CleanParams.from_config(cfg, as_of=args.as_of)
     lake = _open(cfg, args, submitted)
     console.step("clean", f"{schemas.BRONZE_TRANSACTIONS} -> {schemas.SILVER_TRANSACTIONS}")
-    _print_run(console, clean(lake, cfg, args.as_of))
+    _print_run(console, clean.run(lake, cfg, p))
     return 0
 
 
 def cmd_features(args, cfg, console, submitted) -> int:
-    from lakemine.features import run_feature_snapshots
+    from lakemine.stages import features
 
-    if args.training_snapshots is not None and args.training_snapshots < 0:
-        raise UsageError(f"--training-snapshots {args.training_snapshots}: must be >= 0")
+    p = features.FeatureParams.from_config(cfg, as_of=args.as_of, horizon_days=args.horizon_days,
+                                           training_snapshots=args.training_snapshots)
     lake = _open(cfg, args, submitted)
     console.step("features", f"{schemas.SILVER_TRANSACTIONS} -> gold baskets, features, labels")
-    for run in run_feature_snapshots(lake, cfg, args.as_of, args.horizon_days, args.training_snapshots):
+    for run in features.run(lake, cfg, p).result:
         _print_run(console, run)
     return 0
 
 
 def cmd_fpgrowth(args, cfg, console, submitted) -> int:
-    from lakemine.fpgrowth import MiningParams, run_fpgrowth
+    from lakemine.mining import fpgrowth
 
-    p = MiningParams(args.min_support, args.min_confidence, args.max_itemsets, args.max_length, args.groups, args.engine)
+    p = fpgrowth.MiningParams.from_config(
+        cfg, as_of=args.as_of, min_support=args.min_support, min_confidence=args.min_confidence,
+        window_days=args.window_days, max_itemsets=args.max_itemsets, max_length=args.max_length,
+        groups=args.groups, engine=args.engine)
     lake = _open(cfg, args, submitted)
     console.step("fpgrowth", f"{schemas.GOLD_BASKETS} -> itemsets and rules (engine {p.engine}, support {p.min_support})")
-    _print_run(console, run_fpgrowth(lake, cfg, p, args.as_of, args.window_days))
+    _print_run(console, fpgrowth.run(lake, cfg, p))
     return 0
 
 
 def cmd_kmeans(args, cfg, console, submitted) -> int:
-    from lakemine.kmeans import KMeansParams, run_kmeans
+    from lakemine.mining import kmeans
 
-    p = KMeansParams(k=args.k, k_range=args.k_range, seed=args.seed, n_init=args.n_init)
+    k_range = args.k_range if args.k is None else None
+    p = kmeans.KMeansParams.from_config(cfg, as_of=args.as_of, k=args.k, k_range=k_range, seed=args.seed,
+                                        n_init=args.n_init)
     lake = _open(cfg, args, submitted)
-    console.step("kmeans", f"{schemas.GOLD_CUSTOMER_FEATURES} -> segments (k {args.k or '%d-%d' % args.k_range})")
-    _print_run(console, run_kmeans(lake, cfg, p, args.as_of))
+    console.step("kmeans", f"{schemas.GOLD_CUSTOMER_FEATURES} -> segments (k {p.k or '%d-%d' % p.k_range})")
+    _print_run(console, kmeans.run(lake, cfg, p))
     return 0
 
 
 def cmd_train(args, cfg, console, submitted) -> int:
-    from lakemine.train import TrainParams, run_train
+    from lakemine.learning import train
 
-    p = TrainParams.from_config(cfg.train, backend=args.backend, workers=args.workers, epochs=args.epochs,
-                                batch_size=args.batch_size, learning_rate=args.learning_rate,
-                                patience=args.patience, seed=args.seed)
+    p = train.TrainParams.from_config(cfg, backend=args.backend, workers=args.workers, epochs=args.epochs,
+                                      batch_size=args.batch_size, learning_rate=args.learning_rate,
+                                      patience=args.patience, seed=args.seed, as_of=args.as_of,
+                                      spec_out=args.write_spec, verbose=args.verbose)
     lake = _open(cfg, args, submitted)
     console.step("train", f"{schemas.GOLD_CUSTOMER_FEATURES} + {schemas.GOLD_LABELS} -> churn model "
                  f"({p.backend} x {p.workers}, at most {p.epochs} epochs)")
-    run, meta = run_train(lake, cfg, p, args.as_of, verbose=args.verbose, spec_out=args.write_spec)
+    run = train.run(lake, cfg, p)
     _print_run(console, run)
-    if meta:
-        console.out(format_training(meta))
+    if run.result:
+        console.out(format_training(run.result))
     return 0
 
 
@@ -387,15 +404,16 @@ def format_training(meta: dict) -> str:
 
 
 def cmd_score(args, cfg, console, submitted) -> int:
-    from lakemine.score import run_score
+    from lakemine.learning import score
 
+    p = score.ScoreParams.from_config(cfg, model_version=args.model_version, as_of=args.as_of)
     lake = _open(cfg, args, submitted)
     console.step("score", f"{schemas.GOLD_CUSTOMER_FEATURES} -> {schemas.GOLD_CUSTOMER_SCORES} "
                  f"(model {args.model_version or 'latest'})")
-    run, drifts = run_score(lake, cfg, args.model_version, args.as_of)
+    run = score.run(lake, cfg, p)
     _print_run(console, run)
     console.out("  feature              PSI  status")
-    for d in drifts:
+    for d in run.result:
         console.out(f"  {d.feature:<18} {d.psi:6.3f}  {d.status}")
     return 0
 
@@ -412,30 +430,30 @@ def cmd_run(args, cfg, console, submitted) -> int:
 
 
 def cmd_report(args, cfg, console, submitted) -> int:
-    from lakemine.report import write_report
+    from lakemine import report
 
     lake = _open(cfg, args, submitted)
     console.step("report", f"{lake.root} -> reports/")
-    console.out(f"report: {write_report(lake, cfg, args.as_of)}")
+    console.out(f"report: {report.run(lake, cfg, report.ReportParams(as_of=args.as_of)).result}")
     return 0
 
 
 def cmd_maintain(args, cfg, console, submitted) -> int:
-    from lakemine.maintain import maintain
+    from lakemine.stages import maintain
 
-    if args.retention_hours is not None and args.retention_hours < 0:
-        raise UsageError(f"--retention-hours {args.retention_hours}: must be >= 0")
+    p = maintain.MaintainParams.from_config(cfg, retention_hours=args.retention_hours, as_of=args.as_of,
+                                            tables=tuple(args.table) if args.table else None,
+                                            progress=lambda text: console.step("maintain", text))
     lake = _open(cfg, args, submitted)
     if args.table:
         missing = [t for t in args.table if not lake.exists(t)]
         if missing:
             raise UsageError(f"{', '.join(missing)}: no such Delta table in lake {lake.root}")
     console.step("maintain", f"OPTIMIZE and VACUUM under {lake.root}")
-    run, done = maintain(lake, cfg, args.as_of, args.retention_hours, args.table,
-                         progress=lambda text: console.step("maintain", text))
+    run = maintain.run(lake, cfg, p)
     _print_run(console, run)
     console.out(f"  {'table':<26} {'compacted':>9} {'written':>8} {'vacuumed':>9} {'MB freed':>9}  version")
-    for t in done:
+    for t in run.result:
         console.out(f"  {t.table:<26} {t.files_compacted:>9,} {t.files_written:>8,} {t.files_deleted:>9,} "
                     f"{t.bytes_deleted / 1e6:>9.2f}  {t.version}")
     return 0
@@ -445,14 +463,15 @@ def cmd_package(args, cfg, console, submitted) -> int:
     import os
     import shlex
 
-    from lakemine import __version__
-    from lakemine.jars import REPO_ROOT, submit_args
-    from lakemine.orchestration import build_py_files
+    from lakemine.orchestration.dags import build_py_files
+    from lakemine.orchestration.jars import PACKAGE_JOB, jobs_dir, submit_args
 
     path = build_py_files(os.path.abspath(os.path.join(args.out, f"lakemine-{__version__}-py.zip")))
     console.out(f"package: {path} ({os.path.getsize(path) / 1024:,.0f} KiB)")
+    jobs = jobs_dir(cfg)
+    entry = [str(jobs / f"{args.stage}.py")] if jobs is not None else [str(PACKAGE_JOB), args.stage]
     line = ["spark-submit", "--master", args.master, *submit_args(cfg), "--py-files", path,
-            str(REPO_ROOT / "jobs" / f"{args.stage}.py"), "--lake", args.lake or cfg.lake]
+            *entry, "--lake", args.lake or cfg.lake]
     if args.stage == "ingest":
         line += ["--input", "INPUT"]
     if args.config:

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 import pyspark.sql.functions as F
 
-from lakemine import schemas
-from lakemine.config import Config
-from lakemine.lake import Lake
+from lakemine.core.config import Config
+from lakemine.io import schemas
+from lakemine.io.lake import Lake
 
 
 @dataclass
@@ -27,48 +27,49 @@ class Timings:
 def run_pipeline(lake: Lake, cfg: Config, args, console) -> str:
     """Generate (when no input), ingest, clean, features (with the training snapshots),
     fpgrowth, kmeans, train, score and the report; returns the summary."""
-    from lakemine.clean import clean
-    from lakemine.features import run_feature_snapshots
-    from lakemine.fpgrowth import MiningParams, run_fpgrowth
-    from lakemine.generate import GenerateParams, generate
-    from lakemine.ingest import ingest
-    from lakemine.kmeans import KMeansParams, run_kmeans
+    from lakemine.mining import fpgrowth, kmeans
+    from lakemine.stages import clean, features, ingest
+    from lakemine.stages.generate import GenerateParams, generate
 
     timings = Timings()
     input_path = args.input
     if input_path is None:
-        input_path = f"{lake.root}/_generated/seed{args.seed}-c{args.customers}-d{args.days}-r{args.dirty_rate}"
-        params = GenerateParams(args.customers, args.days, args.seed, args.dirty_rate, args.format, args.files)
-        console.step("generate", f"{args.customers:,} customers x {args.days} days (seed {args.seed}) -> {input_path}")
-        manifest = timings.timed("generate", generate, lake.spark, input_path, params)
+        g = GenerateParams.from_config(cfg, customers=args.customers, days=args.days, seed=args.seed,
+                                       dirty_rate=args.dirty_rate if args.dirty_rate is not None else cfg.run.dirty_rate,
+                                       format=args.format, files=args.files)
+        input_path = f"{lake.root}/_generated/seed{g.seed}-c{g.customers}-d{g.days}-r{g.dirty_rate}"
+        console.step("generate", f"{g.customers:,} customers x {g.days} days (seed {g.seed}) -> {input_path}")
+        manifest = timings.timed("generate", generate, lake.spark, input_path, g)
         console.step("generate", f"{manifest['data_lines']:,} lines in {len(manifest['files'])} file(s)")
     console.step("ingest", f"{input_path} -> {schemas.BRONZE_TRANSACTIONS}")
-    result = timings.timed("ingest", ingest, lake, cfg, input_path, args.as_of)
-    console.step("ingest", f"{result.run.rows_out:,} rows to bronze, {result.run.rows_quarantined:,} quarantined"
-                 + (f", {len(result.skipped)} file(s) already ingested" if result.skipped else ""))
+    ingested = timings.timed("ingest", ingest.run, lake, cfg, ingest.IngestParams.from_config(cfg, input=input_path, as_of=args.as_of))
+    skipped = ingested.result.skipped
+    console.step("ingest", f"{ingested.rows_out:,} rows to bronze, {ingested.rows_quarantined:,} quarantined"
+                 + (f", {len(skipped)} file(s) already ingested" if skipped else ""))
     console.step("clean", f"{schemas.BRONZE_TRANSACTIONS} -> {schemas.SILVER_TRANSACTIONS}")
-    cleaned = timings.timed("clean", clean, lake, cfg, args.as_of)
+    cleaned = timings.timed("clean", clean.run, lake, cfg, clean.CleanParams.from_config(cfg, as_of=args.as_of))
     console.step("clean", f"{cleaned.rows_out:,} rows to silver, {cleaned.rows_quarantined:,} quarantined, "
                  f"{cleaned.rows_duplicate:,} duplicates removed")
     console.step("features", f"{schemas.SILVER_TRANSACTIONS} -> baskets, customer features, labels")
-    snapshots = timings.timed("features", run_feature_snapshots, lake, cfg, args.as_of)
-    feats = snapshots[-1]
+    feats = timings.timed("features", features.run, lake, cfg, features.FeatureParams.from_config(cfg, as_of=args.as_of))
+    snapshots = feats.result
     console.step("features", f"{feats.rows_out:,} customers as of {feats.as_of}; training snapshots: "
                  + (", ".join(f"{r.as_of} ({r.rows_out:,})" for r in snapshots[:-1]) or "none (history too short)"))
     console.step("fpgrowth", f"{schemas.GOLD_BASKETS} -> itemsets and rules")
-    mined = timings.timed("fpgrowth", run_fpgrowth, lake, cfg, MiningParams(), feats.as_of)
+    mined = timings.timed("fpgrowth", fpgrowth.run, lake, cfg, fpgrowth.MiningParams.from_config(cfg, as_of=feats.as_of))
     console.step("fpgrowth", mined.message or "")
     console.step("kmeans", f"{schemas.GOLD_CUSTOMER_FEATURES} -> segments")
-    segmented = timings.timed("kmeans", run_kmeans, lake, cfg, KMeansParams(k_range=(2, 8)), feats.as_of)
+    km = kmeans.KMeansParams.from_config(cfg, as_of=feats.as_of, k_range=cfg.run.k_range)
+    segmented = timings.timed("kmeans", kmeans.run, lake, cfg, km)
     console.step("kmeans", segmented.message or "")
     learned = _learn(lake, cfg, args, console, timings, feats.as_of, trainable=len(snapshots) > 1)
-    report = None
+    report_path = None
     if not getattr(args, "no_report", False):
-        from lakemine.report import write_report
+        from lakemine import report
 
         console.step("report", f"plots and tables -> {lake.root}/reports/{feats.as_of}/report.html")
-        report = timings.timed("report", write_report, lake, cfg, feats.as_of)
-    return summarize(lake, timings, result.run, cleaned, feats.as_of, learned, report)
+        report_path = timings.timed("report", report.run, lake, cfg, report.ReportParams(as_of=feats.as_of)).result
+    return summarize(lake, timings, ingested, cleaned, feats.as_of, learned, report_path)
 
 
 @dataclass
@@ -82,23 +83,25 @@ class Learned:
 
 
 def _learn(lake: Lake, cfg: Config, args, console, timings: Timings, as_of, trainable: bool) -> Learned:
-    from lakemine.score import run_score
-    from lakemine.train import TrainParams, run_train
+    from lakemine.learning import score, train
 
     if not trainable:
         why = (f"no complete churn labels: the data must span the churn horizon ({cfg.features.horizon_days} days) "
                f"plus {cfg.features.snapshot_spacing_days} days of history")
         console.step("train", f"skipped: {why}")
         return Learned(skipped=why)
-    p = TrainParams.from_config(cfg.train, epochs=getattr(args, "epochs", None), workers=getattr(args, "workers", None))
+    p = train.TrainParams.from_config(cfg, epochs=getattr(args, "epochs", None), workers=getattr(args, "workers", None),
+                                      verbose=args.verbose)
     console.step("train", f"features + labels -> churn model ({p.backend} x {p.workers} processes, at most {p.epochs} epochs)")
-    run, meta = timings.timed("train", run_train, lake, cfg, p, None, verbose=args.verbose)
-    console.step("train", run.message or "")
+    trained = timings.timed("train", train.run, lake, cfg, p)
+    meta = trained.result
+    console.step("train", trained.message or "")
     console.step("score", f"{schemas.GOLD_CUSTOMER_FEATURES} as of {as_of} -> {schemas.GOLD_CUSTOMER_SCORES}")
-    scored, drifts = timings.timed("score", run_score, lake, cfg, meta["model_version"], as_of)
-    warned = [d.feature for d in drifts if d.status == "warn"]
+    scored = timings.timed("score", score.run, lake, cfg,
+                           score.ScoreParams.from_config(cfg, model_version=meta["model_version"], as_of=as_of))
+    warned = [d.feature for d in scored.result if d.status == "warn"]
     console.step("score", f"{scored.rows_out:,} customers scored; drift warnings: {', '.join(warned) or 'none'}")
-    return Learned(meta=meta, scored=scored.rows_out, drifts=drifts)
+    return Learned(meta=meta, scored=scored.rows_out, drifts=scored.result)
 
 
 def summarize(lake: Lake, timings: Timings, ingest_run, clean_run, as_of=None, learned: Learned | None = None,

@@ -1,4 +1,4 @@
-"""The churn network: a plain `nn.Module`, with no distributed code (see lakemine.train)."""
+"""The churn network: a plain `nn.Module`, with no distributed code (see lakemine.learning.worker)."""
 
 from __future__ import annotations
 

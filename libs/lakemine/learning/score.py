@@ -22,13 +22,15 @@ import pyspark.sql.functions as F
 from pyspark.sql import DataFrame
 from pyspark.sql.functions import pandas_udf
 
-from lakemine import artifacts, drift, schemas
-from lakemine.config import Config
-from lakemine.features import FEATURES
-from lakemine.lake import Lake
-from lakemine.runs import Run, deterministic_run_id, record_run
-from lakemine.train import MODEL_KIND, WEIGHTS, load_metadata
-from lakemine.trainset import SegmentModel, model_inputs
+from lakemine.core import storage
+from lakemine.core.config import Config, ScoreConfig, StageParams
+from lakemine.io import schemas
+from lakemine.io.lake import Lake
+from lakemine.io.runs import Run, deterministic_run_id, record_run
+from lakemine.learning import drift
+from lakemine.learning.train import MODEL_KIND, WEIGHTS, load_metadata
+from lakemine.learning.trainset import SegmentModel, model_inputs
+from lakemine.stages.features import FEATURES
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +43,12 @@ def _load_model(weights_uri: str, architecture: dict):
     if model is None:
         import torch
 
-        from lakemine.model import ChurnMLP
+        from lakemine.learning.model import ChurnMLP
 
         torch.set_num_threads(1)  # one Python worker per task slot already
         model = ChurnMLP(architecture["n_inputs"], tuple(architecture["hidden"]), architecture["dropout"],
                          architecture["batch_norm"])
-        state = torch.load(io.BytesIO(artifacts.read_bytes(weights_uri)), map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(storage.read_bytes(weights_uri)), map_location="cpu", weights_only=True)
         model.load_state_dict(state)
         model.eval()
         _LOADED[weights_uri] = model
@@ -108,15 +110,27 @@ def feature_drift(features: DataFrame, meta: dict, warn_psi: float) -> tuple[lis
     return out, n
 
 
-def run_score(lake: Lake, cfg: Config, model_version: str | None = None, as_of: date | None = None) -> tuple[Run, list[DriftResult]]:
-    """Score gold/customer_features for `as_of` (default: the latest) with a churn model."""
+@dataclass(frozen=True)
+class ScoreParams(ScoreConfig, StageParams):
+    """The score section of the config (drift bins and threshold), the model version (None:
+    the latest trained) and the logical date (None: the latest features')."""
+
+    SECTION = "score"
+    model_version: str | None = None
+    as_of: date | None = None
+
+
+def run(lake: Lake, cfg: Config, p: ScoreParams) -> Run:
+    """Score gold/customer_features for `p.as_of` with a churn model; `Run.result` is the
+    list of DriftResult, one per feature."""
+    model_version, as_of = p.model_version, p.as_of
     meta = load_metadata(lake, model_version)
     version = meta["model_version"]
     features_v = lake.table_version(schemas.GOLD_CUSTOMER_FEATURES)
     features_all = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES, features_v)
     if as_of is None:
         as_of = features_all.agg(F.max("as_of")).first()[0]
-    params = {"model_version": version, "drift_warn_psi": cfg.score.drift_warn_psi}
+    params = {"model_version": version, "drift_warn_psi": p.drift_warn_psi}
     inputs = {schemas.GOLD_CUSTOMER_FEATURES: features_v}
     with record_run(lake, STAGE, as_of, params) as run:
         run.run_id = deterministic_run_id(STAGE, as_of, params, inputs)
@@ -130,9 +144,11 @@ def run_score(lake: Lake, cfg: Config, model_version: str | None = None, as_of: 
             scores, schemas.GOLD_CUSTOMER_SCORES, list(schemas.SCORES_KEY), update_when=changed,
             schema=schemas.SCORES_SCHEMA,
         )
-        drifts, n = feature_drift(features, meta, cfg.score.drift_warn_psi)
+        drifts, n = feature_drift(features, meta, p.drift_warn_psi)
         run.rows_in = n
-        run.rows_out = n
+        # what the table now holds for this date and model, counted after the MERGE
+        run.rows_out = (lake.read_table(schemas.GOLD_CUSTOMER_SCORES, run.outputs[schemas.GOLD_CUSTOMER_SCORES])
+                        .where((F.col("as_of") == F.lit(as_of)) & (F.col("model_version") == F.lit(version))).count())
         rows = [(as_of, version, d.feature, float(d.psi), d.status, d.expected, d.actual, d.edges, run.run_id) for d in drifts]
         drift_df = lake.spark.createDataFrame(rows, schemas.DRIFT_SCHEMA)
         predicate = f"as_of = DATE'{as_of.isoformat()}' AND model_version = '{version}'"
@@ -140,7 +156,8 @@ def run_score(lake: Lake, cfg: Config, model_version: str | None = None, as_of: 
         warned = [d for d in drifts if d.status == "warn"]
         run.message = f"{n:,} customers scored with model {version}" + (
             "; drift: " + ", ".join(f"{d.feature} PSI {d.psi:.2f}" for d in warned) if warned else "; no feature drift above "
-            f"PSI {cfg.score.drift_warn_psi}")
+            f"PSI {p.drift_warn_psi}")
         for d in warned:
-            log.warning("feature %s drifted: PSI %.3f > %.2f", d.feature, d.psi, cfg.score.drift_warn_psi)
-    return run, drifts
+            log.warning("feature %s drifted: PSI %.3f > %.2f", d.feature, d.psi, p.drift_warn_psi)
+        run.result = drifts
+    return run

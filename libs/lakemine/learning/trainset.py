@@ -14,11 +14,12 @@ from datetime import date
 import pyspark.sql.functions as F
 from pyspark.sql import DataFrame
 
-from lakemine import artifacts, schemas
-from lakemine.errors import StageError
-from lakemine.features import Z_FEATURES
-from lakemine.kmeans import SEGMENT_FEATURES, assemble
-from lakemine.lake import Lake
+from lakemine.core import storage
+from lakemine.core.errors import StageError
+from lakemine.io import schemas
+from lakemine.io.lake import Lake
+from lakemine.mining.kmeans import assemble
+from lakemine.stages.features import Z_FEATURES
 
 LABEL = "churned"
 
@@ -30,7 +31,7 @@ class SegmentModel:
     path: str
     as_of: str
     k: int
-    columns: tuple[str, ...] = SEGMENT_FEATURES
+    columns: tuple[str, ...]
 
     def load(self):
         from pyspark.ml.clustering import KMeansModel
@@ -38,16 +39,17 @@ class SegmentModel:
         return KMeansModel.load(self.path)
 
 
-def latest_segment_model(lake: Lake) -> SegmentModel | None:
-    """The most recent model under <lake>/models/kmeans/, None when k-means never ran."""
-    dates = [d for d in artifacts.list_dirs(f"{lake.root}/models/kmeans") if not d.startswith((".", "_"))]
+def latest_segment_model(lake: Lake, columns: tuple[str, ...]) -> SegmentModel | None:
+    """The most recent model under <lake>/models/kmeans/ (fitted on `columns`, the config's
+    kmeans.columns), None when k-means never ran."""
+    dates = [d for d in storage.list_dirs(f"{lake.root}/models/kmeans") if not d.startswith((".", "_"))]
     if not dates:
         return None
     path = lake.model_path("kmeans", dates[-1])
     from pyspark.ml.clustering import KMeansModel
 
     k = len(KMeansModel.load(path).clusterCenters())
-    return SegmentModel(path, dates[-1], k)
+    return SegmentModel(path, dates[-1], k, tuple(columns))
 
 
 def input_columns(segments: SegmentModel | None) -> list[str]:

@@ -24,13 +24,12 @@ from datetime import date, timedelta
 import pandas as pd
 import pyspark.sql.functions as F
 from pyspark.sql import DataFrame
-from pyspark.sql import types as T
 
-from lakemine import schemas
-from lakemine.config import Config
-from lakemine.errors import StageError, UsageError
-from lakemine.lake import Lake
-from lakemine.runs import Run, deterministic_run_id, record_run
+from lakemine.core.config import Config, FpgrowthConfig, StageParams
+from lakemine.core.errors import StageError
+from lakemine.io import schemas
+from lakemine.io.lake import Lake
+from lakemine.io.runs import Run, deterministic_run_id, record_run
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +38,12 @@ ITEMSETS_SCHEMA = "items array<string>, freq long"
 
 
 @dataclass(frozen=True)
-class MiningParams:
-    min_support: float = 0.01
-    min_confidence: float = 0.5
-    max_itemsets: int = 1_000_000
-    max_length: int | None = None
-    groups: int | None = None
-    engine: str = "pfp"
+class MiningParams(FpgrowthConfig, StageParams):
+    """The fpgrowth section of the config (support, confidence, window, limits, engine,
+    groups), checked as the config is, and the logical date (None: the latest basket's)."""
 
-    def __post_init__(self) -> None:
-        if not 0 < self.min_support <= 1:
-            raise UsageError(f"--min-support {self.min_support}: must be in (0, 1]")
-        if not 0 <= self.min_confidence <= 1:
-            raise UsageError(f"--min-confidence {self.min_confidence}: must be in [0, 1]")
-        if self.engine not in ("pfp", "mllib"):
-            raise UsageError(f"--engine {self.engine}: allowed: pfp, mllib")
+    SECTION = "fpgrowth"
+    as_of: date | None = None
 
 
 class TooManyItemsets(StageError):
@@ -267,15 +257,16 @@ def select_baskets(baskets: DataFrame, as_of: date, window_days: int) -> DataFra
     return baskets.where((day > F.lit(start)) & (day <= F.lit(as_of)))
 
 
-def run_fpgrowth(lake: Lake, cfg: Config, p: MiningParams, as_of: date | None = None, window_days: int = 0) -> Run:
-    """Mine gold/baskets for `as_of`; writes itemsets and rules (replacing that as_of)."""
+def run(lake: Lake, cfg: Config, p: MiningParams) -> Run:
+    """Mine gold/baskets for `p.as_of`; writes itemsets and rules (replacing that as_of)."""
     spark = lake.spark
+    as_of, window_days = p.as_of, p.window_days
     version = lake.table_version(schemas.GOLD_BASKETS)
     silver_version = lake.table_version(schemas.SILVER_TRANSACTIONS)
     baskets_all = lake.read_table(schemas.GOLD_BASKETS, version)
     if as_of is None:
         as_of = baskets_all.agg(F.max("invoice_date")).first()[0]
-    params = {**asdict(p), "window_days": window_days}
+    params = {k: v for k, v in asdict(p).items() if k != "as_of"}
     inputs = {schemas.GOLD_BASKETS: version, schemas.SILVER_TRANSACTIONS: silver_version}
     with record_run(lake, STAGE, as_of, params) as run:
         run.run_id = deterministic_run_id(STAGE, as_of, params, inputs)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import date
 
 import pyspark.sql.functions as F
@@ -20,39 +20,28 @@ from pyspark.ml.feature import VectorAssembler
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 
-from lakemine import schemas
-from lakemine.config import Config
-from lakemine.errors import UsageError
-from lakemine.features import FEATURES, LOG_FEATURES
-from lakemine.lake import Lake
-from lakemine.runs import Run, deterministic_run_id, record_run
+from lakemine.core.config import Config, KmeansConfig, StageParams
+from lakemine.core.errors import UsageError
+from lakemine.io import schemas
+from lakemine.io.lake import Lake
+from lakemine.io.runs import Run, deterministic_run_id, record_run
+from lakemine.stages.features import FEATURES, LOG_FEATURES
 
 log = logging.getLogger(__name__)
 
 STAGE = "kmeans"
-# RFM plus tenure and basket size: the behaviour a marketer reads segments by. The other
-# standardized features stay available through KMeansParams.columns.
-SEGMENT_FEATURES = ("z_recency_days", "z_frequency", "z_monetary", "z_tenure_days", "z_mean_basket_size")
-
-
 @dataclass(frozen=True)
-class KMeansParams:
-    k: int | None = None
-    k_range: tuple[int, int] = (2, 10)
-    seed: int = 42
-    n_init: int = 5
-    max_iter: int = 100
-    tol: float = 1e-6
-    columns: tuple[str, ...] = field(default=SEGMENT_FEATURES)
+class KMeansParams(KmeansConfig, StageParams):
+    """The kmeans section of the config (k or k_range, seed, n_init, iterations, the
+    standardized columns to cluster on) and the logical date (None: the latest features')."""
+
+    SECTION = "kmeans"
+    as_of: date | None = None
 
     def candidates(self) -> list[int]:
         if self.k is not None:
-            if self.k < 2:
-                raise UsageError(f"--k {self.k}: must be at least 2")
             return [self.k]
         lo, hi = self.k_range
-        if not 2 <= lo <= hi:
-            raise UsageError(f"--k-range {lo}-{hi}: needs 2 <= low <= high")
         return list(range(lo, hi + 1))
 
 
@@ -148,12 +137,14 @@ def profile_segments(
     return segments.sparkSession.createDataFrame(rows, ddl)
 
 
-def run_kmeans(lake: Lake, cfg: Config, p: KMeansParams, as_of: date | None = None) -> Run:
+def run(lake: Lake, cfg: Config, p: KMeansParams) -> Run:
+    """Segment the customers of `p.as_of`; writes segments, profiles and the model."""
+    as_of = p.as_of
     version = lake.table_version(schemas.GOLD_CUSTOMER_FEATURES)
     features_all = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES, version)
     if as_of is None:
         as_of = features_all.agg(F.max("as_of")).first()[0]
-    params = {**asdict(p), "columns": list(p.columns)}
+    params = {**{k: v for k, v in asdict(p).items() if k != "as_of"}, "k_range": list(p.k_range), "columns": list(p.columns)}
     inputs = {schemas.GOLD_CUSTOMER_FEATURES: version}
     with record_run(lake, STAGE, as_of, params) as run:
         run.run_id = deterministic_run_id(STAGE, as_of, params, inputs)

@@ -17,10 +17,10 @@ import pyspark.sql.functions as F
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame
 
-from lakemine import schemas
-from lakemine.config import Config
-from lakemine.lake import Lake
-from lakemine.runs import Run, conservation_check, record_run
+from lakemine.core.config import CleanConfig, Config, StageParams
+from lakemine.io import schemas
+from lakemine.io.lake import Lake
+from lakemine.io.runs import Run, conservation_check, record_run
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +46,12 @@ _DECIMAL = r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d{1,3})?$"
 
 
 @dataclass(frozen=True)
-class CleanParams:
-    date_formats: tuple[str, ...]
-    missing_customer: str = "quarantine"
-    outlier_policy: str = "quarantine"
-    max_unit_price: float = 10000.0
-    max_quantity: int = 100000
+class CleanParams(CleanConfig, StageParams):
+    """The clean section of the config (date formats, missing customer and outlier policies,
+    limits) and the run's logical date."""
 
-    @classmethod
-    def from_config(cls, cfg: Config) -> "CleanParams":
-        c = cfg.clean
-        return cls(c.date_formats, c.missing_customer, c.outlier_policy, c.max_unit_price, c.max_quantity)
+    SECTION = "clean"
+    as_of: date | None = None
 
 
 def _blank_to_null(col: Column) -> Column:
@@ -201,9 +196,9 @@ def quarantine_rows(classified: DataFrame) -> DataFrame:
     )
 
 
-def clean(lake: Lake, cfg: Config, as_of: date | None = None) -> Run:
+def run(lake: Lake, cfg: Config, p: CleanParams) -> Run:
     """Rebuild silver/transactions and silver/quarantine from bronze; records ops/runs."""
-    p = CleanParams.from_config(cfg)
+    as_of = p.as_of
     version = lake.table_version(schemas.BRONZE_TRANSACTIONS)
     params = {"date_formats": list(p.date_formats), "missing_customer": p.missing_customer,
               "outlier_policy": p.outlier_policy, "max_unit_price": p.max_unit_price,

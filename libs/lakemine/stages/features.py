@@ -8,6 +8,7 @@ counts and money) are what models use; their parameters go to `gold/feature_scal
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -15,11 +16,11 @@ from datetime import date, timedelta
 import pyspark.sql.functions as F
 from pyspark.sql import DataFrame, Window
 
-from lakemine import schemas
-from lakemine.config import Config
-from lakemine.errors import StageError
-from lakemine.lake import Lake
-from lakemine.runs import Run, record_run
+from lakemine.core.config import Config, FeaturesConfig, StageParams
+from lakemine.core.errors import StageError
+from lakemine.io import schemas
+from lakemine.io.lake import Lake
+from lakemine.io.runs import Run, record_run
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +41,16 @@ FEATURES = (
 # heavy-tailed: log1p before the z-score
 LOG_FEATURES = frozenset({"frequency", "monetary", "mean_basket_size", "mean_basket_value", "distinct_items"})
 Z_FEATURES = tuple(f"z_{f}" for f in FEATURES)
-TOP_CATEGORIES = 5
 SILVER_COLUMNS = ("invoice_no", "stock_code", "description", "invoice_date", "line_amount", "customer_id", "is_return")
 
 
 @dataclass(frozen=True)
-class FeatureParams:
-    as_of: date
-    horizon_days: int = 90
-    top_categories: int = TOP_CATEGORIES
+class FeatureParams(FeaturesConfig, StageParams):
+    """The features section of the config (horizon, training snapshots and their spacing, top
+    categories) and the logical date (None: the latest date in silver)."""
+
+    SECTION = "features"
+    as_of: date | None = None
 
 
 def build_baskets(silver: DataFrame) -> DataFrame:
@@ -208,33 +210,27 @@ def training_dates(as_of: date, data_start: date, horizon_days: int, snapshots: 
     return sorted(d for d in dates if d >= data_start + timedelta(days=spacing_days))
 
 
-def run_feature_snapshots(
-    lake: Lake, cfg: Config, as_of: date | None = None, horizon_days: int | None = None,
-    training_snapshots: int | None = None,
-) -> list[Run]:
-    """`run_features` for `as_of` and for its training snapshots (see `training_dates`):
-    the dates whose churn labels the data now complete, so training always has labelled
-    rows. Returns the runs, `as_of`'s last."""
+def run(lake: Lake, cfg: Config, p: FeatureParams) -> Run:
+    """Features, scaler and labels for `p.as_of` and for its training snapshots (see
+    `training_dates`: the dates whose churn labels the data now complete, so training always
+    has labelled rows), baskets once. Returns `as_of`'s run; `Run.result` lists every
+    snapshot's run, `as_of`'s last."""
     version = lake.table_version(schemas.SILVER_TRANSACTIONS)
     if version is None:
         raise StageError(f"table {schemas.SILVER_TRANSACTIONS} does not exist in lake {lake.root}: run `lakemine clean` first")
-    as_of = as_of or latest_date(lake, version)
-    horizon = horizon_days or cfg.features.horizon_days
-    n = cfg.features.training_snapshots if training_snapshots is None else training_snapshots
+    as_of = p.as_of or latest_date(lake, version)
     start = lake.read_table(schemas.SILVER_TRANSACTIONS, version).agg(F.min("invoice_date")).first()[0]
-    earlier = training_dates(as_of, start, horizon, n, cfg.features.snapshot_spacing_days) if start else []
-    runs = [run_features(lake, cfg, d, horizon, baskets=False) for d in earlier]
-    return runs + [run_features(lake, cfg, as_of, horizon)]
+    earlier = training_dates(as_of, start, p.horizon_days, p.training_snapshots, p.snapshot_spacing_days) if start else []
+    runs = [run_snapshot(lake, dataclasses.replace(p, as_of=d), version, baskets=False) for d in earlier]
+    runs.append(run_snapshot(lake, dataclasses.replace(p, as_of=as_of), version, baskets=True))
+    runs[-1].result = runs
+    return runs[-1]
 
 
-def run_features(
-    lake: Lake, cfg: Config, as_of: date | None = None, horizon_days: int | None = None, baskets: bool = True,
-) -> Run:
-    """Write baskets (all, unless `baskets` is False), and features, scaler and labels for
-    `as_of`; records ops/runs."""
-    version = lake.table_version(schemas.SILVER_TRANSACTIONS)
-    as_of = as_of or latest_date(lake, version)
-    p = FeatureParams(as_of, horizon_days or cfg.features.horizon_days)
+def run_snapshot(lake: Lake, p: FeatureParams, version: int, baskets: bool) -> Run:
+    """Write baskets (all, when `baskets`), and features, scaler and labels for `p.as_of` from
+    silver at `version`; records ops/runs."""
+    as_of = p.as_of
     with record_run(lake, STAGE, as_of, {"horizon_days": p.horizon_days, "top_categories": p.top_categories}) as run:
         silver = lake.read_table(schemas.SILVER_TRANSACTIONS, version)
         run.inputs[schemas.SILVER_TRANSACTIONS] = version

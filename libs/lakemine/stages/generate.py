@@ -25,7 +25,9 @@ from datetime import date
 import pyspark.sql.functions as F
 from pyspark.sql import Column, DataFrame, SparkSession
 
-from lakemine.schemas import RAW_COLUMNS
+from lakemine.core import storage
+from lakemine.core.config import GenerateConfig, StageParams
+from lakemine.io.schemas import RAW_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +87,13 @@ _COUNTRIES = ("United Kingdom",) * 17 + ("Germany", "France", "EIRE")
 
 
 @dataclass(frozen=True)
-class GenerateParams:
-    customers: int
-    days: int
-    seed: int
-    dirty_rate: float = 0.0
-    fmt: str = "csv"
-    files: int | None = None
+class GenerateParams(GenerateConfig, StageParams):
+    """The generate section of the config (customers, days, seed, dirty_rate, format, files)."""
+
+    SECTION = "generate"
 
     def defects(self) -> tuple[str, ...]:
-        return DEFECTS_CSV if self.fmt == "csv" else DEFECTS_PARQUET
+        return DEFECTS_CSV if self.format == "csv" else DEFECTS_PARQUET
 
     def partitions(self) -> int:
         if self.files:
@@ -325,11 +324,9 @@ def _csv_text(df: DataFrame) -> DataFrame:
 
 def generate(spark: SparkSession, out: str, p: GenerateParams) -> dict:
     """Write the raw files under `out` plus `_manifest.json` and `_truth/`; return the manifest."""
-    from lakemine import fsutil
-
     lines = _raw_fields(_lines(spark, p), p.seed)
     tmp = f"{out.rstrip('/')}/_tmp_write"
-    if p.fmt == "csv":
+    if p.format == "csv":
         _csv_text(lines).write.mode("overwrite").option("compression", "none").text(tmp)
         suffix = ".csv"
     else:
@@ -339,7 +336,7 @@ def generate(spark: SparkSession, out: str, p: GenerateParams) -> dict:
         ).drop("_copy")
         rows.write.mode("overwrite").parquet(tmp)
         suffix = ".parquet"
-    files = fsutil.publish_parts(spark, tmp, out, f"online_retail_{{:05d}}{suffix}")
+    files = storage.publish_parts(tmp, out, f"online_retail_{{:05d}}{suffix}")
 
     counts = lines.agg(
         F.count(F.lit(1)).alias("records"),
@@ -363,7 +360,7 @@ def generate(spark: SparkSession, out: str, p: GenerateParams) -> dict:
         "customers": p.customers,
         "days": p.days,
         "first_date": BASE_DATE.isoformat(),
-        "format": p.fmt,
+        "format": p.format,
         "dirty_rate": p.dirty_rate,
         "files": files,
         "records": int(counts["records"]),
@@ -376,5 +373,5 @@ def generate(spark: SparkSession, out: str, p: GenerateParams) -> dict:
             "groups": group_sizes,
         },
     }
-    fsutil.write_text(spark, f"{out.rstrip('/')}/_manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
+    storage.write_text(f"{out.rstrip('/')}/_manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
     return manifest

@@ -23,11 +23,12 @@ import pyspark.sql.functions as F
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 
-from lakemine import fsutil, schemas
-from lakemine.config import Config
-from lakemine.errors import InputError
-from lakemine.lake import Lake
-from lakemine.runs import Run, conservation_check, record_run
+from lakemine.core import storage
+from lakemine.core.config import Config, IngestConfig, StageParams
+from lakemine.core.errors import InputError
+from lakemine.io import schemas
+from lakemine.io.lake import Lake
+from lakemine.io.runs import Run, conservation_check, record_run
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,8 @@ def _match_layout(names: list[str], where: str) -> str:
     )
 
 
-def _inspect_csv(spark: SparkSession, info: fsutil.FileInfo) -> RawFile:
-    head = fsutil.head_bytes(spark, info.path, SNIFF_BYTES)
+def _inspect_csv(info: storage.FileInfo) -> RawFile:
+    head = storage.head_bytes(info.path, SNIFF_BYTES)
     if not head.strip(b" \t\r\n\xef\xbb\xbf"):
         raise InputError(f"{info.path}: empty file (no header, no rows)")
     if head.startswith(_UTF16_BOMS):
@@ -78,8 +79,8 @@ def _inspect_csv(spark: SparkSession, info: fsutil.FileInfo) -> RawFile:
     return RawFile(info.path, info.size, "csv", layout, tuple(n.strip() for n in names))
 
 
-def _inspect_parquet(spark: SparkSession, info: fsutil.FileInfo) -> RawFile:
-    if fsutil.head_bytes(spark, info.path, 4) != b"PAR1":
+def _inspect_parquet(spark: SparkSession, info: storage.FileInfo) -> RawFile:
+    if storage.head_bytes(info.path, 4) != b"PAR1":
         raise InputError(f"{info.path}: not a Parquet file (no PAR1 magic)")
     try:
         names = spark.read.parquet(info.path).columns
@@ -91,9 +92,9 @@ def _inspect_parquet(spark: SparkSession, info: fsutil.FileInfo) -> RawFile:
 
 def inspect_inputs(spark: SparkSession, pattern: str, suffixes: tuple[str, ...]) -> list[RawFile]:
     """Resolve `pattern` to files and check each one is usable; InputError on the first that is not."""
-    infos = fsutil.list_inputs(spark, pattern, suffixes)
+    infos = storage.list_inputs(pattern, suffixes)
     if not infos:
-        if fsutil.exists(spark, pattern):
+        if storage.exists(pattern):
             raise InputError(f"{pattern}: no input files ({', '.join(suffixes)}) found there")
         raise InputError(f"{pattern}: no such file or directory")
     files = []
@@ -103,7 +104,7 @@ def inspect_inputs(spark: SparkSession, pattern: str, suffixes: tuple[str, ...])
         if info.name.lower().endswith(".parquet"):
             files.append(_inspect_parquet(spark, info))
         else:
-            files.append(_inspect_csv(spark, info))
+            files.append(_inspect_csv(info))
     return files
 
 
@@ -251,20 +252,43 @@ def _existing_batches(lake: Lake, batch_ids: list[str]) -> set[str]:
     return found
 
 
+@dataclass(frozen=True)
+class IngestParams(IngestConfig, StageParams):
+    """The ingest section of the config (suffixes) and the input: a file, folder or glob."""
+
+    SECTION = "ingest"
+    input: str = ""
+    as_of: date | None = None
+
+
 @dataclass
 class IngestResult:
-    run: Run
+    """What `run` leaves in `Run.result`: files read, batches written, files skipped and why."""
+
     files: int
     new_batches: list[str]
     skipped: dict[str, str]
 
 
-def ingest(
-    lake: Lake, cfg: Config, input_path: str, as_of: date | None = None
-) -> IngestResult:
-    """Ingest `input_path` (file, directory or glob) into bronze; records the run in ops/runs."""
+def split_rows(rows: DataFrame, ingested_at: datetime) -> tuple[DataFrame, DataFrame]:
+    """Parsed rows with `_batch_id` -> (bronze rows, quarantine rows): the pure transform."""
+    good = rows.where(F.col("reason").isNull()).select(
+        *schemas.RAW_COLUMNS, "_source_file", "_line", "_batch_id",
+        F.lit(ingested_at).cast("timestamp").alias("_ingested_at"),
+    )
+    bad = rows.where(F.col("reason").isNotNull()).select(
+        *schemas.RAW_COLUMNS, "_raw", "reason", "detail", F.lit(STAGE).alias("stage"),
+        "_source_file", "_line", "_batch_id",
+    )
+    return good, bad
+
+
+def run(lake: Lake, cfg: Config, p: IngestParams) -> Run:
+    """Ingest `p.input` (file, folder or glob) into bronze; records the run in ops/runs.
+    `Run.result` is an IngestResult."""
     spark = lake.spark
-    files = inspect_inputs(spark, input_path, cfg.ingest.suffixes)
+    input_path, as_of = p.input, p.as_of
+    files = inspect_inputs(spark, input_path, p.suffixes)
     params = {"input": input_path, "files": [f.path for f in files]}
     with record_run(lake, STAGE, as_of, params) as run:
         groups: dict[tuple, list[RawFile]] = {}
@@ -295,22 +319,15 @@ def ingest(
         if not new:
             run.status = "noop"
             run.message = f"{len(skipped)} file(s) already ingested; nothing written"
-            return IngestResult(run, len(files), [], skipped)
+            run.result = IngestResult(len(files), [], skipped)
+            return run
 
         batch_map = spark.createDataFrame(sorted(new.items()), "_source_file string, _batch_id string")
         rows = parsed_parts[0]
         for part in parsed_parts[1:]:
             rows = rows.unionByName(part)
         rows = rows.join(F.broadcast(batch_map), "_source_file").persist(StorageLevel.MEMORY_AND_DISK)
-        ingested_at = datetime.now(timezone.utc).replace(tzinfo=None)
-        good = rows.where(F.col("reason").isNull()).select(
-            *schemas.RAW_COLUMNS, "_source_file", "_line", "_batch_id",
-            F.lit(ingested_at).cast("timestamp").alias("_ingested_at"),
-        )
-        bad = rows.where(F.col("reason").isNotNull()).select(
-            *schemas.RAW_COLUMNS, "_raw", "reason", "detail", F.lit(STAGE).alias("stage"),
-            "_source_file", "_line", "_batch_id",
-        )
+        good, bad = split_rows(rows, datetime.now(timezone.utc).replace(tzinfo=None))
         batch_ids = sorted(new.values())
         try:
             run.outputs[schemas.BRONZE_TRANSACTIONS] = lake.replace_batches(good, schemas.BRONZE_TRANSACTIONS, batch_ids)
@@ -322,5 +339,6 @@ def ingest(
         finally:
             rows.unpersist()
         conservation_check(run)
-        return IngestResult(run, len(files), batch_ids, skipped)
+        run.result = IngestResult(len(files), batch_ids, skipped)
+        return run
 

@@ -9,13 +9,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
+from typing import Callable
 
-from lakemine import artifacts
-from lakemine.config import Config
-from lakemine.lake import Lake
-from lakemine.runs import Run, record_run
+from lakemine.core import storage
+from lakemine.core.config import Config, MaintainConfig, StageParams
+from lakemine.io.lake import Lake
+from lakemine.io.runs import Run, record_run
 
 STAGE = "maintain"
+
+
+@dataclass(frozen=True)
+class MaintainParams(MaintainConfig, StageParams):
+    """The maintain section of the config (retention_hours), the tables (None: every table
+    under the lake root), the date recorded in ops/runs (None: today) and a progress callback."""
+
+    SECTION = "maintain"
+    tables: tuple[str, ...] | None = None
+    as_of: date | None = None
+    progress: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -28,24 +40,21 @@ class TableUpkeep:
     version: int
 
 
-def maintain(
-    lake: Lake, cfg: Config, as_of: date | None = None, retention_hours: int | None = None,
-    tables: list[str] | None = None, progress=None,
-) -> tuple[Run, list[TableUpkeep]]:
-    """OPTIMIZE then VACUUM each table (default: every table under the lake root)."""
-    hours = cfg.maintain.retention_hours if retention_hours is None else retention_hours
-    as_of = as_of or datetime.now(timezone.utc).date()
+def run(lake: Lake, cfg: Config, p: MaintainParams) -> Run:
+    """OPTIMIZE then VACUUM each table; `Run.result` lists a TableUpkeep per table."""
+    hours, tables, progress = p.retention_hours, p.tables, p.progress
+    as_of = p.as_of or datetime.now(timezone.utc).date()
     done: list[TableUpkeep] = []
     with record_run(lake, STAGE, as_of, {"retention_hours": hours}) as run:
-        names = tables if tables is not None else lake.tables()
+        names = list(tables) if tables is not None else lake.tables()
         for i, table in enumerate(names, 1):
             if progress:
                 progress(f"[{i}/{len(names)}] {table}")
             run.inputs[table] = lake.table_version(table)
             compaction = lake.optimize(table)
-            files_before, bytes_before = artifacts.data_files(lake.path(table))
+            files_before, bytes_before = storage.data_files(lake.path(table))
             lake.vacuum(table, hours)
-            files_after, bytes_after = artifacts.data_files(lake.path(table))
+            files_after, bytes_after = storage.data_files(lake.path(table))
             version = lake.table_version(table)
             run.outputs[table] = version
             done.append(TableUpkeep(table, compaction["files_removed"], compaction["files_added"],
@@ -53,4 +62,5 @@ def maintain(
         run.message = (f"{len(done)} tables: {sum(t.files_compacted for t in done):,} small files compacted, "
                        f"{sum(t.files_deleted for t in done):,} unreferenced files "
                        f"({sum(t.bytes_deleted for t in done) / 1e6:,.1f} MB) vacuumed, retention {hours} h")
-    return run, done
+        run.result = done
+    return run

@@ -1,0 +1,1 @@
+"""The churn model: training set, the network, distributed training, scoring and drift."""
