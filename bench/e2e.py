@@ -27,7 +27,6 @@ customers, seed and dirty rate. Never run by the tests.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform
@@ -245,25 +244,29 @@ def check_peer_constants() -> None:
     sys.path.insert(0, str(REPO / "bench"))
     import e2e_peers as peer
 
-    from lakemine import clean, drift, features, kmeans, pipeline, schemas, train
-    from lakemine.fpgrowth import MiningParams
+    from lakemine.core.config import packaged_defaults
+    from lakemine.io import schemas
+    from lakemine.learning import drift, train
+    from lakemine.mining import kmeans
+    from lakemine.stages import clean, features
 
-    kp = kmeans.KMeansParams()
+    d = packaged_defaults()
+    kp = d.kmeans
+    segment_features = d.kmeans.columns
     pairs = {
         "RAW_COLUMNS": (schemas.RAW_COLUMNS, peer.RAW_COLUMNS), "RAW_COLUMNS_II": (schemas.RAW_COLUMNS_II, peer.RAW_COLUMNS_II),
         "REASONS": (clean.REASONS, peer.REASONS), "YEARS": ((clean.MIN_YEAR, clean.MAX_YEAR), (peer.MIN_YEAR, peer.MAX_YEAR)),
         "FEATURES": (features.FEATURES, peer.FEATURES), "LOG_FEATURES": (features.LOG_FEATURES, peer.LOG_FEATURES),
-        "TOP_CATEGORIES": (features.TOP_CATEGORIES, peer.TOP_CATEGORIES),
-        "SEGMENT_FEATURES": (kmeans.SEGMENT_FEATURES, peer.SEGMENT_FEATURES),
+        "TOP_CATEGORIES": (d.features.top_categories, peer.TOP_CATEGORIES),
+        "SEGMENT_FEATURES": (segment_features, peer.SEGMENT_FEATURES),
         "kmeans params": ((kp.n_init, kp.seed, kp.max_iter, kp.tol), (peer.N_INIT, peer.KMEANS_SEED, peer.KMEANS_MAX_ITER, peer.KMEANS_TOL)),
-        "mining params": ((MiningParams().min_support, MiningParams().min_confidence), (peer.MIN_SUPPORT, peer.MIN_CONFIDENCE)),
+        "mining params": ((d.fpgrowth.min_support, d.fpgrowth.min_confidence), (peer.MIN_SUPPORT, peer.MIN_CONFIDENCE)),
         "batch floor": ((train.MIN_STEPS_PER_EPOCH, train.MIN_BATCH), (peer.MIN_STEPS_PER_EPOCH, peer.MIN_BATCH)),
         "PSI floor": (drift.FLOOR, peer.FLOOR),
     }
-    k_range = re.search(r"KMeansParams\(k_range=\((\d+), (\d+)\)\)", inspect.getsource(pipeline.run_pipeline))
-    pairs["run's k range"] = ((int(k_range.group(1)), int(k_range.group(2))) if k_range else None, peer.K_RANGE)
-    probes = [{c: v for c in kmeans.SEGMENT_FEATURES} for v in (-2.0, -0.6, 0.0, 0.6, 0.8, 2.0)]
-    probes += [{c: (1.0 if c == d else -1.0) for c in kmeans.SEGMENT_FEATURES} for d in kmeans.SEGMENT_FEATURES]
+    pairs["run's k range"] = (tuple(d.run.k_range), tuple(peer.K_RANGE))
+    probes = [{c: v for c in segment_features} for v in (-2.0, -0.6, 0.0, 0.6, 0.8, 2.0)]
+    probes += [{c: (1.0 if c == f else -1.0) for c in segment_features} for f in segment_features]
     pairs["label_centre"] = ([kmeans.label_centre(p) for p in probes], [peer.label_centre(p) for p in probes])
     drifted = [name for name, (a, b) in pairs.items() if a != b]
     if drifted:

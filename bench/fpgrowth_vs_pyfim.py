@@ -31,10 +31,10 @@ import psutil
 import pyarrow.parquet as pq
 import pyspark.sql.functions as F
 
-from lakemine.config import load_config
-from lakemine.fpgrowth import MiningParams, mine, min_count
-from lakemine.generate import GenerateParams, _lines
-from lakemine.spark import session
+from lakemine.core.config import load_config
+from lakemine.io.spark import session
+from lakemine.mining.fpgrowth import MiningParams, min_count, mine
+from lakemine.stages.generate import GenerateParams, _lines
 
 REPO = Path(__file__).resolve().parents[1]
 INVOICES_PER_CUSTOMER = 15.0  # measured on the generator at --days 365 (500 customers -> 7,487 sales invoices)
@@ -42,7 +42,7 @@ INVOICES_PER_CUSTOMER = 15.0  # measured on the generator at --days 365 (500 cus
 
 def make_baskets(spark, n_baskets: int, path: Path) -> int:
     customers = max(50, round(1.15 * n_baskets / INVOICES_PER_CUSTOMER))
-    lines = _lines(spark, GenerateParams(customers=customers, days=365, seed=1))
+    lines = _lines(spark, GenerateParams.from_config(None, customers=customers, days=365, seed=1))
     baskets = (
         lines.where(~F.col("is_ret"))
         .groupBy("invoice").agg(F.array_sort(F.collect_set(F.col("item").cast("string"))).alias("items"))
@@ -56,7 +56,7 @@ def time_job(spark, path: Path, support: float, confidence: float) -> tuple[floa
     t0 = time.perf_counter()
     baskets = spark.read.parquet(str(path)).cache()
     n = baskets.count()
-    itemsets, rules = mine(baskets, n, MiningParams(support, confidence), default_groups=4)
+    itemsets, rules = mine(baskets, n, MiningParams.from_config(None, min_support=support, min_confidence=confidence), default_groups=4)
     itemsets = itemsets.cache()
     n_sets = itemsets.count()
     n_rules = rules.count()

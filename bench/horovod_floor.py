@@ -6,7 +6,7 @@ Petastorm + Horovod in bench/train_score_throughput.py cannot be expected to bea
 it is what the per-step allreduce costs next to the network's arithmetic. Horovod runs twice:
 with its default DistributedOptimizer (one allreduce request per gradient tensor, fused by its
 background thread) and with groups=1 (all gradients in one grouped allreduce), what
-lakemine.train uses.
+lakemine.learning.worker uses.
 
     .venv/bin/python bench/horovod_floor.py --batch-size 256 4096 --repeat 5
 
@@ -34,7 +34,7 @@ def loop(distributed: bool, batch: int, threads: int, groups: int | None = None)
     """Samples per second over STEPS optimizer steps (after STEPS warm-up steps)."""
     import torch
 
-    from lakemine.model import ChurnMLP
+    from lakemine.learning.model import ChurnMLP
 
     size, rank = 1, 0
     if distributed:

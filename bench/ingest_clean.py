@@ -64,8 +64,8 @@ def stage_seconds(lake: Path, stage: str) -> float:
     """Duration of the latest run of `stage` from ops/runs, read with a plain Delta reader."""
     code = (
         "import sys, json\n"
-        "from lakemine.config import load_config\nfrom lakemine.spark import session\n"
-        "from lakemine.lake import Lake\n"
+        "from lakemine.core.config import load_config\nfrom lakemine.io.spark import session\n"
+        "from lakemine.io.lake import Lake\n"
         "lake = Lake.at(session(load_config()), sys.argv[1])\n"
         "r = lake.read_table('ops/runs').where(f\"stage = '{sys.argv[2]}'\").orderBy('started_at', ascending=False).first()\n"
         "print(json.dumps({'secs': (r['finished_at'] - r['started_at']).total_seconds(), 'rows_in': r['rows_in']}))\n"
@@ -75,7 +75,7 @@ def stage_seconds(lake: Path, stage: str) -> float:
 
 
 def session_start_seconds() -> float:
-    code = "from lakemine.config import load_config\nfrom lakemine.spark import session\nsession(load_config()).range(1).count()\n"
+    code = "from lakemine.core.config import load_config\nfrom lakemine.io.spark import session\nsession(load_config()).range(1).count()\n"
     t0 = time.monotonic()
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     return time.monotonic() - t0

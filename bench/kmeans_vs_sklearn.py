@@ -26,9 +26,11 @@ import pandas as pd
 import psutil
 from sklearn.cluster import KMeans as SkKMeans
 
-from lakemine.config import load_config
-from lakemine.kmeans import SEGMENT_FEATURES, KMeansParams, assemble, fit_kmeans
-from lakemine.spark import session
+from lakemine.core.config import load_config
+from lakemine.io.spark import session
+from lakemine.mining.kmeans import KMeansParams, assemble, fit_kmeans
+
+SEGMENT_FEATURES = KMeansParams.from_config(None).columns
 
 REPO = Path(__file__).resolve().parents[1]
 # segment centres (standardized units) from a pipeline run on generated data, 5 groups
@@ -66,7 +68,7 @@ def main() -> int:
         pdf.insert(0, "customer_id", [str(i) for i in range(n)])
         path.mkdir(parents=True, exist_ok=True)
         pdf.to_parquet(path / "part-0.parquet", index=False)
-        p = KMeansParams(k=args.k, n_init=args.n_init)
+        p = KMeansParams.from_config(None, k=args.k, n_init=args.n_init)
 
         def spark_fit():
             t0 = time.perf_counter()

@@ -4,7 +4,7 @@ in-memory tensors in one process, and scoring rows/s through the Arrow UDF again
 Data: a synthetic training set with the model's real input columns (10 z-features, 4 segment
 one-hots, the label), written as Parquet exactly as `lakemine train` writes its splits.
 
-* petastorm+horovod: `lakemine.train.launch` with `horovod.spark.run` on `local[2]`, 2 ranks of
+* petastorm+horovod: `lakemine.learning.train.launch` with `horovod.spark.run` on `local[2]`, 2 ranks of
   1 thread each, streamed (the shard read from Parquet every epoch) and cached (read once, kept
   as tensors: `train.cache_rows`), at each --batch-size rows per rank (the default sweeps 256,
   1,024 and 4,096, the configured default); samples/s = samples / time in the epochs' training
@@ -43,14 +43,15 @@ import psutil
 import pyspark.sql.functions as F
 import torch
 
-from lakemine import artifacts
-from lakemine.config import TrainConfig, load_config
-from lakemine.features import Z_FEATURES
-from lakemine.model import ChurnMLP
-from lakemine.score import score_features
-from lakemine.spark import session
-from lakemine.train import effective_batch_size, launch, roc_auc
-from lakemine.trainset import LABEL
+from lakemine.core import storage
+from lakemine.core.config import load_config, packaged_defaults
+from lakemine.io.spark import session
+from lakemine.learning.model import ChurnMLP
+from lakemine.learning.score import score_features
+from lakemine.learning.train import effective_batch_size, launch
+from lakemine.learning.trainset import LABEL
+from lakemine.learning.worker import roc_auc
+from lakemine.stages.features import Z_FEATURES
 
 REPO = Path(__file__).resolve().parents[1]
 K = 4
@@ -76,7 +77,7 @@ def spec_for(work: Path, epochs: int, n_train: int, batch: int, cache_rows: int,
         "backend": "horovod", "workers": 2, "epochs": epochs, "batch_size": batch, "learning_rate": 0.001,
         "warmup_epochs": 1, "patience": patience, "hidden": list(HIDDEN), "dropout": 0.1, "batch_norm": False,
         "val_fraction": 0.2, "seed": 42, "inputs": INPUTS,
-        "train_url": artifacts.dataset_url(str(work / "train")), "val_url": artifacts.dataset_url(str(work / "val")),
+        "train_url": storage.file_url(str(work / "train")), "val_url": storage.file_url(str(work / "val")),
         "checkpoint": str(work / "ckpt" / "checkpoint.pt"), "pos_weight": 1.0,
         "steps_per_epoch": -(-n_train // (2 * batch)), "threads": 1, "use_gpu": False,
         "train_rows": n_train, "val_rows": n_train // 10, "cache_rows": cache_rows,
@@ -160,7 +161,7 @@ def plot(sweep: list[dict], path: str) -> None:
 
 
 def main() -> int:
-    default_batch = TrainConfig().batch_size
+    default_batch = packaged_defaults().train.batch_size
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--score-rows", type=int, default=1_000_000)
@@ -168,7 +169,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--batch-size", type=int, nargs="+", default=sorted({256, 1024, 4096, default_batch}),
                     help="rows per rank, one or more; the in-memory run uses 2x (the same global batch)")
-    ap.add_argument("--quality-epochs", type=int, default=TrainConfig().epochs,
+    ap.add_argument("--quality-epochs", type=int, default=packaged_defaults().train.epochs,
                     help="epochs (with train.patience) of the one quality run per batch size; 0: none")
     ap.add_argument("--work", default=str(REPO / "bench" / "work" / "train"))
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "train_score"))
@@ -183,9 +184,9 @@ def main() -> int:
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     rows = make_rows(spark, args.rows)
-    rows.select(*INPUTS, LABEL).repartition(8).write.parquet(artifacts.dataset_url(str(work / "train")))
+    rows.select(*INPUTS, LABEL).repartition(8).write.parquet(storage.file_url(str(work / "train")))
     make_rows(spark, args.rows // 10, seed=7).select(*INPUTS, LABEL, "logit").repartition(4).write.parquet(
-        artifacts.dataset_url(str(work / "val")))
+        storage.file_url(str(work / "val")))
     pdf = spark.read.parquet(str(work / "train")).toPandas()
     x = torch.from_numpy(pdf[INPUTS].to_numpy(dtype=np.float32))
     y = torch.from_numpy(pdf[LABEL].to_numpy(dtype=np.float32))
@@ -194,7 +195,7 @@ def main() -> int:
     ceiling = roc_auc(vdf[LABEL].to_numpy(), vdf["logit"].to_numpy())
     # streamed: every epoch read from the Parquet files (shards above train.cache_rows);
     # cached: each rank reads its shard once through Petastorm and keeps it as tensors
-    modes = {"streamed": 0, "cached": TrainConfig().cache_rows}
+    modes = {"streamed": 0, "cached": packaged_defaults().train.cache_rows}
     med = statistics.median
 
     sweep = []
@@ -222,7 +223,7 @@ def main() -> int:
                         "ratio": rate / peer, "ratio_whole_launch": wall / peer,
                         "val_auc": med(r["val_auc"] for r in ph[m])}
         if args.quality_epochs:
-            tc = TrainConfig()
+            tc = packaged_defaults().train
             q = time_petastorm_horovod(spark, spec_for(work, args.quality_epochs, args.rows, batch, tc.cache_rows, tc.patience))
             entry["quality"] = {"epochs": args.quality_epochs, "patience": tc.patience, **q}
             print(f"batch {batch}/rank, quality run: best val AUC {q['best_auc']:.4f} in {q['epochs_run']} epochs, "
@@ -235,7 +236,7 @@ def main() -> int:
     buf = io.BytesIO()
     torch.save(net.state_dict(), buf)
     weights = str(work / "model" / "state_dict.pt")
-    artifacts.write_bytes(weights, buf.getvalue())
+    storage.write_bytes(weights, buf.getvalue())
     meta = {"model_version": "bench", "features": INPUTS, "segment_model": None,
             "architecture": {"n_inputs": len(INPUTS), "hidden": list(HIDDEN), "dropout": 0.1, "batch_norm": False}}
     make_rows(spark, args.score_rows, seed=3).withColumn("customer_id", F.col("i").cast("string")).withColumn(

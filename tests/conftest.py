@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lakemine.config import Config, load_config
+from lakemine.core.config import Config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def cfg() -> Config:
 
 @pytest.fixture(scope="session")
 def spark(cfg):
-    from lakemine.spark import session
+    from lakemine.io.spark import session
 
     s = session(cfg)
     yield s
@@ -36,7 +36,7 @@ def spark(cfg):
 
 @pytest.fixture
 def lake(spark, tmp_path):
-    from lakemine.lake import Lake
+    from lakemine.io.lake import Lake
 
     return Lake.at(spark, str(tmp_path / "lake"))
 
@@ -68,18 +68,14 @@ def gold_lake(spark, cfg, tmp_path_factory):
 
     Returns (lake, cfg, truth DataFrame of planted groups, manifest). Tests must not write to it.
     """
-    from lakemine.clean import clean
-    from lakemine.features import run_features
-    from lakemine.generate import GenerateParams, generate
-    from lakemine.ingest import ingest
-    from lakemine.lake import Lake
+    from lakemine.io.lake import Lake
+    from lakemine.stages.generate import GenerateParams, generate
 
     root = tmp_path_factory.mktemp("gold")
-    manifest = generate(spark, str(root / "raw"), GenerateParams(customers=400, days=365, seed=3))
+    manifest = generate(spark, str(root / "raw"), GenerateParams.from_config(cfg, customers=400, days=365, seed=3))
     lake = Lake.at(spark, str(root / "lake"))
     lake_cfg = cfg.with_lake(lake.root)
-    ingest(lake, lake_cfg, str(root / "raw"))
-    clean(lake, lake_cfg)
+    build_silver(lake, lake_cfg, str(root / "raw"))
     run_features(lake, lake_cfg)
     truth = spark.read.parquet(str(root / "raw" / "_truth" / "customers"))
     return lake, lake_cfg, truth, manifest
@@ -94,31 +90,56 @@ def learn_lake(spark, cfg, tmp_path_factory):
     """
     from datetime import timedelta
 
-    from lakemine.clean import clean
-    from lakemine.features import latest_date, run_features
-    from lakemine.generate import GenerateParams, generate
-    from lakemine.ingest import ingest
-    from lakemine.kmeans import KMeansParams, run_kmeans
-    from lakemine.lake import Lake
+    from lakemine.io.lake import Lake
+    from lakemine.mining import kmeans
+    from lakemine.stages.features import latest_date
+    from lakemine.stages.generate import GenerateParams, generate
 
     root = tmp_path_factory.mktemp("learn")
-    generate(spark, str(root / "raw"), GenerateParams(customers=600, days=365, seed=11))
+    generate(spark, str(root / "raw"), GenerateParams.from_config(cfg, customers=600, days=365, seed=11))
     lake = Lake.at(spark, str(root / "lake"))
     lake_cfg = cfg.with_lake(lake.root)
-    ingest(lake, lake_cfg, str(root / "raw"))
-    clean(lake, lake_cfg)
+    build_silver(lake, lake_cfg, str(root / "raw"))
     end = latest_date(lake)
     for days in (150, 120, 90, 0):
         run_features(lake, lake_cfg, end - timedelta(days=days))
-    run_kmeans(lake, lake_cfg, KMeansParams(k=4, n_init=2), end)
+    kmeans.run(lake, lake_cfg, kmeans.KMeansParams.from_config(lake_cfg, k=4, n_init=2, as_of=end))
     return lake, lake_cfg
+
+
+def build_silver(lake, cfg, raw: str) -> None:
+    """Ingest `raw` and clean it: bronze and silver in `lake`."""
+    ingest_files(lake, cfg, raw)
+    clean_lake(lake, cfg)
+
+
+def ingest_files(lake, cfg, path: str, as_of=None):
+    """The ingest stage on `path`; its Run (`.result`: files, new batches, skipped files)."""
+    from lakemine.stages import ingest
+
+    return ingest.run(lake, cfg, ingest.IngestParams.from_config(cfg, input=path, as_of=as_of))
+
+
+def clean_lake(lake, cfg, as_of=None):
+    """The clean stage; its Run."""
+    from lakemine.stages import clean
+
+    return clean.run(lake, cfg, clean.CleanParams.from_config(cfg, as_of=as_of))
+
+
+def run_features(lake, cfg, as_of=None, **overrides):
+    """The features stage for one date only (no training snapshots); its Run."""
+    from lakemine.stages import features
+
+    p = features.FeatureParams.from_config(cfg, as_of=as_of, training_snapshots=0, **overrides)
+    return features.run(lake, cfg, p)
 
 
 def copy_lake(lake, cfg, dest: Path):
     """A writable copy of a session lake (its model folders keep pointing at the original)."""
     import shutil
 
-    from lakemine.lake import Lake
+    from lakemine.io.lake import Lake
 
     shutil.copytree(lake.root, dest)
     copy = Lake.at(lake.spark, str(dest))
@@ -131,8 +152,9 @@ def trained_lake(learn_lake, tmp_path_factory):
 
     Returns (lake, cfg, run, metadata). Tests that write must copy it again.
     """
-    from lakemine.train import TrainParams, run_train
+    from lakemine.learning import train
 
     lake, cfg = copy_lake(*learn_lake, tmp_path_factory.mktemp("trained") / "lake")
-    run, meta = run_train(lake, cfg, TrainParams(backend="horovod", workers=2, epochs=10, batch_size=64, patience=3))
-    return lake, cfg, run, meta
+    run = train.run(lake, cfg, train.TrainParams.from_config(cfg, backend="horovod", workers=2, epochs=10, batch_size=64,
+                                                             patience=3))
+    return lake, cfg, run, run.result

@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from conftest import REPO, write_lines
-from lakemine import schemas
 from lakemine.cli import main
+from lakemine.io import schemas
 
 HEADER = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country"
 
@@ -60,7 +60,7 @@ def test_run_generates_ingests_cleans_and_summarizes(spark, tmp_path, capsys):
     for expected in ("silver/transactions", "quarantined by reason", "conservation (this run)", "wall time per stage",
                      "not trained: no complete churn labels", "report: "):
         assert expected in out
-    from lakemine.lake import Lake
+    from lakemine.io.lake import Lake
 
     assert Lake.at(spark, str(lake)).exists(schemas.SILVER_TRANSACTIONS)
 
@@ -69,12 +69,12 @@ def test_run_generates_ingests_cleans_and_summarizes(spark, tmp_path, capsys):
 def test_run_with_input_trains_scores_and_reports(spark, tmp_path, capsys):
     """`lakemine run --input` on a year of generated exports: every stage, the training
     snapshots, a Horovod model against the baseline, scores, drift and the report."""
-    from lakemine import artifacts
-    from lakemine.generate import GenerateParams, generate
-    from lakemine.lake import Lake
+    from lakemine.core import storage
+    from lakemine.io.lake import Lake
+    from lakemine.stages.generate import GenerateParams, generate
 
     raw, lake_dir = tmp_path / "raw", tmp_path / "lake"
-    generate(spark, str(raw), GenerateParams(customers=300, days=300, seed=9, dirty_rate=0.005))
+    generate(spark, str(raw), GenerateParams.from_config(None, customers=300, days=300, seed=9, dirty_rate=0.005))
     code = main(["run", "--input", str(raw), "--lake", str(lake_dir), "--epochs", "4"])
     captured = capsys.readouterr()
     assert code == 0, captured.err[-3000:]
@@ -91,13 +91,13 @@ def test_run_with_input_trains_scores_and_reports(spark, tmp_path, capsys):
     scored = lake.read_table(schemas.GOLD_CUSTOMER_SCORES).select("as_of").distinct().collect()
     assert [r["as_of"] for r in scored] == [dates[-1]]
     report = out.split("report: ", 1)[1].split()[0]
-    assert report == f"{lake.root}/reports/{dates[-1]}/report.html" and artifacts.exists(report)
+    assert report == f"{lake.root}/reports/{dates[-1]}/report.html" and storage.exists(report)
 
 
 def _spark_submit(env: dict, master: str) -> list[str]:
-    """The spark-submit command line a user runs (Delta jars and conf from lakemine.submit_args)."""
+    """The spark-submit command line a user runs (Delta jars and conf from lakemine.orchestration.submit)."""
     submit_args = subprocess.run(
-        [sys.executable, "-m", "lakemine.submit_args"], check=True, capture_output=True, text=True, env=env
+        [sys.executable, "-m", "lakemine.orchestration.submit"], check=True, capture_output=True, text=True, env=env
     ).stdout.split()
     env["PYSPARK_PYTHON"] = sys.executable
     return [str(REPO / ".venv" / "bin" / "spark-submit"), "--master", master, *submit_args]
@@ -151,7 +151,7 @@ def test_mining_jobs_run_through_spark_submit(spark, tmp_path, venv_env):
         proc = subprocess.run([*base, str(REPO / "jobs" / f"{job}.py"), *args],
                               capture_output=True, text=True, env=venv_env, timeout=300)
         assert proc.returncode == 0, f"{job}: {proc.stderr[-3000:]}"
-    from lakemine.lake import Lake
+    from lakemine.io.lake import Lake
 
     check = Lake.at(spark, str(lake))
     assert check.read_table(schemas.GOLD_CUSTOMER_SEGMENTS).count() == 80
@@ -166,7 +166,7 @@ def test_learning_jobs_run_through_spark_submit(learn_lake, tmp_path, venv_env):
     import pyspark.sql.functions as F
 
     from conftest import copy_lake
-    from lakemine.train import model_versions
+    from lakemine.learning.train import model_versions
 
     lake, _ = copy_lake(*learn_lake, tmp_path / "lake")
     base = _spark_submit(venv_env, "local[2]")

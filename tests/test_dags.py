@@ -14,7 +14,8 @@ from datetime import date, timedelta
 import pytest
 
 from conftest import REPO
-from lakemine import artifacts, orchestration
+from lakemine.core import storage
+from lakemine.orchestration import dags
 
 PARSE = r"""
 import json, sys
@@ -92,22 +93,22 @@ def test_dag_files_parse_without_lookups_or_heavy_imports(tmp_path, venv_env):
 def test_training_runs_without_a_model_or_on_the_weekly_day(tmp_path):
     root = str(tmp_path / "lake")
     sunday, monday = date(2011, 11, 27), date(2011, 11, 28)
-    assert orchestration.choose_training(root, monday, 6)[0]  # no model yet
-    artifacts.write_bytes(f"{root}/models/churn/v2/checkpoint.pt", b"")  # unfinished: no metadata
-    assert not orchestration.has_model(root)
-    artifacts.write_json(f"{root}/models/churn/v1/metadata.json", {})
-    assert orchestration.has_model(root)
-    assert orchestration.choose_training(root, sunday, 6)[0]
-    train, why = orchestration.choose_training(root, monday, 6)
+    assert dags.choose_training(root, monday, 6)[0]  # no model yet
+    storage.write_bytes(f"{root}/models/churn/v2/checkpoint.pt", b"")  # unfinished: no metadata
+    assert not dags.has_model(root)
+    storage.write_json(f"{root}/models/churn/v1/metadata.json", {})
+    assert dags.has_model(root)
+    assert dags.choose_training(root, sunday, 6)[0]
+    train, why = dags.choose_training(root, monday, 6)
     assert not train and "Monday" in why
 
 
 def test_py_files_zip_is_deterministic_and_importable(tmp_path):
     dest = str(tmp_path / "dist" / "lakemine.zip")
-    orchestration.build_py_files(dest)
-    first = artifacts.read_bytes(dest)
-    orchestration.build_py_files(dest)
-    assert artifacts.read_bytes(dest) == first
+    dags.build_py_files(dest)
+    first = storage.read_bytes(dest)
+    dags.build_py_files(dest)
+    assert storage.read_bytes(dest) == first
     names = zipfile.ZipFile(dest).namelist()
     assert "lakemine/cli.py" in names and "lakemine/defaults.yaml" in names
     assert not any("__pycache__" in n for n in names)
@@ -121,14 +122,14 @@ def test_py_files_zip_is_deterministic_and_importable(tmp_path):
 def test_airflow_dags_test_runs_every_task_through_spark_submit(spark, tmp_path, venv_env):
     """generate -> `airflow dags test retail_mining <last day>`; every task succeeds (the branch
     picks `train`, as no model exists), and the gold tables, scores and report exist."""
-    from lakemine.generate import GenerateParams, generate
-    from lakemine.lake import Lake
     import pyspark.sql.functions as F
 
-    from lakemine import schemas
+    from lakemine.io import schemas
+    from lakemine.io.lake import Lake
+    from lakemine.stages.generate import GenerateParams, generate
 
     landing, lake_dir = tmp_path / "landing", tmp_path / "lake"
-    manifest = generate(spark, str(landing), GenerateParams(customers=300, days=240, seed=7, dirty_rate=0.005))
+    manifest = generate(spark, str(landing), GenerateParams.from_config(None, customers=300, days=240, seed=7, dirty_rate=0.005))
     day = date.fromisoformat(manifest["first_date"]) + timedelta(days=239)
     env = _airflow_env(tmp_path, venv_env, LAKEMINE_LAKE=str(lake_dir), LAKEMINE_ORCHESTRATION__INPUT=str(landing),
                        LAKEMINE_TRAIN__EPOCHS="3")
@@ -150,4 +151,4 @@ def test_airflow_dags_test_runs_every_task_through_spark_submit(spark, tmp_path,
     assert lake.read_table(schemas.GOLD_CUSTOMER_SCORES).where(F.col("as_of") == F.lit(day)).count() == featured > 0
     runs = {r["stage"]: r["status"] for r in lake.read_table(schemas.OPS_RUNS).collect()}
     assert {runs[s] for s in ("ingest", "clean", "features", "fpgrowth", "kmeans", "train", "score")} == {"succeeded"}
-    assert artifacts.exists(f"{lake_dir}/reports/{day}/report.html")
+    assert storage.exists(f"{lake_dir}/reports/{day}/report.html")

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from lakemine import orchestration
+from lakemine.orchestration import dags
 
 DOCKER = REPO / "infra" / "docker"
 DOCKERFILE = DOCKER / "Dockerfile"
@@ -219,7 +219,7 @@ def test_worker_and_airflow_connection_name_the_master(tmp_path, steps, compose)
 
     # what the DAGs read in the airflow container: its connection, lake and landing folder
     env = {**image_env(steps), **services["airflow"]["environment"]}
-    settings = orchestration.dag_settings(env={k: v for k, v in env.items() if k.startswith("LAKEMINE_")})
+    settings = dags.dag_settings(env={k: v for k, v in env.items() if k.startswith("LAKEMINE_")})
     assert (settings.lake, settings.input) == (env["LAKEMINE_LAKE"], env["LAKEMINE_ORCHESTRATION__INPUT"])
     conn_var = f"AIRFLOW_CONN_{settings.conn_id.upper()}"
     resolve = ("from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook; "

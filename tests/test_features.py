@@ -6,9 +6,15 @@ import numpy as np
 import pyspark.sql.functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from lakemine import schemas
-from lakemine.features import (
-    FEATURES, FeatureParams, build_baskets, compute_customer_features, compute_labels, run_features, standardize,
+from conftest import run_features
+from lakemine.io import schemas
+from lakemine.stages.features import (
+    FEATURES,
+    FeatureParams,
+    build_baskets,
+    compute_customer_features,
+    compute_labels,
+    standardize,
 )
 
 SILVER_DDL = ("invoice_no string, stock_code string, description string, quantity int, invoice_date date, "
@@ -46,7 +52,7 @@ def test_baskets_are_sales_invoices_with_distinct_sorted_items(spark):
 
 
 def test_customer_features_by_hand(spark):
-    got = compute_customer_features(silver_df(spark, ROWS), FeatureParams(D(2011, 1, 15), top_categories=1))
+    got = compute_customer_features(silver_df(spark, ROWS), FeatureParams.from_config(None, as_of=D(2011, 1, 15), top_categories=1))
     expected = spark.createDataFrame([
         # recency, frequency, monetary, tenure, mean basket size, mean value, distinct items,
         # return rate, mean days between, top-category (MUG) share
@@ -60,13 +66,13 @@ def test_customer_features_by_hand(spark):
 
 def test_no_feature_reads_past_as_of(spark):
     as_of = D(2011, 1, 15)
-    base = compute_customer_features(silver_df(spark, ROWS), FeatureParams(as_of))
+    base = compute_customer_features(silver_df(spark, ROWS), FeatureParams.from_config(None, as_of=as_of))
     future = ROWS + [
         ("9", "W", "GOLD CLOCK", 500, D(2011, 1, 16), 99999.0, "A", False),
         ("C9", "X", "RED MUG", -50, D(2011, 2, 1), -500.0, "B", True),
         ("10", "Q", "NEW THING", 1, D(2012, 1, 1), 1.0, "C", False),
     ]
-    later = compute_customer_features(silver_df(spark, future), FeatureParams(as_of))
+    later = compute_customer_features(silver_df(spark, future), FeatureParams.from_config(None, as_of=as_of))
     assertDataFrameEqual(later, base)
     z_base, _ = standardize(base)
     z_later, _ = standardize(later)
@@ -80,7 +86,7 @@ def test_labels_mark_customers_without_purchases_in_the_horizon(spark):
         ("13", "X", "RED MUG", 1, D(2011, 4, 1), 5.0, "A", False),    # A buys only after the horizon
     ]
     silver = silver_df(spark, rows)
-    p = FeatureParams(D(2011, 1, 15), horizon_days=60)
+    p = FeatureParams.from_config(None, as_of=D(2011, 1, 15), horizon_days=60)
     feats = compute_customer_features(silver, p)
     got = compute_labels(silver, feats, p)
     expected = spark.createDataFrame([
@@ -88,13 +94,13 @@ def test_labels_mark_customers_without_purchases_in_the_horizon(spark):
         ("B", D(2011, 1, 15), 0, 60, True),
     ], "customer_id string, as_of date, churned int, horizon_days int, complete boolean")
     assertDataFrameEqual(got, expected)
-    late = FeatureParams(D(2011, 3, 15), horizon_days=60)
+    late = FeatureParams.from_config(None, as_of=D(2011, 3, 15), horizon_days=60)
     assert {r["complete"] for r in compute_labels(silver, compute_customer_features(silver, late), late).collect()} == {False}
 
 
 def test_standardized_copies_and_scaler_match_numpy(spark):
     rows = [(str(i), "X", "MUG", 1, D(2011, 1, 1 + i % 20), float(1 + i * i), str(i % 7), False) for i in range(40)]
-    feats = compute_customer_features(silver_df(spark, rows), FeatureParams(D(2011, 2, 1)))
+    feats = compute_customer_features(silver_df(spark, rows), FeatureParams.from_config(None, as_of=D(2011, 2, 1)))
     out, scaler = standardize(feats)
     pdf = out.toPandas().sort_values("customer_id")
     params = {r["feature"]: r for r in scaler.collect()}

@@ -8,8 +8,9 @@ import pyspark.sql.functions as F
 import pytest
 from pyspark.testing import assertDataFrameEqual
 
-from lakemine import schemas
-from lakemine.fpgrowth import MiningParams, TooManyItemsets, mine, min_count, run_fpgrowth
+from lakemine.io import schemas
+from lakemine.mining.fpgrowth import MiningParams, TooManyItemsets, min_count, mine
+from lakemine.mining.fpgrowth import run as run_fpgrowth
 
 SEED_BASKETS = [
     ["milk", "bread", "diaper"],
@@ -50,7 +51,7 @@ def brute_force(baskets, min_support, min_confidence):
 
 @pytest.mark.parametrize("engine", ["pfp", "mllib"])
 def test_seed_example_gives_nine_itemsets(spark, engine):
-    itemsets, _ = mine(baskets_df(spark, SEED_BASKETS), 5, MiningParams(0.6, 0.5, engine=engine), default_groups=3)
+    itemsets, _ = mine(baskets_df(spark, SEED_BASKETS), 5, MiningParams.from_config(None, min_support=0.6, min_confidence=0.5, engine=engine), default_groups=3)
     expected = spark.createDataFrame([
         (["milk"], 4, 0.8), (["bread"], 4, 0.8), (["diaper"], 5, 1.0), (["beer"], 3, 0.6),
         (["bread", "milk"], 3, 0.6), (["diaper", "milk"], 4, 0.8), (["bread", "diaper"], 4, 0.8),
@@ -69,7 +70,7 @@ def test_itemsets_and_rules_equal_a_brute_force_count(spark, engine, groups):
         size = rng.randint(1, 7)
         basket = set(rng.choices(items, weights, k=size)) | {"always"}  # one item in every basket
         baskets.append(basket)
-    p = MiningParams(0.04, 0.3, engine=engine, groups=groups)
+    p = MiningParams.from_config(None, min_support=0.04, min_confidence=0.3, engine=engine, groups=groups)
     itemsets, rules = mine(baskets_df(spark, baskets), len(baskets), p, default_groups=4)
     ref_sets, ref_rules = brute_force(baskets, 0.04, 0.3)
     assert len(ref_sets) > 100
@@ -81,8 +82,8 @@ def test_pfp_and_mllib_give_identical_tables_on_generated_baskets(gold_lake):
     lake, _, _, _ = gold_lake
     baskets = lake.read_table(schemas.GOLD_BASKETS).select("items").cache()
     n = baskets.count()
-    pfp = mine(baskets, n, MiningParams(0.01, 0.2, engine="pfp"), default_groups=4)
-    mllib = mine(baskets, n, MiningParams(0.01, 0.2, engine="mllib"), default_groups=4)
+    pfp = mine(baskets, n, MiningParams.from_config(None, min_support=0.01, min_confidence=0.2, engine="pfp"), default_groups=4)
+    mllib = mine(baskets, n, MiningParams.from_config(None, min_support=0.01, min_confidence=0.2, engine="mllib"), default_groups=4)
     assertDataFrameEqual(pfp[0], mllib[0], rtol=1e-12)
     assertDataFrameEqual(pfp[1], mllib[1], rtol=1e-9)
     assert pfp[0].where(F.size("items") >= 2).count() > 0
@@ -100,7 +101,7 @@ def mining_lake(spark, lake, lake_cfg, gold_lake):
 def test_fpgrowth_stage_finds_planted_bundles_and_is_idempotent(mining_lake, gold_lake):
     lake, cfg = mining_lake
     manifest = gold_lake[3]
-    p = MiningParams(min_support=0.01, min_confidence=0.5)
+    p = MiningParams.from_config(cfg, min_support=0.01, min_confidence=0.5)
     first = run_fpgrowth(lake, cfg, p)
     rules1 = lake.read_table(schemas.GOLD_ASSOCIATION_RULES).collect()
     sets1 = lake.read_table(schemas.GOLD_FREQUENT_ITEMSETS).collect()
@@ -119,7 +120,7 @@ def test_fpgrowth_stage_finds_planted_bundles_and_is_idempotent(mining_lake, gol
 def test_too_many_itemsets_names_the_support_to_use(mining_lake):
     lake, cfg = mining_lake
     with pytest.raises(TooManyItemsets, match=r"exceed --max-itemsets 10 at support 0.01; raise --min-support to at least 0\.0"):
-        run_fpgrowth(lake, cfg, MiningParams(min_support=0.01, max_itemsets=10))
+        run_fpgrowth(lake, cfg, MiningParams.from_config(cfg, min_support=0.01, max_itemsets=10))
     assert not lake.exists(schemas.GOLD_FREQUENT_ITEMSETS)
 
 
@@ -127,7 +128,7 @@ def test_window_days_limits_the_baskets(mining_lake):
     lake, cfg = mining_lake
     baskets = lake.read_table(schemas.GOLD_BASKETS)
     last = baskets.agg(F.max("invoice_date")).first()[0]
-    run = run_fpgrowth(lake, cfg, MiningParams(min_support=0.05), window_days=30)
+    run = run_fpgrowth(lake, cfg, MiningParams.from_config(cfg, min_support=0.05, window_days=30))
     import datetime as dt
 
     expected = baskets.where((F.col("invoice_date") > F.lit(last - dt.timedelta(days=30))) & (F.col("invoice_date") <= F.lit(last))).count()

@@ -7,8 +7,8 @@ import json
 import pyspark.sql.functions as F
 import pytest
 
-from lakemine.generate import EXPECTED_OUTCOME, GenerateParams, bundle_items, generate
-from lakemine.schemas import RAW_COLUMNS
+from lakemine.io.schemas import RAW_COLUMNS
+from lakemine.stages.generate import EXPECTED_OUTCOME, GenerateParams, bundle_items, generate
 
 
 def digest(folder):
@@ -22,17 +22,17 @@ def digest(folder):
 @pytest.fixture(scope="module")
 def small(spark, tmp_path_factory):
     out = tmp_path_factory.mktemp("gen") / "a"
-    manifest = generate(spark, str(out), GenerateParams(customers=240, days=200, seed=11, dirty_rate=0.01, files=3))
+    manifest = generate(spark, str(out), GenerateParams.from_config(None, customers=240, days=200, seed=11, dirty_rate=0.01, files=3))
     return out, manifest
 
 
 def test_generate_is_deterministic_for_a_seed(spark, small, tmp_path):
     out, manifest = small
     again = tmp_path / "b"
-    assert generate(spark, str(again), GenerateParams(240, 200, 11, 0.01, files=3)) == manifest
+    assert generate(spark, str(again), GenerateParams.from_config(None, customers=240, days=200, seed=11, dirty_rate=0.01, files=3)) == manifest
     assert digest(again) == digest(out)
     other = tmp_path / "c"
-    generate(spark, str(other), GenerateParams(240, 200, 12, 0.01, files=3))
+    generate(spark, str(other), GenerateParams.from_config(None, customers=240, days=200, seed=12, dirty_rate=0.01, files=3))
     assert digest(other) != digest(out)
 
 
@@ -83,7 +83,7 @@ def test_truth_has_every_group_with_distinct_behaviour(spark, small):
 
 
 def test_parquet_output_has_the_layout_columns(spark, tmp_path):
-    manifest = generate(spark, str(tmp_path / "p"), GenerateParams(50, 60, 3, 0.02, "parquet"))
+    manifest = generate(spark, str(tmp_path / "p"), GenerateParams.from_config(None, customers=50, days=60, seed=3, dirty_rate=0.02, format="parquet"))
     df = spark.read.parquet(str(tmp_path / "p" / manifest["files"][0]))
     assert tuple(df.columns) == RAW_COLUMNS
     assert df.count() == manifest["data_lines"]

@@ -2,14 +2,13 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pyspark.sql.functions as F
 import pytest
 from pyspark.testing import assertDataFrameEqual
 
+from conftest import ingest_files as ingest
 from conftest import write_lines
-from lakemine import schemas
-from lakemine.errors import InputError
-from lakemine.ingest import ingest
+from lakemine.core.errors import InputError
+from lakemine.io import schemas
 
 HEADER = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country"
 HEADER_II = "Invoice,StockCode,Description,Quantity,InvoiceDate,Price,Customer ID,Country"
@@ -47,7 +46,7 @@ def test_ingest_reads_both_layouts_bom_crlf_and_quoted_commas(lake, lake_cfg, tm
         ("C489449", "22087", "PAPER BUNTING", "-12", "2009-12-01T10:33:00", "2.95", "16321", "Australia", ub, 2),
     ], BRONZE_COLS)
     assertDataFrameEqual(bronze(lake), expected)
-    assert result.run.rows_in == 3 and result.run.rows_out == 3 and result.run.rows_quarantined == 0
+    assert result.rows_in == 3 and result.rows_out == 3 and result.rows_quarantined == 0
     batch_ids = {r["_source_file"]: r["_batch_id"] for r in bronze(lake, ["_source_file", "_batch_id"]).collect()}
     assert len(set(batch_ids.values())) == 2
 
@@ -77,7 +76,7 @@ def test_ingest_quarantines_unreadable_lines_with_reasons(lake, lake_cfg, tmp_pa
     ], QUARANTINE_COLS)
     assertDataFrameEqual(quarantine(lake), expected)
     assert [r["_line"] for r in bronze(lake).collect()] == [2]
-    assert result.run.quarantine_reasons == {
+    assert result.quarantine_reasons == {
         "blank_line": 1, "bad_field_count": 2, "bad_quoting": 1, "repeated_header": 1, "bad_encoding": 1}
     details = {r["reason"]: r["detail"] for r in lake.read_table(schemas.BRONZE_QUARANTINE).collect()}
     assert details["bad_field_count"] in ("5 fields, expected 8", "9 fields, expected 8")
@@ -91,7 +90,7 @@ def test_reingesting_the_same_content_is_a_noop(lake, lake_cfg, tmp_path):
     # same bytes under another name: same batch, nothing written
     write_lines(tmp_path / "copy" / "renamed.csv", rows)
     second = ingest(lake, lake_cfg, str(tmp_path / "copy"))
-    assert first.run.status == "succeeded" and second.run.status == "noop"
+    assert first.status == "succeeded" and second.status == "noop"
     assert lake.table_version(schemas.BRONZE_TRANSACTIONS) == version
     assert bronze(lake).count() == 1 and quarantine(lake).count() == 1
     statuses = sorted(r["status"] for r in runs(lake).collect())

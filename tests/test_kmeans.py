@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import datetime as dt
 import math
 
 import numpy as np
@@ -10,10 +9,13 @@ from pyspark.testing import assertDataFrameEqual
 from sklearn.cluster import KMeans as SkKMeans
 from sklearn.metrics import adjusted_rand_score
 
-from lakemine import schemas
-from lakemine.errors import UsageError
-from lakemine.features import FEATURES, LOG_FEATURES
-from lakemine.kmeans import SEGMENT_FEATURES, KMeansParams, assemble, choose_k, fit_kmeans, run_kmeans
+from lakemine.core.errors import UsageError
+from lakemine.io import schemas
+from lakemine.mining.kmeans import KMeansParams, assemble, choose_k, fit_kmeans
+from lakemine.mining.kmeans import run as run_kmeans
+from lakemine.stages.features import FEATURES, LOG_FEATURES
+
+SEGMENT_FEATURES = KMeansParams.from_config(None).columns
 
 
 def _features(gold_lake):
@@ -26,7 +28,7 @@ def _features(gold_lake):
 def test_planted_customer_groups_are_recovered(gold_lake):
     truth = gold_lake[2]
     data = assemble(_features(gold_lake), SEGMENT_FEATURES)
-    model = fit_kmeans(data, 5, KMeansParams())
+    model = fit_kmeans(data, 5, KMeansParams.from_config(None))
     pairs = model.transform(data).join(truth, "customer_id").select("prediction", "group").collect()
     assert len(pairs) > 350
     ari = adjusted_rand_score([r["group"] for r in pairs], [r["prediction"] for r in pairs])
@@ -37,7 +39,7 @@ def test_cost_within_one_percent_of_scikit_learn(gold_lake):
     data = assemble(_features(gold_lake), SEGMENT_FEATURES)
     x = np.array(data.select(*SEGMENT_FEATURES).toPandas(), dtype=float)
     for k in (3, 5):
-        spark_cost = fit_kmeans(data, k, KMeansParams()).summary.trainingCost
+        spark_cost = fit_kmeans(data, k, KMeansParams.from_config(None)).summary.trainingCost
         sk_cost = SkKMeans(n_clusters=k, n_init=10, random_state=0).fit(x).inertia_
         assert abs(spark_cost - sk_cost) / sk_cost <= 0.01, (k, spark_cost, sk_cost)
 
@@ -47,23 +49,23 @@ def test_silhouette_chooses_the_k_of_well_separated_blobs(spark):
     centres = np.array([[0, 0], [8, 0], [0, 8], [8, 8]])
     rows = [(f"c{i}", *map(float, centres[i % 4] + rng.normal(0, 0.5, 2))) for i in range(200)]
     df = spark.createDataFrame(rows, "customer_id string, a double, b double")
-    model, scores = choose_k(assemble(df, ("a", "b")), KMeansParams(k_range=(2, 6), columns=("a", "b")))
+    model, scores = choose_k(assemble(df, ("a", "b")), KMeansParams.from_config(None, k_range=(2, 6), columns=("a", "b")))
     assert len(model.clusterCenters()) == 4
     assert max(scores, key=scores.get) == 4 and set(scores) == {2, 3, 4, 5, 6}
 
 
 def test_bad_k_choices_are_usage_errors():
     with pytest.raises(UsageError, match="--k 1: must be at least 2"):
-        KMeansParams(k=1).candidates()
-    with pytest.raises(UsageError, match="--k-range 5-3"):
-        KMeansParams(k_range=(5, 3)).candidates()
+        KMeansParams.from_config(None, k=1)
+    with pytest.raises(UsageError, match=r"--k-range \(5, 3\): needs \[low, high\] with 2 <= low <= high"):
+        KMeansParams.from_config(None, k_range=(5, 3))
 
 
 def test_kmeans_stage_writes_segments_profiles_model_and_is_idempotent(spark, lake, lake_cfg, gold_lake):
     src = gold_lake[0]
     for table in (schemas.GOLD_CUSTOMER_FEATURES, schemas.GOLD_FEATURE_SCALER):
         lake.overwrite(src.read_table(table), table)
-    p = KMeansParams(k=5)
+    p = KMeansParams.from_config(lake_cfg, k=5)
     first = run_kmeans(lake, lake_cfg, p)
     segments = lake.read_table(schemas.GOLD_CUSTOMER_SEGMENTS).collect()
     profiles = lake.read_table(schemas.GOLD_SEGMENT_PROFILES)

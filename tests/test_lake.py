@@ -5,7 +5,7 @@ import datetime as dt
 import pytest
 from pyspark.testing import assertDataFrameEqual
 
-from lakemine.errors import StageError
+from lakemine.core.errors import StageError
 
 DDL = "customer_id string, as_of date, score double"
 D1, D2 = dt.date(2011, 1, 1), dt.date(2011, 1, 2)

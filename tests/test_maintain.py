@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from pyspark.testing import assertDataFrameEqual
 
-from lakemine import artifacts, schemas
 from lakemine.cli import main
-from lakemine.maintain import maintain
+from lakemine.core import storage
+from lakemine.io import schemas
+from lakemine.stages.maintain import MaintainParams
+from lakemine.stages.maintain import run as run_maintain
+
+
+def maintain(lake, cfg, **overrides):
+    run = run_maintain(lake, cfg, MaintainParams.from_config(cfg, **overrides))
+    return run, run.result
 
 
 def _many_small_files(lake, table: str, writes: int = 6):
@@ -19,7 +26,7 @@ def test_optimize_then_vacuum_keeps_rows_and_frees_files(lake, lake_cfg):
     lake.overwrite(lake.spark.range(5).selectExpr("id").coalesce(1), "silver/other")
     lake.overwrite(lake.spark.range(7).selectExpr("id").coalesce(1), "silver/other")  # leaves the first version's file behind
     before = {t: lake.read_table(t).collect() for t in ("gold/demo", "silver/other")}
-    files_before, _ = artifacts.data_files(lake.path("gold/demo"))
+    files_before, _ = storage.data_files(lake.path("gold/demo"))
     assert lake.tables() == ["gold/demo", "silver/other"]
 
     run, done = maintain(lake, lake_cfg, retention_hours=0)
@@ -28,7 +35,7 @@ def test_optimize_then_vacuum_keeps_rows_and_frees_files(lake, lake_cfg):
     demo = by_table["gold/demo"]
     assert demo.files_compacted == files_before and demo.files_written == 1
     assert demo.files_deleted == files_before  # the small files are gone from storage
-    assert artifacts.data_files(lake.path("gold/demo"))[0] == 1
+    assert storage.data_files(lake.path("gold/demo"))[0] == 1
     assert by_table["silver/other"].files_compacted == 0 and by_table["silver/other"].files_deleted >= 1
     for table, rows in before.items():
         assertDataFrameEqual(lake.read_table(table), rows)
@@ -36,7 +43,7 @@ def test_optimize_then_vacuum_keeps_rows_and_frees_files(lake, lake_cfg):
     assert len(recorded) == 1 and recorded[0]["status"] == "succeeded"
     assert recorded[0]["outputs"]["gold/demo"] == demo.version
 
-    _, again = maintain(lake, lake_cfg, retention_hours=0, tables=["gold/demo"])
+    _, again = maintain(lake, lake_cfg, retention_hours=0, tables=("gold/demo",))
     assert (again[0].files_compacted, again[0].files_deleted) == (0, 0)  # VACUUM may log commits, nothing else
     assertDataFrameEqual(lake.read_table("gold/demo"), before["gold/demo"])
 

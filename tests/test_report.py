@@ -1,9 +1,11 @@
-"""The HTML report: every section of a scored lake with its numbers, notes in place of what a
-partial lake lacks, and a real browser (headless Chromium) loading every embedded plot."""
+"""The HTML report: every section of a scored lake with its numbers, the score histogram's bars
+as tall as its customer counts, notes in place of what a partial lake lacks, and a real browser
+(headless Chromium) loading every embedded plot."""
 
 from __future__ import annotations
 
 import base64
+import io
 import re
 import shutil
 import subprocess
@@ -13,11 +15,15 @@ from pathlib import Path
 import numpy as np
 import pyspark.sql.functions as F
 import pytest
+from PIL import Image, ImageColor
 
-from conftest import copy_lake
-from lakemine import schemas
-from lakemine.errors import StageError
-from lakemine.report import score_histogram, write_report
+from conftest import clean_lake, copy_lake, ingest_files
+from lakemine.core.errors import StageError
+from lakemine.io import schemas
+from lakemine.report import write_report
+from lakemine.report.data import SCORE_BINS, score_histogram
+from lakemine.report.figures import HISTOGRAM_COLOUR
+from lakemine.report.html import CSS_PX_PER_INCH, DPI
 
 pytestmark = pytest.mark.slow
 
@@ -28,23 +34,27 @@ SECTIONS = ["1. Data quality", "2. Customer segments", "3. Association rules", "
 PLOTS_OF_A_SCORED_LAKE = 2 + 1 + 2 + 2 + 1
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = shutil.which("chromium")
-# Counts, once the page has loaded, the images the browser decoded.
+# Counts, once the page has loaded, the images the browser decoded, and notes each one's pixel size.
 IMAGE_PROBE = """<script>
 window.addEventListener("load", function () {
   var images = Array.prototype.slice.call(document.images);
   document.body.dataset.images = images.length;
   document.body.dataset.loaded = images.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.dataset.sizes = images.map(function (i) { return i.naturalWidth + "x" + i.naturalHeight; }).join(" ");
 });
 </script>"""
 
 
 class Page(HTMLParser):
-    """The section headings, image sources, link targets and the cells of every table (by id)."""
+    """The section headings, image sources (and by alt text), the <img> sizes, link targets and the
+    cells of every table (by id)."""
 
     def __init__(self, text: str) -> None:
         super().__init__()
         self.headings: list[str] = []
         self.images: list[str] = []
+        self.image_by_alt: dict[str, str] = {}
+        self.image_sizes: list[tuple[int, int]] = []
         self.links: list[str] = []
         self.tables: dict[str, list[list[str]]] = {}
         self._rows = self._row = self._cell = self._h2 = None
@@ -63,6 +73,8 @@ class Page(HTMLParser):
             self._h2 = []
         elif tag == "img":
             self.images.append(a.get("src", ""))
+            self.image_by_alt[a.get("alt")] = a.get("src", "")
+            self.image_sizes.append((int(a["width"]), int(a["height"])))
         for name in ("src", "href"):
             if name in a and tag != "img":
                 self.links.append(a[name])
@@ -91,6 +103,26 @@ def number(cell: str) -> float:
     return float(cell.replace(",", ""))
 
 
+def png(src: str) -> Image.Image:
+    """The image of a PNG data URI."""
+    return Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+
+
+def bar_heights(image: Image.Image, colour: str, bins: int) -> np.ndarray:
+    """The pixel height of each of `bins` equal-width bars of `colour` drawn over an x axis from 0
+    to 1: the pixels of that colour in the column through each bin's centre. The axis ends are its
+    outermost tick marks, found just below the axis line."""
+    rgb = np.asarray(image.convert("RGB")).astype(int)
+    dark = (rgb < 80).all(axis=2)
+    y_axis = int(dark.sum(axis=0).argmax())  # the y axis line is the darkest column
+    per_row = dark[:, y_axis:].sum(axis=1)
+    x_axis = int(np.flatnonzero(per_row >= 0.9 * per_row.max()).max())  # the x axis line's lowest row
+    ticks = np.flatnonzero(dark[x_axis + 3, y_axis - 3:]) + y_axis - 3
+    centres = ticks.min() + (np.arange(bins) + 0.5) * (ticks.max() - ticks.min()) / bins
+    bars = (rgb == ImageColor.getrgb(colour)).all(axis=2)
+    return bars[:, centres.round().astype(int)].sum(axis=0)
+
+
 def assert_self_contained(text: str, page: Page) -> None:
     """Every image a PNG data URI, every link in-page, no stylesheet or script from elsewhere."""
     for src in page.images:
@@ -104,13 +136,13 @@ def assert_self_contained(text: str, page: Page) -> None:
 @pytest.fixture(scope="module")
 def scored(trained_lake, tmp_path_factory):
     """A copy of the trained lake with rules and scores for its latest date, and its report."""
-    from lakemine.fpgrowth import MiningParams, run_fpgrowth
-    from lakemine.score import run_score
+    from lakemine.learning import score
+    from lakemine.mining import fpgrowth
 
     lake, cfg = copy_lake(*trained_lake[:2], tmp_path_factory.mktemp("report") / "lake")
     as_of = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES).agg(F.max("as_of")).first()[0]
-    run_fpgrowth(lake, cfg, MiningParams(min_support=0.02), as_of)
-    run_score(lake, cfg, None, as_of)
+    fpgrowth.run(lake, cfg, fpgrowth.MiningParams.from_config(cfg, min_support=0.02, as_of=as_of))
+    score.run(lake, cfg, score.ScoreParams.from_config(cfg, as_of=as_of))
     quarantined = sum(lake.read_table(t).count() for t in (schemas.BRONZE_QUARANTINE, schemas.SILVER_QUARANTINE))
     expected_plots = PLOTS_OF_A_SCORED_LAKE + (1 if quarantined else 0)
     return lake, cfg, as_of, trained_lake[3], write_report(lake, cfg), expected_plots
@@ -179,15 +211,26 @@ def test_report_of_a_scored_lake_has_every_section_and_the_lake_numbers(scored):
         (r["feature"], pytest.approx(r["psi"], abs=5e-4), r["status"]) for r in drift]
 
 
-def test_report_of_an_ingested_and_cleaned_lake_notes_what_is_missing(spark, lake, lake_cfg, tmp_path):
-    from lakemine.clean import clean
-    from lakemine.features import latest_date
-    from lakemine.generate import GenerateParams, generate
-    from lakemine.ingest import ingest
+def test_the_score_histogram_plot_draws_the_customers_of_each_bin(scored):
+    lake, _, as_of, _, path, _ = scored
+    page = Page(Path(path).read_text(encoding="utf-8"))
+    heights = bar_heights(png(page.image_by_alt["histogram of churn probability"]), HISTOGRAM_COLOUR, SCORE_BINS)
 
-    manifest = generate(spark, str(tmp_path / "raw"), GenerateParams(customers=40, days=60, seed=5, dirty_rate=0.02))
-    ingest(lake, lake_cfg, str(tmp_path / "raw"))
-    clean(lake, lake_cfg)
+    p = lake.read_table(schemas.GOLD_CUSTOMER_SCORES).where(F.col("as_of") == as_of).toPandas()["churn_probability"]
+    counts, _ = np.histogram(p, bins=SCORE_BINS, range=(0.0, 1.0))
+    assert counts.max() > 0 and heights.max() > 100, (counts, heights)
+    # pixels proportional to customers, but for the ~3 px of each bar that its white edge and antialiasing cover
+    np.testing.assert_allclose(heights, counts * heights.max() / counts.max(), atol=5)
+    assert (heights[counts == 0] == 0).all(), (counts, heights)
+
+
+def test_report_of_an_ingested_and_cleaned_lake_notes_what_is_missing(spark, lake, lake_cfg, tmp_path):
+    from lakemine.stages.features import latest_date
+    from lakemine.stages.generate import GenerateParams, generate
+
+    manifest = generate(spark, str(tmp_path / "raw"), GenerateParams.from_config(None, customers=40, days=60, seed=5, dirty_rate=0.02))
+    ingest_files(lake, lake_cfg, str(tmp_path / "raw"))
+    clean_lake(lake, lake_cfg)
     last_day = latest_date(lake)
 
     path = write_report(lake, lake_cfg)
@@ -236,8 +279,6 @@ def chromium(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (Debian: apt-get install chromium)")
 def test_headless_chromium_loads_every_embedded_plot(scored, tmp_path):
-    from PIL import Image
-
     *_, path, expected_plots = scored
     page = tmp_path / "report.html"
     page.write_text(Path(path).read_text(encoding="utf-8").replace("</body>", IMAGE_PROBE + "</body>"), encoding="utf-8")
@@ -247,9 +288,14 @@ def test_headless_chromium_loads_every_embedded_plot(scored, tmp_path):
     loaded = re.search(r'data-loaded="(\d+)"', dom)
     assert images and loaded, dom[-500:]
     assert int(loaded.group(1)) == int(images.group(1)) == expected_plots > 0
+    # the browser decoded each plot whole: the PNG's own size, DPI / 96 times the size the page shows
+    served = Page(page.read_text(encoding="utf-8"))
+    decoded = [png(src).size for src in served.images]
+    sizes = re.search(r'data-sizes="([\dx ]+)"', dom)
+    assert sizes and [tuple(map(int, s.split("x"))) for s in sizes.group(1).split()] == decoded, dom[-500:]
+    np.testing.assert_allclose(np.array(decoded), np.array(served.image_sizes) * DPI / CSS_PX_PER_INCH, atol=1)
 
     shot = tmp_path / "report.png"
     chromium("--hide-scrollbars", f"--screenshot={shot}", "--window-size=1280,4000", page.as_uri())
     with Image.open(shot) as im:
         assert im.format == "PNG" and im.size == (1280, 4000)
-        assert im.convert("RGB").getcolors(maxcolors=256) is None  # plots, not a blank or error page

@@ -13,9 +13,16 @@ import torch
 from pyspark.testing import assertDataFrameEqual
 
 from conftest import copy_lake
-from lakemine import artifacts, drift, schemas
-from lakemine.model import ChurnMLP
-from lakemine.score import run_score
+from lakemine.core import storage
+from lakemine.io import schemas
+from lakemine.learning import drift
+from lakemine.learning.model import ChurnMLP
+from lakemine.learning.score import ScoreParams, run
+
+
+def run_score(lake, cfg, as_of=None):
+    scored = run(lake, cfg, ScoreParams.from_config(cfg, as_of=as_of))
+    return scored, scored.result
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +38,7 @@ def _reference_probabilities(lake, meta, features_pdf):
     arch = meta["architecture"]
     net = ChurnMLP(arch["n_inputs"], tuple(arch["hidden"]), arch["dropout"], arch["batch_norm"])
     folder = lake.model_path("churn", meta["model_version"])
-    net.load_state_dict(torch.load(io.BytesIO(artifacts.read_bytes(f"{folder}/state_dict.pt")), weights_only=True))
+    net.load_state_dict(torch.load(io.BytesIO(storage.read_bytes(f"{folder}/state_dict.pt")), weights_only=True))
     net.eval()
     from pyspark.ml.clustering import KMeansModel
 

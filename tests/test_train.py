@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from datetime import date
 
 import pyspark.sql.functions as F
 import pytest
 import torch
 
-from conftest import copy_lake
-from lakemine import artifacts, schemas
-from lakemine.errors import StageError
-from lakemine.features import Z_FEATURES, run_features
-from lakemine.model import ChurnMLP
-from lakemine.train import TrainParams, effective_batch_size, in_memory_passes, logit_offset, roc_auc, run_train
-from lakemine.trainset import input_columns, latest_segment_model, training_frame
+from conftest import copy_lake, run_features
+from lakemine.core import storage
+from lakemine.core.errors import StageError
+from lakemine.io import schemas
+from lakemine.learning import train
+from lakemine.learning.model import ChurnMLP
+from lakemine.learning.train import TrainParams, effective_batch_size
+from lakemine.learning.trainset import input_columns, latest_segment_model, training_frame
+from lakemine.learning.worker import in_memory_passes, logit_offset, roc_auc
+from lakemine.stages.features import Z_FEATURES
 
 
 def test_roc_auc_matches_hand_counted_pairs():
@@ -37,7 +41,7 @@ def test_training_frame_splits_by_time_and_uses_only_complete_labels(learn_lake)
     features = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES)
     complete = sorted(r["as_of"] for r in labels.where("complete").select("as_of").distinct().collect())
     assert len(complete) == 3  # 150, 120 and 90 days before the end; the end itself is incomplete
-    segments = latest_segment_model(lake)
+    segments = latest_segment_model(lake, cfg.kmeans.columns)
     frame, split = training_frame(features, labels, segments, complete[-1], 0.2, 42)
     assert split.kind == "time"
     assert split.train_dates == [d.isoformat() for d in complete[:-1]]
@@ -68,7 +72,7 @@ def test_training_without_complete_labels_names_what_to_run(learn_lake, tmp_path
     lake, cfg = copy_lake(*learn_lake, tmp_path / "lake")
     early = date(2000, 1, 1)
     with pytest.raises(StageError, match="no complete labels on or before 2000-01-01"):
-        run_train(lake, cfg, TrainParams(epochs=1), as_of=early)
+        train.run(lake, cfg, TrainParams.from_config(cfg, epochs=1, as_of=early))
 
 
 @pytest.mark.slow
@@ -82,19 +86,25 @@ def test_horovod_ranks_end_identical_and_beat_the_logistic_baseline(trained_lake
     assert len(meta["history"]) == meta["epochs"]["run"] and 1 <= meta["epochs"]["best"] <= meta["epochs"]["run"]
     best = meta["history"][meta["epochs"]["best"] - 1]
     assert best["val_auc"] == max(h["val_auc"] for h in meta["history"]) == meta["validation"]["auc"]
-    # every rank read its own shard: the epoch's samples add up to the steps of both ranks
     rows = meta["rows"]
-    assert meta["calibration"]["logit_offset"] == pytest.approx(
-        logit_offset((rows["train"] - rows["train_churned"]) / rows["train_churned"]))
+    # class weighting by the training split's odds, and an offset that takes them back
+    w = meta["calibration"]["pos_weight"]
+    assert w == pytest.approx((rows["train"] - rows["train_churned"]) / rows["train_churned"])
+    for p in (0.05, 0.5, 0.9):
+        assert _sigmoid(math.log(w * p / (1 - p)) + meta["calibration"]["logit_offset"]) == pytest.approx(p)
+    # 64 per rank, or the largest batch (not below 16) that still gives 2 ranks 20 steps each
     batch = meta["batch_size"]["used"]
-    assert batch == effective_batch_size(64, meta["rows"]["train"], 2) and 16 <= batch <= 64
+    assert meta["batch_size"]["configured"] == 64 and 16 <= batch <= 64
+    assert batch == 16 or 2 * 20 * batch <= rows["train"]
+    assert batch == 64 or 2 * 20 * (batch + 1) > rows["train"]
+    # every rank read its own shard: the epoch's samples add up to the steps of both ranks
     assert all(h["samples"] == 2 * batch * -(-meta["rows"]["train"] // (2 * batch)) for h in meta["history"])
     folder = lake.model_path("churn", meta["model_version"])
-    state = torch.load(io.BytesIO(artifacts.read_bytes(f"{folder}/state_dict.pt")), weights_only=True)
+    state = torch.load(io.BytesIO(storage.read_bytes(f"{folder}/state_dict.pt")), weights_only=True)
     arch = meta["architecture"]
     net = ChurnMLP(arch["n_inputs"], tuple(arch["hidden"]), arch["dropout"], arch["batch_norm"])
     net.load_state_dict(state)
-    assert json.loads(artifacts.read_bytes(f"{folder}/metadata.json")) == meta
+    assert json.loads(storage.read_bytes(f"{folder}/metadata.json")) == meta
     runs = lake.read_table(schemas.OPS_RUNS).where("stage = 'train'").collect()
     assert [(r["status"], r["rows_in"]) for r in runs] == [("succeeded", meta["rows"]["train"] + meta["rows"]["val"])]
 
@@ -103,16 +113,16 @@ def test_horovod_ranks_end_identical_and_beat_the_logistic_baseline(trained_lake
 def test_rerun_with_more_epochs_resumes_from_the_checkpoint(learn_lake, tmp_path):
     lake, cfg = copy_lake(*learn_lake, tmp_path / "lake")
     params = dict(backend="horovod", workers=2, patience=100)
-    _, first = run_train(lake, cfg, TrainParams(epochs=2, **params))
-    _, second = run_train(lake, cfg, TrainParams(epochs=4, **params))
+    first = train.run(lake, cfg, TrainParams.from_config(cfg, epochs=2, **params)).result
+    second = train.run(lake, cfg, TrainParams.from_config(cfg, epochs=4, **params)).result
     assert second["model_version"] == first["model_version"]
     assert len(second["history"]) == 4
     assert second["history"][:2] == first["history"]  # epochs 1-2 were not trained again
     # the features of one training date rebuilt from the same data: new Delta versions, same rows
     labels_before = lake.table_version(schemas.GOLD_LABELS)
-    run_features(lake, cfg, date.fromisoformat(first["split"]["train_dates"][0]), baskets=False)
+    run_features(lake, cfg, date.fromisoformat(first["split"]["train_dates"][0]))
     assert lake.table_version(schemas.GOLD_LABELS) > labels_before
-    _, third = run_train(lake, cfg, TrainParams(epochs=4, **params))
+    third = train.run(lake, cfg, TrainParams.from_config(cfg, epochs=4, **params)).result
     assert third["model_version"] == first["model_version"]  # the version follows the rows, not the versions
     assert third["history"] == second["history"]  # finished: a re-run trains nothing
     assert third["inputs"][schemas.GOLD_LABELS] == lake.table_version(schemas.GOLD_LABELS)
@@ -122,8 +132,8 @@ def test_rerun_with_more_epochs_resumes_from_the_checkpoint(learn_lake, tmp_path
 def test_torch_distributor_reaches_an_auc_comparable_to_horovod(learn_lake, trained_lake, tmp_path):
     lake, cfg = copy_lake(*learn_lake, tmp_path / "lake")
     # cache_rows=0: this run streams its shards from Parquet every epoch, the Horovod one keeps them in memory
-    _, meta = run_train(lake, cfg, TrainParams(backend="torch", workers=2, epochs=10, batch_size=64, patience=3,
-                                               cache_rows=0))
+    meta = train.run(lake, cfg, TrainParams.from_config(cfg, backend="torch", workers=2, epochs=10, batch_size=64,
+                                                        patience=3, cache_rows=0)).result
     horovod = trained_lake[3]
     assert meta["backend"] == "torch" and meta["world_size"] == 2
     assert meta["model_version"] != horovod["model_version"]
@@ -131,13 +141,34 @@ def test_torch_distributor_reaches_an_auc_comparable_to_horovod(learn_lake, trai
     assert abs(meta["validation"]["auc"] - horovod["validation"]["auc"]) < 0.03
 
 
+def _sigmoid(z: float) -> float:
+    return 1 / (1 + math.exp(-z))
+
+
 def test_small_training_sets_get_smaller_batches_not_fewer_steps():
     assert effective_batch_size(256, 1_000_000, 2) == 256
+    assert effective_batch_size(4096, 1_000, 2) == 25         # 1,000 rows / (2 ranks x 20 steps)
+    assert effective_batch_size(4096, 1_000, 1) == 50
     assert effective_batch_size(256, 785, 2) == 19            # 20 steps per epoch per rank
-    assert effective_batch_size(256, 100, 2) == 16            # never below 16
-    assert effective_batch_size(8, 100, 2) == 8               # nor above what was asked
+    assert effective_batch_size(64, 2_560, 2) == 64           # exactly 20 steps of the configured batch
+    assert effective_batch_size(64, 100_000, 2) == 64
+    assert effective_batch_size(256, 680, 2) == 17
+    assert effective_batch_size(256, 640, 2) == 16            # 20 steps of 16: the floor exactly
+    assert effective_batch_size(256, 639, 2) == 16            # never below 16 ...
+    assert effective_batch_size(256, 100, 2) == 16
+    assert effective_batch_size(256, 0, 2) == 16
+    assert effective_batch_size(8, 100, 2) == 8               # ... nor above what was asked
+    assert effective_batch_size(8, 1_000_000, 2) == 8
+
+
+def test_logit_offset_turns_weighted_odds_back_into_probabilities():
     # class weighting with w = 3 learns odds x3; the offset takes them back
     assert logit_offset(3.0) == pytest.approx(-1.0986, abs=1e-4)
+    assert logit_offset(1.0) == 0.0
+    for w in (0.25, 1.0, 3.0, 12.5):
+        for p in (0.01, 0.2, 0.5, 0.8, 0.99):
+            weighted_logit = math.log(w * p / (1 - p))        # what training with pos_weight w converges to
+            assert _sigmoid(weighted_logit + logit_offset(w)) == pytest.approx(p, rel=1e-9)
 
 
 def test_in_memory_passes_cover_every_row_once_per_pass_in_a_seeded_order():
