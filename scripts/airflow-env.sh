@@ -7,7 +7,7 @@
 # AIRFLOW_HOME defaults to .airflow/ in the checkout (SQLite metadata, created on first use);
 # the spark_default connection points at local mode unless AIRFLOW_CONN_SPARK_DEFAULT is
 # already set (e.g. '{"conn_type": "spark", "host": "spark://HOST:7077"}', or host "yarn").
-# lakemine settings: LAKEMINE_CONFIG=FILE and LAKEMINE_* variables (see libs/lakemine/defaults.yaml).
+# lakemine settings: LAKEMINE_CONFIG=FILE and LAKEMINE_* variables (see libs/lakemine/core/defaults.yaml).
 LAKEMINE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export AIRFLOW_HOME="${AIRFLOW_HOME:-$LAKEMINE_ROOT/.airflow}"
 export AIRFLOW__CORE__DAGS_FOLDER="$LAKEMINE_ROOT/dags"
