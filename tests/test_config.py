@@ -75,3 +75,17 @@ def test_bad_values_are_refused(env, message):
 def test_missing_config_file_is_a_usage_error(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(str(tmp_path / "nope.yaml"), env={})
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fpgrowth", "--min-support", "2"], "--min-support 2.0: must be in (0, 1]"),
+    (["generate", "--out", "x", "--dirty-rate", "0.5"], "--dirty-rate 0.5: must be between 0 and 0.1"),
+    (["maintain", "--retention-hours", "-1"], "--retention-hours -1: must be >= 0"),
+    (["train", "--workers", "0"], "--workers 0: must be > 0"),
+])
+def test_command_line_values_are_checked_by_the_config_rules_before_spark_starts(argv, message, tmp_path, capsys):
+    from lakemine.cli import main
+
+    assert main([*argv, "--lake", str(tmp_path / "lake")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "lake").exists()

@@ -44,33 +44,22 @@ def _date(text: str) -> date:
         raise argparse.ArgumentTypeError(f"'{text}' is not a date in YYYY-MM-DD form") from None
 
 
-def _positive_int(text: str) -> int:
+# The option types only parse; what a value may be is checked once, by the config's rules
+# (`StageParams.from_config`), for options, config files and environment variables alike.
+
+
+def _int(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"'{text}' must be > 0")
-    return value
 
 
-def _float_in(low: float, high: float, low_open: bool, what: str) -> Callable[[str], float]:
-    """An argparse type for a number in [low, high] (or (low, high] when low_open)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-        if not (low < value if low_open else low <= value) or value > high:
-            raise argparse.ArgumentTypeError(f"'{text}' must be {what}")
-        return value
-
-    return parse
-
-
-_rate = _float_in(0.0, 0.1, False, "between 0 and 0.1 (a rate per defect type)")
-_fraction = _float_in(0.0, 1.0, True, "in (0, 1]")
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
 
 
 def _range(text: str) -> tuple[int, int]:
@@ -78,9 +67,15 @@ def _range(text: str) -> tuple[int, int]:
         lo, hi = (int(x) for x in text.split("-", 1))
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a range like 2-10") from None
-    if not 2 <= lo <= hi:
-        raise argparse.ArgumentTypeError(f"'{text}' needs 2 <= low <= high")
     return lo, hi
+
+
+def _positive_int(text: str) -> int:
+    """For the options that are not stage parameters (show --limit)."""
+    value = _int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be > 0")
+    return value
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -92,13 +87,13 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _generate_options(p: argparse.ArgumentParser, d: Config, dirty_rate: float) -> None:
     g = d.generate
-    p.add_argument("--customers", type=_positive_int, help=f"customers to simulate (default from config: {g.customers})")
-    p.add_argument("--days", type=_positive_int, help=f"days of history (default from config: {g.days})")
-    p.add_argument("--seed", type=int, help=f"random seed; same seed, same files (default from config: {g.seed})")
-    p.add_argument("--dirty-rate", type=_rate, metavar="R",
+    p.add_argument("--customers", type=_int, help=f"customers to simulate (default from config: {g.customers})")
+    p.add_argument("--days", type=_int, help=f"days of history (default from config: {g.days})")
+    p.add_argument("--seed", type=_int, help=f"random seed; same seed, same files (default from config: {g.seed})")
+    p.add_argument("--dirty-rate", type=_float, metavar="R",
                    help=f"probability per line of each defect type (default from config: {dirty_rate}; 0.01 dirties ~9%% of lines)")
     p.add_argument("--format", choices=("csv", "parquet"), help=f"file format (default from config: {g.format})")
-    p.add_argument("--files", type=_positive_int, help="number of output files (default: one per 5,000 customers)")
+    p.add_argument("--files", type=_int, help="number of output files (default: one per 5,000 customers)")
 
 
 def _command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
@@ -145,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Build gold/baskets (every sales invoice), and for --as-of: gold/customer_features "
                        "(RFM and behaviour, using only rows on or before as-of, with standardized z_ copies), "
                        "gold/feature_scaler and gold/labels (churned = no purchase in the horizon after as-of).")
-    p.add_argument("--horizon-days", type=_positive_int, metavar="H", help=f"churn horizon in days (default from config: {d.features.horizon_days})")
-    p.add_argument("--training-snapshots", type=int, metavar="N",
+    p.add_argument("--horizon-days", type=_int, metavar="H", help=f"churn horizon in days (default from config: {d.features.horizon_days})")
+    p.add_argument("--training-snapshots", type=_int, metavar="N",
                    help="also (re)build N earlier snapshots whose labels are now complete: as-of minus the horizon, "
                    f"then features.snapshot_spacing_days ({d.features.snapshot_spacing_days}) further back each "
                    f"(default from config: {d.features.training_snapshots}; 0 = only --as-of)")
@@ -156,27 +151,27 @@ def build_parser() -> argparse.ArgumentParser:
                        "default engine (pfp) shards baskets by item groups and mines each group with pyfim's C "
                        "FP-growth in parallel; --engine mllib uses pyspark.ml.fpm.FPGrowth.")
     f = d.fpgrowth
-    p.add_argument("--min-support", type=_fraction, metavar="S",
+    p.add_argument("--min-support", type=_float, metavar="S",
                    help=f"minimum support, a fraction of baskets (default from config: {f.min_support})")
-    p.add_argument("--min-confidence", type=_fraction, metavar="C", help=f"minimum rule confidence (default from config: {f.min_confidence})")
-    p.add_argument("--window-days", type=int, metavar="W",
+    p.add_argument("--min-confidence", type=_float, metavar="C", help=f"minimum rule confidence (default from config: {f.min_confidence})")
+    p.add_argument("--window-days", type=_int, metavar="W",
                    help=f"baskets of the W days up to as-of; 0 = all (default from config: {f.window_days})")
-    p.add_argument("--max-itemsets", type=_positive_int, metavar="N",
+    p.add_argument("--max-itemsets", type=_int, metavar="N",
                    help=f"stop with a message naming the support to use when more itemsets are found (default from config: {f.max_itemsets:,})")
-    p.add_argument("--max-length", type=_positive_int, metavar="L", help="longest itemset to mine (default: no limit)")
+    p.add_argument("--max-length", type=_int, metavar="L", help="longest itemset to mine (default: no limit)")
     p.add_argument("--engine", choices=("pfp", "mllib"), help=f"mining engine (default from config: {f.engine})")
-    p.add_argument("--groups", type=_positive_int, help="item groups for pfp (default: 2 x Spark parallelism)")
+    p.add_argument("--groups", type=_int, help="item groups for pfp (default: 2 x Spark parallelism)")
 
     p = _command(sub, "kmeans", help="customer features into segments",
                        description="K-means (k-means|| init, seeded) on the standardized features of --as-of; k given by "
                        "--k or chosen by the best silhouette over --k-range. Writes gold/customer_segments, "
                        "gold/segment_profiles (centres in original units, readable labels) and the model.")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--k", type=_positive_int, help="number of segments")
+    group.add_argument("--k", type=_int, help="number of segments")
     km = d.kmeans
     group.add_argument("--k-range", type=_range, metavar="LO-HI", help="candidate k (default from config: %d-%d)" % km.k_range)
-    p.add_argument("--seed", type=int, help=f"K-means seed (default from config: {km.seed})")
-    p.add_argument("--n-init", type=_positive_int, help=f"k-means|| runs per k, the lowest cost kept (default from config: {km.n_init})")
+    p.add_argument("--seed", type=_int, help=f"K-means seed (default from config: {km.seed})")
+    p.add_argument("--n-init", type=_int, help=f"k-means|| runs per k, the lowest cost kept (default from config: {km.n_init})")
 
     p = _command(sub, "train", help="features and labels into a churn model (Petastorm -> Horovod or TorchDistributor)",
                        description="Build the training set (standardized features + labels + segment one-hot; earlier "
@@ -191,12 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "--spec spec.json`, then `lakemine train` again to record the finished model.")
     tr = d.train
     p.add_argument("--backend", choices=("horovod", "torch"), help=f"launcher (default from config: {tr.backend})")
-    p.add_argument("--workers", type=_positive_int, metavar="N", help=f"training processes, one Spark task each (default from config: {tr.workers})")
-    p.add_argument("--epochs", type=_positive_int, metavar="E", help=f"at most E epochs (default from config: {tr.epochs}; early stopping may end sooner)")
-    p.add_argument("--batch-size", type=_positive_int, metavar="B", help=f"rows per step per worker (default from config: {tr.batch_size}; fewer on small sets)")
-    p.add_argument("--learning-rate", type=_fraction, metavar="LR", help=f"per-worker Adam rate, scaled by workers (default from config: {tr.learning_rate})")
-    p.add_argument("--patience", type=_positive_int, metavar="P", help=f"epochs without a better validation AUC before stopping (default from config: {tr.patience})")
-    p.add_argument("--seed", type=int, help=f"seed of the split, the initial weights and the shuffling (default from config: {tr.seed})")
+    p.add_argument("--workers", type=_int, metavar="N", help=f"training processes, one Spark task each (default from config: {tr.workers})")
+    p.add_argument("--epochs", type=_int, metavar="E", help=f"at most E epochs (default from config: {tr.epochs}; early stopping may end sooner)")
+    p.add_argument("--batch-size", type=_int, metavar="B", help=f"rows per step per worker (default from config: {tr.batch_size}; fewer on small sets)")
+    p.add_argument("--learning-rate", type=_float, metavar="LR", help=f"per-worker Adam rate, scaled by workers (default from config: {tr.learning_rate})")
+    p.add_argument("--patience", type=_int, metavar="P", help=f"epochs without a better validation AUC before stopping (default from config: {tr.patience})")
+    p.add_argument("--seed", type=_int, help=f"seed of the split, the initial weights and the shuffling (default from config: {tr.seed})")
     p.add_argument("--write-spec", metavar="FILE", help="prepare the data and write the worker spec for horovodrun, then stop")
 
     p = _command(sub, "score", help="score customers with a churn model into gold/customer_scores (MERGE)",
@@ -218,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "every stage replaces its own as_of.")
     p.add_argument("--input", metavar="PATH", help="raw files (UCI Online Retail I or II exports) instead of generated data")
     _generate_options(p, d, d.run.dirty_rate)
-    p.add_argument("--epochs", type=_positive_int, metavar="E", help=f"at most E training epochs (default from config: {tr.epochs})")
-    p.add_argument("--workers", type=_positive_int, metavar="N", help=f"training processes (default from config: {tr.workers})")
+    p.add_argument("--epochs", type=_int, metavar="E", help=f"at most E training epochs (default from config: {tr.epochs})")
+    p.add_argument("--workers", type=_int, metavar="N", help=f"training processes (default from config: {tr.workers})")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
 
     p = _command(sub, "report", help="write <lake>/reports/<as_of>/report.html with its plots",
@@ -229,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "maintain", help="OPTIMIZE and VACUUM every Delta table",
                        description="Compact small files (OPTIMIZE) and delete files no version within the retention "
                        "needs (VACUUM) in every table under the lake root. Rows never change.")
-    p.add_argument("--retention-hours", type=int, metavar="H",
+    p.add_argument("--retention-hours", type=_int, metavar="H",
                    help=f"keep files needed by versions of the last H hours (default from config: {d.maintain.retention_hours})")
     p.add_argument("--table", action="append", metavar="LAYER/NAME", help="only this table (repeatable)")
 
@@ -246,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "show", help="print rows of a lake table")
     p.add_argument("table", help="e.g. silver/transactions")
-    p.add_argument("--limit", type=_positive_int, default=20)
+    p.add_argument("--limit", type=_positive_int, default=20, help="rows to print (default 20)")
     p.add_argument("--version", dest="table_version", type=int, metavar="V", help="read the table at this Delta version")
 
     p = _command(sub, "history", help="print the Delta history of a lake table")
@@ -288,9 +283,9 @@ def cmd_generate(args, cfg, console, submitted) -> int:
     from lakemine.io.spark import session
     from lakemine.stages.generate import GenerateParams, generate
 
-    spark = session(cfg, submitted=submitted, quiet=not args.verbose)
     p = GenerateParams.from_config(cfg, customers=args.customers, days=args.days, seed=args.seed,
                                    dirty_rate=args.dirty_rate, format=args.format, files=args.files)
+    spark = session(cfg, submitted=submitted, quiet=not args.verbose)
     console.step("generate", f"{p.customers:,} customers x {p.days} days, seed {p.seed} -> {args.out}")
     manifest = generate(spark, args.out, p)
     console.out(f"generate: {manifest['data_lines']:,} lines in {len(manifest['files'])} file(s) under {args.out}")
