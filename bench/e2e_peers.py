@@ -12,7 +12,7 @@ user would pick for small data, on the same raw files.
 * fpgrowth: pyfim's FP-growth, itemsets and rules (MLlib's definitions), rule descriptions;
 * kmeans: scikit-learn KMeans over the same k range, n_init and seed, k chosen by the same
   silhouette (squared Euclidean, Spark's closed form);
-* train: lakemine's own network (`lakemine.model.ChurnMLP`) from in-memory tensors, the same
+* train: lakemine's own network (`lakemine.learning.model.ChurnMLP`) from in-memory tensors, the same
   split, class weight, global batch, learning-rate warm-up and epochs, validation every
   epoch, plus a scikit-learn logistic-regression baseline and the drift reference;
 * score: plain torch inference, calibrated like lakemine, and the PSI of every feature.
@@ -69,8 +69,8 @@ SEGMENT_FEATURES = ("z_recency_days", "z_frequency", "z_monetary", "z_tenure_day
 K_RANGE = (2, 8)  # what `lakemine run` passes to the kmeans stage
 N_INIT, KMEANS_SEED, KMEANS_MAX_ITER, KMEANS_TOL = 5, 42, 100, 1e-6
 MIN_SUPPORT, MIN_CONFIDENCE = 0.01, 0.5  # MiningParams defaults
-MIN_STEPS_PER_EPOCH, MIN_BATCH = 20, 16  # lakemine.train
-FLOOR = 1e-4  # lakemine.drift
+MIN_STEPS_PER_EPOCH, MIN_BATCH = 20, 16  # lakemine.learning.train
+FLOOR = 1e-4  # lakemine.learning.drift
 STAGES = ("ingest", "clean", "features", "fpgrowth", "kmeans", "train", "score")
 
 

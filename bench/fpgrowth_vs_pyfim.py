@@ -4,7 +4,7 @@ Baskets come from the generator's invoices (the same structure `lakemine generat
 including the wholesale tail of 150-1,100-line invoices), grouped in Spark and saved once per
 size as Parquet. Per run:
 
-* job: read the Parquet baskets, mine itemsets and make rules with `lakemine.fpgrowth.mine`,
+* job: read the Parquet baskets, mine itemsets and make rules with `lakemine.mining.fpgrowth.mine`,
   materialize both (session start excluded; the session is warm);
 * pyfim: `fim.fpgrowth` on the same baskets as Python lists (loading excluded), itemsets only,
   and `fim.fpgrowth(target='r')` for rules.

@@ -110,10 +110,10 @@ def test_py_files_zip_is_deterministic_and_importable(tmp_path):
     dags.build_py_files(dest)
     assert storage.read_bytes(dest) == first
     names = zipfile.ZipFile(dest).namelist()
-    assert "lakemine/cli.py" in names and "lakemine/defaults.yaml" in names
+    assert {"lakemine/cli.py", "lakemine/core/defaults.yaml", "lakemine/orchestration/log4j2.properties"} <= set(names)
     assert not any("__pycache__" in n for n in names)
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import lakemine.cli, lakemine.config; "
-            "assert '.zip' in lakemine.cli.__file__; print(lakemine.config.load_config().features.horizon_days)")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import lakemine.cli, lakemine.core.config; "
+            "assert '.zip' in lakemine.cli.__file__; print(lakemine.core.config.load_config().features.horizon_days)")
     proc = subprocess.run([sys.executable, "-c", code, dest], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "90", proc.stderr[-2000:]
 
