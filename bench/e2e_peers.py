@@ -304,6 +304,12 @@ def training_dates(as_of, data_start, horizon: int, snapshots: int, spacing: int
 
 def features_stage(silver: pd.DataFrame, cfg, out: Path) -> dict:
     fc = cfg.features
+    # service lines (postage, fees, vouchers) stay out of baskets and features
+    code = silver["stock_code"].str.upper()
+    service = code.isin([c.upper() for c in fc.service_codes])
+    if fc.service_pattern:
+        service |= code.str.contains(fc.service_pattern, regex=True)
+    silver = silver[~service].copy()
     # product family = the description's last word; computed once per distinct description
     descriptions = pd.Series(silver["description"].dropna().unique())
     family = descriptions.str.strip(" ").str.rsplit(n=1).str[-1].fillna("").str.upper()

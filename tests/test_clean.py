@@ -12,7 +12,8 @@ from lakemine.io import schemas
 from lakemine.stages.clean import CleanParams, clean_transactions, quarantine_rows, silver_rows
 
 FORMATS = ("M/d/yyyy H:mm", "M/d/yy H:mm", "yyyy-MM-dd'T'HH:mm:ss", "yyyy-MM-dd HH:mm:ss")
-PARAMS = CleanParams.from_config(None, date_formats=FORMATS, max_unit_price=1000.0, max_quantity=5000)
+PARAMS = CleanParams.from_config(None, date_formats=FORMATS, max_unit_price=1000.0, max_quantity=5000,
+                                 missing_customer="quarantine")
 BRONZE_DDL = ", ".join(f"{c} string" for c in schemas.RAW_COLUMNS) + ", _source_file string, _line long, _batch_id string"
 SILVER_COLS = ["invoice_no", "stock_code", "description", "quantity", "invoice_ts", "invoice_date",
                "unit_price", "line_amount", "customer_id", "country", "is_return", "_line"]
@@ -101,9 +102,9 @@ def test_cap_policy_caps_outliers_instead_of_quarantining(spark):
     assert [r["reason"] for r in quarantine_rows(classified).collect()] == ["negative_quantity"]
 
 
-def test_missing_customer_can_be_kept(spark):
+def test_guest_lines_stay_in_silver_without_a_customer_by_default(spark):
     bronze = bronze_df(spark, [("9", "A", "X", "1", "12/1/2010 8:26", "1.00", " ", "UK")])
-    classified = clean_transactions(bronze, CleanParams.from_config(None, date_formats=FORMATS, missing_customer="keep"))
+    classified = clean_transactions(bronze, CleanParams.from_config(None, date_formats=FORMATS))
     rows = silver_rows(classified).select("invoice_no", "customer_id").collect()
     assert [(r["invoice_no"], r["customer_id"]) for r in rows] == [("9", None)]
 

@@ -14,6 +14,7 @@ from lakemine.stages.features import (
     build_baskets,
     compute_customer_features,
     compute_labels,
+    product_lines,
     standardize,
 )
 
@@ -49,6 +50,26 @@ def test_baskets_are_sales_invoices_with_distinct_sorted_items(spark):
         ("5", None, D(2011, 1, 6), ["Y"]),
     ], "basket_id string, customer_id string, invoice_date date, items array<string>")
     assertDataFrameEqual(got, expected)
+
+
+def test_service_lines_leave_baskets_and_features_but_not_silver(spark):
+    """Postage, fees and vouchers (the configured codes and pattern, any case) are no products:
+    an invoice of service lines only makes no basket, and a customer's spend counts products."""
+    p = FeatureParams.from_config(None, as_of=D(2011, 1, 15))
+    rows = ROWS + [
+        ("1", "POST", "POSTAGE", 1, D(2011, 1, 1), 18.0, "A", False),
+        ("6", "post", "POSTAGE", 1, D(2011, 1, 7), 18.0, "B", False),
+        ("6", "gift_0001_20", "VOUCHER", 1, D(2011, 1, 7), 20.0, "B", False),
+        ("7", "BANK CHARGES", "Bank Charges", 1, D(2011, 1, 8), 15.0, None, False),
+    ]
+    products = product_lines(silver_df(spark, rows), p.service_codes, p.service_pattern)
+    assertDataFrameEqual(products, silver_df(spark, ROWS))
+    assertDataFrameEqual(build_baskets(products), build_baskets(silver_df(spark, ROWS)))
+    assertDataFrameEqual(compute_customer_features(products, p), compute_customer_features(silver_df(spark, ROWS), p))
+    # without the defaults, the same codes are products again
+    kept = product_lines(silver_df(spark, rows), ("BANK CHARGES",), "")
+    assert sorted(r["stock_code"] for r in kept.where(F.col("invoice_no").isin("1", "6")).collect()) == [
+        "POST", "X", "X", "Y", "gift_0001_20", "post"]
 
 
 def test_customer_features_by_hand(spark):

@@ -51,6 +51,25 @@ def test_ingest_reads_both_layouts_bom_crlf_and_quoted_commas(lake, lake_cfg, tm
     assert len(set(batch_ids.values())) == 2
 
 
+def test_header_names_match_without_case_or_spaces_and_other_columns_are_ignored(lake, lake_cfg, tmp_path):
+    path = write_lines(tmp_path / "in" / "lower.csv", [
+        " country , invoice,stockcode,DESCRIPTION,quantity,invoicedate,price,customer id,store",
+        "United Kingdom,489434,85048,LIGHTS,12,2009-12-01 07:45:00,6.95,13085,web",
+        "France,489435,22041,FRAME,48,2009-12-01 07:46:00,2.1,,shop 4",
+        "France,489436,22041,FRAME,48,2009-12-01 07:46:00,2.1,,shop 4,one too many",
+    ])
+    result = ingest(lake, lake_cfg, str(path))
+    uri = f"file:{path}"
+    expected = lake.spark.createDataFrame([
+        ("489434", "85048", "LIGHTS", "12", "2009-12-01 07:45:00", "6.95", "13085", "United Kingdom", uri, 2),
+        ("489435", "22041", "FRAME", "48", "2009-12-01 07:46:00", "2.1", None, "France", uri, 3),
+    ], BRONZE_COLS)
+    assertDataFrameEqual(bronze(lake), expected)
+    assert result.quarantine_reasons == {"bad_field_count": 1}
+    assert quarantine(lake, ["_line", "reason", "detail"]).collect()[0].asDict() == {
+        "_line": 4, "reason": "bad_field_count", "detail": "10 fields, expected 9"}
+
+
 def test_ingest_quarantines_unreadable_lines_with_reasons(lake, lake_cfg, tmp_path):
     path = tmp_path / "dirty.csv"
     lines = [
@@ -143,6 +162,7 @@ def test_parquet_input_in_layout_ii_is_read_as_strings(lake, lake_cfg, tmp_path)
         ("junk.csv", bytes(range(256)) * 4, "binary data"),
         ("utf16.csv", HEADER.encode("utf-16"), "UTF-16"),
         ("cols.csv", b"order,sku,qty\n1,2,3\n", "match neither UCI layout"),
+        ("both.csv", (HEADER + ",Invoice,Price,Customer ID\n").encode(), "match both UCI layouts"),
         ("latin1.csv", "Factura,C\xf3digo\n".encode("latin-1"), "not valid UTF-8"),
         ("fake.parquet", b"PAR1 not really", "unreadable Parquet"),
         ("text.parquet", b"hello", "not a Parquet file"),

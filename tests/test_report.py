@@ -248,7 +248,6 @@ def test_report_of_an_ingested_and_cleaned_lake_notes_what_is_missing(spark, lak
     expected = {
         ("bronze/quarantine", "blank_line"): injected["blank_line"],
         ("bronze/quarantine", "bad_field_count"): injected["truncated_line"],
-        ("silver/quarantine", "missing_customer"): injected["missing_customer"],
         ("silver/quarantine", "negative_quantity"): injected["negative_quantity"],
         ("silver/quarantine", "bad_date"): injected["bad_date"],
         ("silver/quarantine", "bad_number"): injected["bad_number"],

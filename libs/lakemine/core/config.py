@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from dataclasses import dataclass
 from importlib import resources
@@ -45,7 +46,7 @@ IngestConfig = _section("IngestConfig", "suffixes: tuple[str, ...]")
 CleanConfig = _section("CleanConfig", "date_formats: tuple[str, ...]; missing_customer: str; outlier_policy: str; "
                        "max_unit_price: float; max_quantity: int")
 FeaturesConfig = _section("FeaturesConfig", "horizon_days: int; training_snapshots: int; snapshot_spacing_days: int; "
-                          "top_categories: int")
+                          "top_categories: int; service_codes: tuple[str, ...]; service_pattern: str")
 FpgrowthConfig = _section("FpgrowthConfig", "min_support: float; min_confidence: float; window_days: int; "
                           "max_itemsets: int; max_length: int | None; engine: str; groups: int | None")
 KmeansConfig = _section("KmeansConfig", "k: int | None; k_range: tuple[int, ...]; seed: int; n_init: int; "
@@ -256,6 +257,11 @@ def _check(dotted: str, value: Any) -> None:
         raise ConfigError(f"config key '{dotted}' has value {value!r}; needs [low, high] with 2 <= low <= high")
     if dotted == "kmeans.k" and value < 2:
         raise ConfigError(f"config key '{dotted}' has value {value!r}; must be at least 2")
+    if dotted == "features.service_pattern" and value:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ConfigError(f"config key '{dotted}' has value {value!r}; not a regular expression ({exc})") from None
     if dotted == "clean.date_formats" and not value:
         raise ConfigError("config key 'clean.date_formats' is empty; give at least one pattern")
 

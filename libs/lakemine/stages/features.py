@@ -53,8 +53,21 @@ class FeatureParams(FeaturesConfig, StageParams):
     as_of: date | None = None
 
 
+def product_lines(silver: DataFrame, service_codes: tuple[str, ...], service_pattern: str) -> DataFrame:
+    """Silver without its service lines (postage, fees, manual adjustments, vouchers: a stock
+    code in `service_codes`, or matching the regular expression `service_pattern`, compared in
+    upper case). Service lines stay in silver; baskets, rules and customer features use only
+    what this returns, so monetary and basket value are spend on products."""
+    code = F.upper(F.col("stock_code"))
+    service = code.isin([c.upper() for c in service_codes])
+    if service_pattern:
+        service = service | code.rlike(service_pattern)
+    return silver.where(~F.coalesce(service, F.lit(False)))
+
+
 def build_baskets(silver: DataFrame) -> DataFrame:
-    """One row per sales invoice: basket_id, customer_id, invoice_date, items (distinct, sorted)."""
+    """One row per sales invoice: basket_id, customer_id (null for a guest purchase),
+    invoice_date, items (distinct, sorted)."""
     schemas.require_columns(silver, SILVER_COLUMNS, schemas.SILVER_TRANSACTIONS)
     return (
         silver.where(~F.col("is_return"))
@@ -231,10 +244,13 @@ def run_snapshot(lake: Lake, p: FeatureParams, version: int, baskets: bool) -> R
     """Write baskets (all, when `baskets`), and features, scaler and labels for `p.as_of` from
     silver at `version`; records ops/runs."""
     as_of = p.as_of
-    with record_run(lake, STAGE, as_of, {"horizon_days": p.horizon_days, "top_categories": p.top_categories}) as run:
+    params = {"horizon_days": p.horizon_days, "top_categories": p.top_categories,
+              "service_codes": list(p.service_codes), "service_pattern": p.service_pattern}
+    with record_run(lake, STAGE, as_of, params) as run:
         silver = lake.read_table(schemas.SILVER_TRANSACTIONS, version)
         run.inputs[schemas.SILVER_TRANSACTIONS] = version
         run.rows_in = silver.where(F.col("invoice_date") <= F.lit(as_of)).count()
+        silver = product_lines(silver, p.service_codes, p.service_pattern)
         if baskets:
             run.outputs[schemas.GOLD_BASKETS] = lake.overwrite(build_baskets(silver), schemas.GOLD_BASKETS)
         features, scaler = standardize(compute_customer_features(silver, p))

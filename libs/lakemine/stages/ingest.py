@@ -46,16 +46,26 @@ class RawFile:
     fmt: str
     layout: str
     columns: tuple[str, ...]
+    # (the file's column, its bronze name) for the columns the layout maps; others are ignored
+    mapping: tuple[tuple[str, str], ...]
 
 
-def _match_layout(names: list[str], where: str) -> str:
-    cleaned = [n.strip() for n in names]
+def match_layout(names: list[str], where: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The layout whose columns the header holds, names compared without case and surrounding
+    spaces (columns it does not map are ignored), and (file column, bronze name) pairs."""
+    own = {n.strip().lower(): n for n in names}
+    found = []
     for layout, mapping in schemas.LAYOUTS.items():
-        if sorted(cleaned) == sorted(mapping):
-            return layout
+        if all(src.lower() in own for src in mapping):
+            found.append((layout, tuple((own[src.lower()], dst) for src, dst in mapping.items())))
+    if len(found) == 1:
+        return found[0]
+    cleaned = [n.strip() for n in names]
+    if found:
+        raise InputError(f"{where}: columns {cleaned} match both UCI layouts; keep the columns of one")
     raise InputError(
         f"{where}: columns {cleaned} match neither UCI layout; expected "
-        f"{list(schemas.RAW_COLUMNS)} or {list(schemas.RAW_COLUMNS_II)}"
+        f"{list(schemas.RAW_COLUMNS)} or {list(schemas.RAW_COLUMNS_II)} (any case, other columns ignored)"
     )
 
 
@@ -75,8 +85,9 @@ def _inspect_csv(info: storage.FileInfo) -> RawFile:
     except UnicodeDecodeError:
         raise InputError(f"{info.path}: header line is not valid UTF-8; convert the file to UTF-8") from None
     names = next(csv.reader(io.StringIO(header_text)), [])
-    layout = _match_layout(names, info.path)
-    return RawFile(info.path, info.size, "csv", layout, tuple(n.strip() for n in names))
+    names = [n.strip() for n in names]
+    layout, mapping = match_layout(names, info.path)
+    return RawFile(info.path, info.size, "csv", layout, tuple(names), mapping)
 
 
 def _inspect_parquet(spark: SparkSession, info: storage.FileInfo) -> RawFile:
@@ -86,8 +97,8 @@ def _inspect_parquet(spark: SparkSession, info: storage.FileInfo) -> RawFile:
         names = spark.read.parquet(info.path).columns
     except Exception as exc:  # noqa: BLE001 - Spark wraps every footer problem differently
         raise InputError(f"{info.path}: unreadable Parquet ({str(exc).splitlines()[0][:120]})") from None
-    layout = _match_layout(names, info.path)
-    return RawFile(info.path, info.size, "parquet", layout, tuple(names))
+    layout, mapping = match_layout(names, info.path)
+    return RawFile(info.path, info.size, "parquet", layout, tuple(names), mapping)
 
 
 def inspect_inputs(spark: SparkSession, pattern: str, suffixes: tuple[str, ...]) -> list[RawFile]:
@@ -152,8 +163,9 @@ def _numbered(df: DataFrame, content: list) -> tuple[DataFrame, dict[str, tuple[
     return numbered, batches
 
 
-def parse_csv_lines(lines: DataFrame, columns: tuple[str, ...], layout: str) -> DataFrame:
-    """Classify and split CSV data lines (`value`, lineage columns) of one header layout.
+def parse_csv_lines(lines: DataFrame, columns: tuple[str, ...], mapping: dict[str, str]) -> DataFrame:
+    """Classify and split CSV data lines (`value`, lineage columns) of one header: `columns` in
+    file order, `mapping` from the file's columns to bronze names (others are dropped).
 
     Returns the raw columns (canonical names, strings, empty fields null), `_raw`, and
     `reason`/`detail`: null for a good line, else one of blank_line, bad_encoding,
@@ -163,7 +175,6 @@ def parse_csv_lines(lines: DataFrame, columns: tuple[str, ...], layout: str) -> 
     through the CSV parser. Each step is its own projection so that no regular expression
     or parse runs more than once per line.
     """
-    mapping = schemas.LAYOUTS[layout]
     value = F.col("value")
     quoted = value.contains('"')
     # A quoted field is one or more "..." runs ("" inside a field splits it into two runs),
@@ -204,8 +215,9 @@ def parse_csv_lines(lines: DataFrame, columns: tuple[str, ...], layout: str) -> 
     step = step.select("*", detail.alias("detail"), fields.alias("_fields"))
     raw = []
     for i, src in enumerate(columns):
-        field = F.col("_fields").getItem(i)
-        raw.append(F.when(field != "", field).alias(mapping[src]))
+        if src in mapping:
+            field = F.col("_fields").getItem(i)
+            raw.append(F.when(field != "", field).alias(mapping[src]))
     return step.select(
         *raw,
         F.make_valid_utf8(value).alias("_raw"),
@@ -224,12 +236,11 @@ def _read_group(spark: SparkSession, files: list[RawFile]) -> tuple[DataFrame, d
         lines, batches = _numbered(spark.read.text(paths), [F.col("value")])
         body = lines.where(F.col("_line") > 1)
         batches = {path: (batch, n - 1) for path, (batch, n) in batches.items()}
-        return parse_csv_lines(body, first.columns, first.layout), batches
+        return parse_csv_lines(body, first.columns, dict(first.mapping)), batches
     raw = spark.read.parquet(*paths)
     rows, batches = _numbered(raw, [F.col(f"`{c}`").cast("string") for c in first.columns])
-    mapping = schemas.LAYOUTS[first.layout]
     parsed = rows.select(
-        *[F.col(f"`{c}`").cast("string").alias(mapping[c]) for c in first.columns],
+        *[F.col(f"`{src}`").cast("string").alias(dst) for src, dst in first.mapping],
         F.lit(None).cast("string").alias("_raw"),
         F.lit(None).cast("string").alias("reason"),
         F.lit(None).cast("string").alias("detail"),
