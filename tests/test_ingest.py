@@ -70,6 +70,29 @@ def test_header_names_match_without_case_or_spaces_and_other_columns_are_ignored
         "_line": 4, "reason": "bad_field_count", "detail": "10 fields, expected 9"}
 
 
+def test_gzip_and_bzip2_csv_are_read_and_their_content_is_the_batch(lake, lake_cfg, tmp_path):
+    import bz2
+    import gzip
+
+    text = "\n".join([HEADER, "536365,85123A,HEART,6,12/1/2010 8:26,2.55,17850,United Kingdom", "",
+                      "536366,22633,WARMER,6,12/1/2010 8:28,1.85,17850,United Kingdom"]) + "\n"
+    (tmp_path / "gz").mkdir()
+    (tmp_path / "gz" / "export.csv.gz").write_bytes(gzip.compress(text.encode()))
+    (tmp_path / "bz2").mkdir()
+    (tmp_path / "bz2" / "export.csv.bz2").write_bytes(bz2.compress(text.encode()))
+    first = ingest(lake, lake_cfg, str(tmp_path / "gz"))
+    uri = f"file:{tmp_path / 'gz' / 'export.csv.gz'}"
+    expected = lake.spark.createDataFrame([
+        ("536365", "85123A", "HEART", "6", "12/1/2010 8:26", "2.55", "17850", "United Kingdom", uri, 2),
+        ("536366", "22633", "WARMER", "6", "12/1/2010 8:28", "1.85", "17850", "United Kingdom", uri, 4),
+    ], BRONZE_COLS)
+    assertDataFrameEqual(bronze(lake), expected)
+    assert (first.rows_in, first.rows_out, first.quarantine_reasons) == (3, 2, {"blank_line": 1})
+    # the same lines compressed otherwise are the same batch: nothing new
+    second = ingest(lake, lake_cfg, str(tmp_path / "bz2"))
+    assert second.status == "noop" and list(second.result.skipped.values())[0].startswith("already ingested as batch")
+
+
 def test_ingest_quarantines_unreadable_lines_with_reasons(lake, lake_cfg, tmp_path):
     path = tmp_path / "dirty.csv"
     lines = [
@@ -163,6 +186,7 @@ def test_parquet_input_in_layout_ii_is_read_as_strings(lake, lake_cfg, tmp_path)
         ("utf16.csv", HEADER.encode("utf-16"), "UTF-16"),
         ("cols.csv", b"order,sku,qty\n1,2,3\n", "match neither UCI layout"),
         ("both.csv", (HEADER + ",Invoice,Price,Customer ID\n").encode(), "match both UCI layouts"),
+        ("broken.csv.gz", b"not gzip at all", "not a readable .gz file"),
         ("latin1.csv", "Factura,C\xf3digo\n".encode("latin-1"), "not valid UTF-8"),
         ("fake.parquet", b"PAR1 not really", "unreadable Parquet"),
         ("text.parquet", b"hello", "not a Parquet file"),

@@ -90,14 +90,15 @@ def write_text(location: str, text: str) -> None:
 
 def read_bytes(location: str) -> bytes:
     filesystem, path = _resolve(location)
-    with filesystem.open_input_stream(path) as src:
+    with filesystem.open_input_stream(path, compression=None) as src:
         return src.read()
 
 
-def head_bytes(location: str, n: int = 65536) -> bytes:
-    """The first `n` bytes of a file (fewer when it is shorter)."""
+def head_bytes(location: str, n: int = 65536, decompress: bool = False) -> bytes:
+    """The first `n` bytes of a file (fewer when it is shorter); with `decompress`, of its
+    content decompressed as its name says (.gz, .bz2)."""
     filesystem, path = _resolve(location)
-    with filesystem.open_input_stream(path) as src:
+    with filesystem.open_input_stream(path, compression="detect" if decompress else None) as src:
         return src.read(n)
 
 

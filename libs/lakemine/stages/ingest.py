@@ -69,8 +69,19 @@ def match_layout(names: list[str], where: str) -> tuple[str, tuple[tuple[str, st
     )
 
 
+def _decompressed_head(info: storage.FileInfo) -> bytes:
+    """The first bytes of a CSV file's text: gzip (.gz) and bzip2 (.bz2) files, which Spark reads
+    decompressed, are decompressed here too."""
+    compressed = info.name.lower().endswith((".gz", ".bz2"))
+    try:
+        return storage.head_bytes(info.path, SNIFF_BYTES, decompress=compressed)
+    except OSError as exc:
+        kind = info.name.rsplit(".", 1)[-1]
+        raise InputError(f"{info.path}: not a readable .{kind} file ({str(exc).splitlines()[0][:80]})") from None
+
+
 def _inspect_csv(info: storage.FileInfo) -> RawFile:
-    head = storage.head_bytes(info.path, SNIFF_BYTES)
+    head = _decompressed_head(info)
     if not head.strip(b" \t\r\n\xef\xbb\xbf"):
         raise InputError(f"{info.path}: empty file (no header, no rows)")
     if head.startswith(_UTF16_BOMS):
