@@ -20,6 +20,11 @@ def bronze(lake, cols=BRONZE_COLS):
     return lake.read_table(schemas.BRONZE_TRANSACTIONS).select(*cols)
 
 
+def assert_bronze(lake, uri, rows):
+    """Bronze holds exactly `rows` (the eight raw fields, then the line number) of the file at `uri`."""
+    assertDataFrameEqual(bronze(lake), lake.spark.createDataFrame([(*r[:-1], uri, r[-1]) for r in rows], BRONZE_COLS))
+
+
 def quarantine(lake, cols=QUARANTINE_COLS):
     return lake.read_table(schemas.BRONZE_QUARANTINE).select(*cols)
 
@@ -59,12 +64,10 @@ def test_header_names_match_without_case_or_spaces_and_other_columns_are_ignored
         "France,489436,22041,FRAME,48,2009-12-01 07:46:00,2.1,,shop 4,one too many",
     ])
     result = ingest(lake, lake_cfg, str(path))
-    uri = f"file:{path}"
-    expected = lake.spark.createDataFrame([
-        ("489434", "85048", "LIGHTS", "12", "2009-12-01 07:45:00", "6.95", "13085", "United Kingdom", uri, 2),
-        ("489435", "22041", "FRAME", "48", "2009-12-01 07:46:00", "2.1", None, "France", uri, 3),
-    ], BRONZE_COLS)
-    assertDataFrameEqual(bronze(lake), expected)
+    assert_bronze(lake, f"file:{path}", [
+        ("489434", "85048", "LIGHTS", "12", "2009-12-01 07:45:00", "6.95", "13085", "United Kingdom", 2),
+        ("489435", "22041", "FRAME", "48", "2009-12-01 07:46:00", "2.1", None, "France", 3),
+    ])
     assert result.quarantine_reasons == {"bad_field_count": 1}
     assert quarantine(lake, ["_line", "reason", "detail"]).collect()[0].asDict() == {
         "_line": 4, "reason": "bad_field_count", "detail": "10 fields, expected 9"}
@@ -81,12 +84,10 @@ def test_gzip_and_bzip2_csv_are_read_and_their_content_is_the_batch(lake, lake_c
     (tmp_path / "bz2").mkdir()
     (tmp_path / "bz2" / "export.csv.bz2").write_bytes(bz2.compress(text.encode()))
     first = ingest(lake, lake_cfg, str(tmp_path / "gz"))
-    uri = f"file:{tmp_path / 'gz' / 'export.csv.gz'}"
-    expected = lake.spark.createDataFrame([
-        ("536365", "85123A", "HEART", "6", "12/1/2010 8:26", "2.55", "17850", "United Kingdom", uri, 2),
-        ("536366", "22633", "WARMER", "6", "12/1/2010 8:28", "1.85", "17850", "United Kingdom", uri, 4),
-    ], BRONZE_COLS)
-    assertDataFrameEqual(bronze(lake), expected)
+    assert_bronze(lake, f"file:{tmp_path / 'gz' / 'export.csv.gz'}", [
+        ("536365", "85123A", "HEART", "6", "12/1/2010 8:26", "2.55", "17850", "United Kingdom", 2),
+        ("536366", "22633", "WARMER", "6", "12/1/2010 8:28", "1.85", "17850", "United Kingdom", 4),
+    ])
     assert (first.rows_in, first.rows_out, first.quarantine_reasons) == (3, 2, {"blank_line": 1})
     # the same lines compressed otherwise are the same batch: nothing new
     second = ingest(lake, lake_cfg, str(tmp_path / "bz2"))
@@ -169,12 +170,10 @@ def test_parquet_input_in_layout_ii_is_read_as_strings(lake, lake_cfg, tmp_path)
     path = tmp_path / "retail.parquet"
     pq.write_table(table, path)
     ingest(lake, lake_cfg, str(path))
-    uri = f"file:{path}"
-    expected = lake.spark.createDataFrame([
-        ("489434", "85048", "ROSE CUSHION", "12", "12/1/2009 7:45", "6.95", "13085.0", "United Kingdom", uri, 1),
-        ("489435", "22350", "CAT BOWL", "24", "12/1/2009 7:46", "2.1", None, "United Kingdom", uri, 2),
-    ], BRONZE_COLS)
-    assertDataFrameEqual(bronze(lake), expected)
+    assert_bronze(lake, f"file:{path}", [
+        ("489434", "85048", "ROSE CUSHION", "12", "12/1/2009 7:45", "6.95", "13085.0", "United Kingdom", 1),
+        ("489435", "22350", "CAT BOWL", "24", "12/1/2009 7:46", "2.1", None, "United Kingdom", 2),
+    ])
 
 
 @pytest.mark.parametrize(
