@@ -36,8 +36,9 @@ def absolute(location: str, base: str | Path | None = None) -> str:
     paths made absolute (relative ones under `base`, default the working directory)."""
     if is_uri(location):
         return location.rstrip("/")
-    path = Path(location) if base is None else Path(base) / location
-    return str(path.resolve() if base is not None else Path(os.path.abspath(path)))
+    if base is None:
+        return os.path.abspath(location)
+    return str((Path(base) / location).resolve())
 
 
 def file_url(location: str) -> str:
@@ -67,11 +68,6 @@ def _join(location: str, name: str) -> str:
 def exists(location: str) -> bool:
     filesystem, path = _resolve(location)
     return filesystem.get_file_info(path).type != pafs.FileType.NotFound
-
-
-def is_dir(location: str) -> bool:
-    filesystem, path = _resolve(location)
-    return filesystem.get_file_info(path).type == pafs.FileType.Directory
 
 
 def write_bytes(location: str, data: bytes) -> None:
@@ -117,13 +113,6 @@ def list_dirs(location: str) -> list[str]:
         return []
     infos = filesystem.get_file_info(pafs.FileSelector(path))
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
-
-
-def remove_tree(location: str) -> None:
-    """Delete a folder and everything under it; nothing when it does not exist."""
-    filesystem, path = _resolve(location)
-    if filesystem.get_file_info(path).type != pafs.FileType.NotFound:
-        filesystem.delete_dir(path)
 
 
 def data_files(location: str, suffix: str = ".parquet") -> tuple[int, int]:
