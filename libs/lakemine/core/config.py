@@ -194,7 +194,14 @@ def _merge(base: dict, over: dict, where: str = "") -> dict:
     return merged
 
 
-def _coerce(dotted: str, value: Any, kind: Any) -> Any:
+def _said(dotted: str, value: Any, option: bool) -> str:
+    """How an error names a value: the config key, or the command-line option that gave it."""
+    if option:
+        return f"--{dotted.split('.', 1)[1].replace('_', '-')} {value}:"
+    return f"config key '{dotted}' has value {value!r};"
+
+
+def _coerce(dotted: str, value: Any, kind: Any, said: str) -> Any:
     """`value` as the annotated type `kind` (str, int, float, bool, dict, tuple[str | int, ...],
     or any of them | None)."""
     args = typing.get_args(kind)
@@ -235,48 +242,50 @@ def _coerce(dotted: str, value: Any, kind: Any) -> Any:
         return str(value)
     except (TypeError, ValueError):
         name = getattr(origin, "__name__", str(kind))
-        raise ConfigError(f"config key '{dotted}' has value {value!r}; expected {name}") from None
+        raise ConfigError(f"{said} expected {name}") from None
 
 
-def _check(dotted: str, value: Any) -> None:
-    """The value rules of one key (choices, signs, ranges); ConfigError naming the key."""
+def _check(dotted: str, value: Any, said: str) -> None:
+    """The value rules of one key (choices, signs, ranges); ConfigError saying `said` first."""
     if value is None:
         return
     if dotted in _CHOICES and value not in _CHOICES[dotted]:
         allowed = ", ".join(_CHOICES[dotted])
-        raise ConfigError(f"config key '{dotted}' has value {value!r}; allowed: {allowed}")
+        raise ConfigError(f"{said} allowed: {allowed}")
     if dotted in _POSITIVE and not value > 0:
-        raise ConfigError(f"config key '{dotted}' has value {value!r}; must be > 0")
+        raise ConfigError(f"{said} must be > 0")
     if dotted in _NON_NEGATIVE and value < 0:
-        raise ConfigError(f"config key '{dotted}' has value {value!r}; must be >= 0")
+        raise ConfigError(f"{said} must be >= 0")
     if dotted in _RANGES:
         low, high, low_in, high_in, say = _RANGES[dotted]
         if not ((low <= value) if low_in else (low < value)) or not ((value <= high) if high_in else (value < high)):
-            raise ConfigError(f"config key '{dotted}' has value {value!r}; must be {say}")
+            raise ConfigError(f"{said} must be {say}")
     if dotted in _K_RANGES and not (len(value) == 2 and 2 <= value[0] <= value[1]):
-        raise ConfigError(f"config key '{dotted}' has value {value!r}; needs [low, high] with 2 <= low <= high")
+        raise ConfigError(f"{said} needs [low, high] with 2 <= low <= high")
     if dotted == "kmeans.k" and value < 2:
-        raise ConfigError(f"config key '{dotted}' has value {value!r}; must be at least 2")
+        raise ConfigError(f"{said} must be at least 2")
     if dotted == "features.service_pattern" and value:
         try:
             re.compile(value)
         except re.error as exc:
-            raise ConfigError(f"config key '{dotted}' has value {value!r}; not a regular expression ({exc})") from None
+            raise ConfigError(f"{said} not a regular expression ({exc})") from None
     if dotted == "clean.date_formats" and not value:
         raise ConfigError("config key 'clean.date_formats' is empty; give at least one pattern")
 
 
-def _build(section_cls: type, values: dict, section: str):
+def _build(section_cls: type, values: dict, section: str, options: frozenset[str] = frozenset()):
     """The section dataclass from `values`, every key typed and checked; a key the section
-    has but `values` lacks is an error (defaults.yaml must name every key)."""
+    has but `values` lacks is an error (defaults.yaml must name every key). Errors about the
+    keys in `options` name the command-line option that gave the value."""
     hints = typing.get_type_hints(section_cls)
     kwargs = {}
     for f in dataclasses.fields(section_cls):
         dotted = f"{section}.{f.name}"
         if f.name not in values:
             raise ConfigError(f"config key '{dotted}' has no value (the packaged defaults.yaml must set it)")
-        value = _coerce(dotted, values[f.name], hints[f.name])
-        _check(dotted, value)
+        said = _said(dotted, values[f.name], f.name in options)
+        value = _coerce(dotted, values[f.name], hints[f.name], said)
+        _check(dotted, value, said)
         kwargs[f.name] = value
     return section_cls(**kwargs)
 
@@ -299,14 +308,8 @@ class StageParams:
         section = getattr(cfg if cfg is not None else packaged_defaults(), cls.SECTION)
         values = {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
         given = {k: v for k, v in overrides.items() if v is not None}
-        try:
-            checked = _build(type(section), {**values, **{k: v for k, v in given.items() if k in values}}, cls.SECTION)
-        except ConfigError as exc:  # an override: name the option, not the config key
-            for k, v in given.items():
-                said = f"config key '{cls.SECTION}.{k}' has value {v!r}"
-                if str(exc).startswith(said):
-                    raise ConfigError(f"--{k.replace('_', '-')} {v}" + str(exc)[len(said):].replace(";", ":", 1)) from None
-            raise
+        options = frozenset(k for k in given if k in values)
+        checked = _build(type(section), {**values, **{k: given[k] for k in options}}, cls.SECTION, options)
         merged = {f.name: getattr(checked, f.name) for f in dataclasses.fields(checked)}
         return cls(**merged, **{k: v for k, v in given.items() if k not in values})
 
