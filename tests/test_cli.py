@@ -25,7 +25,7 @@ def test_wrong_columns_exit_2_naming_the_file(spark, tmp_path, capsys):
     code = main(["ingest", "--input", str(path), "--lake", str(tmp_path / "lake")])
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lakemine")]
     assert code == 2
-    assert len(err) == 1 and "orders.csv: columns ['order', 'sku'] match neither UCI layout" in err[0]
+    assert len(err) == 1 and "orders.csv: columns ['order', 'sku'] match no source profile" in err[0]
     assert not (tmp_path / "lake").exists()
 
 

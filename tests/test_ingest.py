@@ -105,7 +105,8 @@ def test_ingest_quarantines_unreadable_lines_with_reasons(lake, lake_cfg, tmp_pa
         HEADER,
         "536367,84879,BIRD,32,12/1/2010 8:34,1.69,13047,United Kingdom,extra",
     ]
-    raw = ("\n".join(lines) + "\n").encode() + b"536368,22960,JAM MAKING SET \xff\xfe,6,12/1/2010 8:34,4.25,13047,France\n"
+    # 0x81 and 0x8d are neither UTF-8 nor cp1252 (the UCI profiles read UTF-8, else cp1252)
+    raw = ("\n".join(lines) + "\n").encode() + b"536368,22960,JAM MAKING SET \x81\x8d,6,12/1/2010 8:34,4.25,13047,France\n"
     path.write_bytes(raw)
     result = ingest(lake, lake_cfg, str(path))
     uri = f"file:{path}"
@@ -115,7 +116,7 @@ def test_ingest_quarantines_unreadable_lines_with_reasons(lake, lake_cfg, tmp_pa
         ('536365,85123A,"HEART,6,12/1/2010 8:26,2.55,17850,United Kingdom', "bad_quoting", uri, 5, "ingest"),
         (HEADER, "repeated_header", uri, 6, "ingest"),
         ("536367,84879,BIRD,32,12/1/2010 8:34,1.69,13047,United Kingdom,extra", "bad_field_count", uri, 7, "ingest"),
-        ("536368,22960,JAM MAKING SET \ufffd\ufffd,6,12/1/2010 8:34,4.25,13047,France", "bad_encoding", uri, 8, "ingest"),
+        ("536368,22960,JAM MAKING SET \x81\x8d,6,12/1/2010 8:34,4.25,13047,France", "bad_encoding", uri, 8, "ingest"),
     ], QUARANTINE_COLS)
     assertDataFrameEqual(quarantine(lake), expected)
     assert [r["_line"] for r in bronze(lake).collect()] == [2]
@@ -123,6 +124,7 @@ def test_ingest_quarantines_unreadable_lines_with_reasons(lake, lake_cfg, tmp_pa
         "blank_line": 1, "bad_field_count": 2, "bad_quoting": 1, "repeated_header": 1, "bad_encoding": 1}
     details = {r["reason"]: r["detail"] for r in lake.read_table(schemas.BRONZE_QUARANTINE).collect()}
     assert details["bad_field_count"] in ("5 fields, expected 8", "9 fields, expected 8")
+    assert details["bad_encoding"] == "line is not UTF-8 or cp1252 text; its bytes in hex: " + raw.splitlines()[-1].hex().upper()
 
 
 def test_reingesting_the_same_content_is_a_noop(lake, lake_cfg, tmp_path):
@@ -183,10 +185,11 @@ def test_parquet_input_in_layout_ii_is_read_as_strings(lake, lake_cfg, tmp_path)
         ("blank.csv", b"\n\n", "empty file"),
         ("junk.csv", bytes(range(256)) * 4, "binary data"),
         ("utf16.csv", HEADER.encode("utf-16"), "UTF-16"),
-        ("cols.csv", b"order,sku,qty\n1,2,3\n", "match neither UCI layout"),
-        ("both.csv", (HEADER + ",Invoice,Price,Customer ID\n").encode(), "match both UCI layouts"),
+        ("cols.csv", b"order,sku,qty\n1,2,3\n", r"\['order', 'sku', 'qty'\] match no source profile \(online_retail, "
+                                                   r"online_retail_ii\); .*lakemine inspect"),
+        ("both.csv", (HEADER + ",Invoice,Price,Customer ID\n").encode(), "match profiles online_retail, online_retail_ii alike; choose one with --source"),
         ("broken.csv.gz", b"not gzip at all", "not a readable .gz file"),
-        ("latin1.csv", "Factura,C\xf3digo\n".encode("latin-1"), "not valid UTF-8"),
+        ("latin1.csv", "Factura,C\xf3digo\n".encode("latin-1"), r"\['Factura', 'C\xf3digo'\] match no source profile"),
         ("fake.parquet", b"PAR1 not really", "unreadable Parquet"),
         ("text.parquet", b"hello", "not a Parquet file"),
     ],

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import yaml
 
 from lakemine.core.errors import ConfigError
+from lakemine.core.sources import SourceProfile, parse_profiles
 
 ENV_PREFIX = "LAKEMINE_"
 
@@ -77,6 +78,8 @@ class Config:
     maintain: MaintainConfig
     run: RunConfig
     orchestration: OrchestrationConfig
+    # source profiles by name: the built-in UCI layouts plus the user's
+    sources: dict[str, SourceProfile] = dataclasses.field(default_factory=dict)
 
     def with_lake(self, lake: str | None) -> "Config":
         return self if lake is None else dataclasses.replace(self, lake=lake)
@@ -182,10 +185,10 @@ def _merge(base: dict, over: dict, where: str = "") -> dict:
     merged = dict(base)
     for key, value in over.items():
         dotted = f"{where}{key}"
-        if key not in base:
+        if key not in base and where != "sources.":
             allowed = ", ".join(sorted(base))
             raise ConfigError(f"config key '{dotted}' is unknown; allowed here: {allowed}")
-        if isinstance(base[key], dict) and key not in ("conf", "spark_conf"):
+        if key in base and isinstance(base[key], dict) and key not in ("conf", "spark_conf", "columns"):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{dotted}' must be a mapping")
             merged[key] = _merge(base[key], value, dotted + ".")
@@ -321,4 +324,5 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -
         data = _merge(data, _read_file(path))
     data = _merge(data, _env_overrides(os.environ if env is None else env))
     sections = {name: _build(cls, data.get(name) or {}, name) for name, cls in _SECTIONS.items()}
-    return Config(lake=str(data["lake"]), **sections)
+    profiles = parse_profiles(data.get("sources"), data.get("source_defaults") or {})
+    return Config(lake=str(data["lake"]), **sections, sources=profiles)

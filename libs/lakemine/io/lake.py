@@ -115,20 +115,23 @@ class Lake:
     def append(self, df: DataFrame, table: str) -> int:
         return self._write(df, table, "append")
 
-    def replace_where(self, df: DataFrame, table: str, predicate: str) -> int:
-        """Replace the rows matching `predicate` with `df` (whose rows must all match it)."""
+    def replace_where(self, df: DataFrame, table: str, predicate: str, merge_schema: bool = False) -> int:
+        """Replace the rows matching `predicate` with `df` (whose rows must all match it);
+        `merge_schema` adds `df`'s new columns to the table (older rows read them as null)."""
         if not self.exists(table):
             return self._write(df, table, "overwrite")
-        return self._write(df, table, "overwrite", {"replaceWhere": predicate})
+        options = {"replaceWhere": predicate, **({"mergeSchema": "true"} if merge_schema else {})}
+        return self._write(df, table, "overwrite", options)
 
     def overwrite_as_of(self, df: DataFrame, table: str, as_of: date) -> int:
         """Idempotent write of one logical date: the table's `as_of` rows become `df`."""
         return self.replace_where(df, table, f"as_of = DATE'{as_of.isoformat()}'")
 
     def replace_batches(self, df: DataFrame, table: str, batch_ids: list[str]) -> int:
-        """Idempotent write of ingest batches: the rows of `batch_ids` become `df`."""
+        """Idempotent write of ingest batches: the rows of `batch_ids` become `df` (bronze tables
+        from before source profiles gain the new source columns)."""
         listed = ", ".join(_sql_string(b) for b in sorted(batch_ids))
-        return self.replace_where(df, table, f"_batch_id IN ({listed})")
+        return self.replace_where(df, table, f"_batch_id IN ({listed})", merge_schema=True)
 
     def merge_into(
         self, df: DataFrame, table: str, keys: list[str], retries: int = 8,

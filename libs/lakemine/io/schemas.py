@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pyspark.sql.functions as F
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
@@ -25,14 +26,15 @@ GOLD_CUSTOMER_SCORES = "gold/customer_scores"
 OPS_RUNS = "ops/runs"
 OPS_DRIFT = "ops/drift"
 
-# UCI Online Retail; bronze keeps these names for both public layouts.
+# Bronze keeps every source's raw strings under the UCI Online Retail names, whatever its
+# profile called them (lakemine.core.sources.FIELDS), plus a line total and a cancellation flag
+# for the profiles that give those, and `_source`, the profile that read the line.
 RAW_COLUMNS = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country")
+SOURCE_COLUMNS = RAW_COLUMNS + ("LineTotal", "CancelFlag", "_source")
 # UCI Online Retail II names, mapped onto RAW_COLUMNS position by position.
 RAW_COLUMNS_II = ("Invoice", "StockCode", "Description", "Quantity", "InvoiceDate", "Price", "Customer ID", "Country")
-LAYOUTS = {
-    "online_retail": dict(zip(RAW_COLUMNS, RAW_COLUMNS)),
-    "online_retail_ii": dict(zip(RAW_COLUMNS_II, RAW_COLUMNS)),
-}
+# the profile that bronze rows written before profiles existed were read with
+LEGACY_SOURCE = "online_retail"
 
 _TYPES = {
     "string": T.StringType(), "int": T.IntegerType(), "long": T.LongType(), "double": T.DoubleType(),
@@ -51,7 +53,7 @@ def fields(ddl: str) -> list[T.StructField]:
 
 
 LINEAGE_FIELDS = fields("_source_file string, _line long, _batch_id string")
-RAW_FIELDS = [T.StructField(c, T.StringType()) for c in RAW_COLUMNS]
+RAW_FIELDS = [T.StructField(c, T.StringType()) for c in SOURCE_COLUMNS]
 
 BRONZE_SCHEMA = T.StructType(RAW_FIELDS + LINEAGE_FIELDS + fields("_ingested_at timestamp"))
 QUARANTINE_SCHEMA = T.StructType(RAW_FIELDS + fields("_raw string, reason string, detail string, stage string")
@@ -75,6 +77,12 @@ DRIFT_SCHEMA = T.StructType(fields(
     "as_of date, model_version string, feature string, psi double, status string, expected array<double>, "
     "actual array<double>, edges array<double>, run_id string"
 ))
+
+
+def with_source_columns(df: DataFrame) -> DataFrame:
+    """`df` with any of SOURCE_COLUMNS it lacks added as nulls (bronze written before profiles)."""
+    missing = [c for c in SOURCE_COLUMNS if c not in df.columns]
+    return df.select("*", *[F.lit(None).cast("string").alias(c) for c in missing]) if missing else df
 
 
 def require_columns(df: DataFrame, columns: tuple[str, ...] | list[str], table: str) -> None:

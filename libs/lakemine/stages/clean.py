@@ -17,7 +17,8 @@ import pyspark.sql.functions as F
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame
 
-from lakemine.core.config import CleanConfig, Config, StageParams
+from lakemine.core.config import CleanConfig, Config, StageParams, packaged_defaults
+from lakemine.core.sources import SourceProfile
 from lakemine.io import schemas
 from lakemine.io.lake import Lake
 from lakemine.io.runs import Run, conservation_check, record_run
@@ -28,6 +29,7 @@ STAGE = "clean"
 
 # Stable reason codes, in the order they are tested: a row gets the first that applies.
 REASONS = (
+    "unknown_source",
     "missing_invoice",
     "missing_stock_code",
     "bad_date",
@@ -68,10 +70,10 @@ def parse_timestamp(col: Column, formats: tuple[str, ...]) -> Column:
 def dedupe_exact(bronze: DataFrame) -> DataFrame:
     """One row per distinct raw record: lineage of its first copy and `copies` (>= 1)."""
     first = F.min(F.struct("_source_file", "_line", "_batch_id"))
-    return bronze.groupBy(*schemas.RAW_COLUMNS).agg(
+    return bronze.groupBy(*schemas.SOURCE_COLUMNS).agg(
         first.alias("_first"), F.count(F.lit(1)).alias("copies")
     ).select(
-        *schemas.RAW_COLUMNS,
+        *schemas.SOURCE_COLUMNS,
         F.col("_first._source_file").alias("_source_file"),
         F.col("_first._line").alias("_line"),
         F.col("_first._batch_id").alias("_batch_id"),
@@ -79,53 +81,133 @@ def dedupe_exact(bronze: DataFrame) -> DataFrame:
     )
 
 
-def classify(rows: DataFrame, p: CleanParams) -> DataFrame:
-    """Typed columns plus `reason`/`detail` (null for a clean row) for de-duplicated raw rows.
+def _number(col: Column, decimal: str) -> Column:
+    """A number's text in Spark's notation: with a decimal comma, "." and spaces group thousands."""
+    if decimal == ",":
+        return F.regexp_replace(F.regexp_replace(col, r"[.\s\u00a0]", ""), ",", ".")
+    return col
+
+
+def _typing(profile: SourceProfile, p: CleanParams) -> tuple:
+    """What decides how a profile's strings become typed values: profiles alike share one
+    expression."""
+    return (profile.decimal, profile.date_formats or p.date_formats, profile.timezone, profile.cancellation,
+            profile.cancel_prefix.upper(), profile.cancel_values, "line_total" in profile.mapping)
+
+
+def _typed_columns(t: dict[str, Column], typing: tuple) -> dict[str, Column]:
+    """invoice_ts, invoice_date, quantity, unit_price, is_return and the failing raw value's
+    name for one profile typing (see `_typing`)."""
+    decimal, formats, timezone, cancellation, prefix, values, by_total = typing
+    qty_text = _number(t["Quantity"], decimal)
+    quantity = F.when(qty_text.rlike(_INT), qty_text.try_cast("int"))
+    price_name = "LineTotal" if by_total else "UnitPrice"
+    price_text = _number(t[price_name], decimal)
+    price = F.when(price_text.rlike(_DECIMAL), price_text.try_cast("double"))
+    if by_total:
+        # unit price from the line's total; a zero quantity is caught as zero_quantity
+        price = F.when(price.isNotNull(), F.when(quantity != 0, F.abs(price) / F.abs(quantity)).otherwise(F.lit(0.0)))
+    if cancellation == "invoice_prefix":
+        is_return = F.upper(t["InvoiceNo"]).startswith(prefix)
+    elif cancellation == "negative_quantity":
+        is_return = F.coalesce(quantity < 0, F.lit(False))
+    else:
+        is_return = F.coalesce(F.upper(t["CancelFlag"]).isin(list(values)), F.lit(False))
+        # a flagged line is a return whatever the sign its export gave the quantity
+        quantity = F.when(is_return, -F.abs(quantity)).otherwise(quantity)
+    ts = parse_timestamp(t["InvoiceDate"], formats)
+    day = F.to_date(ts)
+    if timezone is not None:
+        # a timestamp with its own offset is already an instant; others are local to `timezone`
+        offset = t["InvoiceDate"].rlike(r"(Z|[+-]\d\d:?\d\d)$")
+        ts = F.when(offset, ts).otherwise(F.to_utc_timestamp(ts, timezone))
+        day = F.to_date(F.from_utc_timestamp(ts, timezone))
+    return {"invoice_ts": ts, "invoice_date": day, "quantity": quantity, "unit_price": price,
+            "is_return": is_return, "price_name": F.lit(price_name)}
+
+
+def _by_source(source: Column, groups: dict[tuple, list[str]]) -> dict[str, Column]:
+    """The typed columns, each choosing its profile's expression by the row's `_source`."""
+    typed = {typing: _typed_columns(_trimmed(), typing) for typing in groups}
+    out = {}
+    for name in next(iter(typed.values())):
+        if len(groups) == 1:
+            out[name] = next(iter(typed.values()))[name]
+            continue
+        col = None
+        for typing, names in groups.items():
+            test = source.isin(names)
+            col = F.when(test, typed[typing][name]) if col is None else col.when(test, typed[typing][name])
+        out[name] = col
+    return out
+
+
+def _trimmed() -> dict[str, Column]:
+    """The trimmed raw strings (blank as null) that `classify` adds as `_t_<column>`."""
+    return {c: F.col(f"_t_{c}") for c in schemas.SOURCE_COLUMNS}
+
+
+def classify(rows: DataFrame, p: CleanParams, profiles: dict[str, SourceProfile] | None = None) -> DataFrame:
+    """Typed columns plus `reason`/`detail` (null for a clean row) for de-duplicated raw rows,
+    each typed by its `_source` profile (`profiles`, default the packaged ones).
 
     The raw strings travel in the struct `_record` (their names clash with the typed ones
     under Spark's case-insensitive resolution).
     """
-    t = {c: _blank_to_null(F.col(c)) for c in schemas.RAW_COLUMNS}
-    invoice = F.upper(t["InvoiceNo"])
-    is_return = invoice.startswith("C")
-    qty_ok = t["Quantity"].rlike(_INT)
-    price_ok = t["UnitPrice"].rlike(_DECIMAL)
-    quantity = F.when(qty_ok, t["Quantity"].try_cast("int"))
-    unit_price = F.when(price_ok, t["UnitPrice"].try_cast("double"))
-    ts = parse_timestamp(t["InvoiceDate"], p.date_formats)
+    profiles = profiles if profiles is not None else packaged_defaults().sources
+    groups: dict[tuple, list[str]] = {}
+    for name, profile in sorted(profiles.items()):
+        groups.setdefault(_typing(profile, p), []).append(name)
+    source = F.coalesce(F.col("_source"), F.lit(schemas.LEGACY_SOURCE))
+    trimmed = rows.select(
+        "*", *[_blank_to_null(F.col(c)).alias(f"_t_{c}") for c in schemas.SOURCE_COLUMNS if c != "_source"],
+        source.alias("_t__source"),
+    )
+    typed_cols = _by_source(F.col("_t__source"), groups)
+    t = _trimmed()
     customer = F.regexp_replace(t["CustomerID"], r"\.0+$", "")
     cap = p.outlier_policy == "cap"
     q, price = F.col("quantity"), F.col("unit_price")
 
-    typed = rows.select(
-        F.struct(*schemas.RAW_COLUMNS).alias("_record"),
-        invoice.alias("invoice_no"),
+    typed = trimmed.select(
+        F.struct(*schemas.SOURCE_COLUMNS).alias("_record"),
+        F.upper(t["InvoiceNo"]).alias("invoice_no"),
         F.upper(t["StockCode"]).alias("stock_code"),
         t["Description"].alias("description"),
-        quantity.alias("quantity"),
-        ts.alias("invoice_ts"),
-        unit_price.alias("unit_price"),
+        typed_cols["quantity"].alias("quantity"),
+        typed_cols["invoice_ts"].alias("invoice_ts"),
+        typed_cols["invoice_date"].alias("invoice_date"),
+        typed_cols["unit_price"].alias("unit_price"),
         customer.alias("customer_id"),
         t["Country"].alias("country"),
-        is_return.alias("is_return"),
+        typed_cols["is_return"].alias("is_return"),
+        typed_cols["price_name"].alias("_price_name"),
+        t["_source"].isin(list(profiles)).alias("_known_source"),
         "_source_file",
         "_line",
         "_batch_id",
         "copies",
     )
+
+    def raw(column: str) -> Column:
+        return F.coalesce(F.col(f"_record.{column}"), F.lit(""))
+
     checks = [
+        ("unknown_source", ~F.col("_known_source"),
+         F.format_string("source profile '%s' is not configured", F.col("_record._source"))),
         ("missing_invoice", F.col("invoice_no").isNull(), F.lit("InvoiceNo is empty")),
         ("missing_stock_code", F.col("stock_code").isNull(), F.lit("StockCode is empty")),
         (
             "bad_date",
             F.col("invoice_ts").isNull(),
-            F.format_string("InvoiceDate '%s' matches no configured format", F.coalesce(F.col("_record.InvoiceDate"), F.lit(""))),
+            F.format_string("InvoiceDate '%s' matches no configured format", raw("InvoiceDate")),
         ),
         (
             "bad_number",
             q.isNull() | price.isNull(),
-            F.when(q.isNull(), F.format_string("Quantity '%s' is not an integer", F.coalesce(F.col("_record.Quantity"), F.lit(""))))
-            .otherwise(F.format_string("UnitPrice '%s' is not a number", F.coalesce(F.col("_record.UnitPrice"), F.lit("")))),
+            F.when(q.isNull(), F.format_string("Quantity '%s' is not an integer", raw("Quantity")))
+            .when(F.col("_price_name") == "LineTotal", F.format_string("LineTotal '%s' is not a number", raw("LineTotal")))
+            .otherwise(F.format_string("UnitPrice '%s' is not a number", raw("UnitPrice"))),
         ),
     ]
     if p.missing_customer == "quarantine":
@@ -153,14 +235,14 @@ def classify(rows: DataFrame, p: CleanParams) -> DataFrame:
     return typed
 
 
-def clean_transactions(bronze: DataFrame, p: CleanParams) -> DataFrame:
+def clean_transactions(bronze: DataFrame, p: CleanParams, profiles: dict[str, SourceProfile] | None = None) -> DataFrame:
     """Bronze rows -> classified rows: silver columns, `reason`, `detail`, `_record`, `copies`.
 
     Rows with a null `reason` are silver; the rest are quarantine. `copies - 1` per row are the
     exact duplicates removed.
     """
     schemas.require_columns(bronze, schemas.RAW_COLUMNS + ("_source_file", "_line", "_batch_id"), schemas.BRONZE_TRANSACTIONS)
-    return classify(dedupe_exact(bronze), p)
+    return classify(dedupe_exact(schemas.with_source_columns(bronze)), p, profiles)
 
 
 def silver_rows(classified: DataFrame) -> DataFrame:
@@ -171,7 +253,7 @@ def silver_rows(classified: DataFrame) -> DataFrame:
         "description",
         "quantity",
         "invoice_ts",
-        F.to_date("invoice_ts").alias("invoice_date"),
+        "invoice_date",
         "unit_price",
         F.round(q * price, 2).alias("line_amount"),
         "customer_id",
@@ -185,7 +267,7 @@ def silver_rows(classified: DataFrame) -> DataFrame:
 
 def quarantine_rows(classified: DataFrame) -> DataFrame:
     return classified.where(F.col("reason").isNotNull()).select(
-        *[F.col(f"_record.{c}").alias(c) for c in schemas.RAW_COLUMNS],
+        *[F.col(f"_record.{c}").alias(c) for c in schemas.SOURCE_COLUMNS],
         F.lit(None).cast("string").alias("_raw"),
         "reason",
         "detail",
@@ -206,7 +288,7 @@ def run(lake: Lake, cfg: Config, p: CleanParams) -> Run:
     with record_run(lake, STAGE, as_of, params) as run:
         bronze = lake.read_table(schemas.BRONZE_TRANSACTIONS, version=version)
         run.inputs[schemas.BRONZE_TRANSACTIONS] = version
-        classified = clean_transactions(bronze, p).persist(StorageLevel.MEMORY_AND_DISK)
+        classified = clean_transactions(bronze, p, cfg.sources).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             totals = classified.agg(
                 F.sum("copies").alias("rows_in"),

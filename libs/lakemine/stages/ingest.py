@@ -1,31 +1,34 @@
-"""`lakemine ingest`: raw files (CSV or Parquet, either UCI layout) into `bronze/transactions`.
+"""`lakemine ingest`: raw exports into `bronze/transactions`.
 
-Every data line of every file ends in exactly one of `bronze/transactions` (raw columns as
+Inputs are CSV files (plain, .gz or .bz2), Parquet files, a Delta table's folder or a
+metastore table (`table:NAME`). Each is read through a source profile (lakemine.core.sources),
+named by `--source` or detected from its header, which maps its columns onto the bronze
+columns and says how to read it (encoding, delimiter, quote, header). Every data line of every file ends in exactly one of `bronze/transactions` (raw columns as
 strings plus lineage) or `bronze/quarantine` (with a reason code). A file's batch id is a hash
 of its content, so ingesting the same content again is a no-op, and the writes replace whole
 batches, so a run interrupted half-way is repaired by running it again.
 
-Unusable files (missing, empty, binary, wrong columns, undecodable header, unreadable
-Parquet) stop the stage before anything is written: InputError, exit 2.
+Unusable inputs (missing, empty, binary, a header no profile matches, undecodable header,
+unreadable Parquet, an Excel workbook) stop the stage before anything is written: InputError, exit 2.
 """
 
 from __future__ import annotations
 
 import codecs
-import csv
 import hashlib
-import io
 import logging
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 
 import pyspark.sql.functions as F
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.errors import AnalysisException
+from pyspark.sql import Column, DataFrame, SparkSession
 
-from lakemine.core import storage
+from lakemine.core import sources, storage
 from lakemine.core.config import Config, IngestConfig, StageParams
 from lakemine.core.errors import InputError
+from lakemine.core.sources import SourceProfile
 from lakemine.io import schemas
 from lakemine.io.lake import Lake
 from lakemine.io.runs import Run, conservation_check, record_run
@@ -35,38 +38,22 @@ log = logging.getLogger(__name__)
 STAGE = "ingest"
 SNIFF_BYTES = 65536
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+TABLE_PREFIX = "table:"
+XLSX_HINT = ("export each sheet as CSV (UTF-8), e.g. `python -m lakemine.xlsx FILE.xlsx OUT_DIR`, "
+             "and ingest OUT_DIR")
 
 
 @dataclass(frozen=True)
 class RawFile:
-    """An input file that passed inspection: its format, layout and header in file order."""
+    """An input that passed inspection: its format (csv, parquet, delta, table), the profile
+    that reads it, its columns in file order and {contract field: its column or "=expr"}."""
 
     path: str
     size: int
     fmt: str
-    layout: str
+    profile: SourceProfile
     columns: tuple[str, ...]
-    # (the file's column, its bronze name) for the columns the layout maps; others are ignored
     mapping: tuple[tuple[str, str], ...]
-
-
-def match_layout(names: list[str], where: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """The layout whose columns the header holds, names compared without case and surrounding
-    spaces (columns it does not map are ignored), and (file column, bronze name) pairs."""
-    own = {n.strip().lower(): n for n in names}
-    found = []
-    for layout, mapping in schemas.LAYOUTS.items():
-        if all(src.lower() in own for src in mapping):
-            found.append((layout, tuple((own[src.lower()], dst) for src, dst in mapping.items())))
-    if len(found) == 1:
-        return found[0]
-    cleaned = [n.strip() for n in names]
-    if found:
-        raise InputError(f"{where}: columns {cleaned} match both UCI layouts; keep the columns of one")
-    raise InputError(
-        f"{where}: columns {cleaned} match neither UCI layout; expected "
-        f"{list(schemas.RAW_COLUMNS)} or {list(schemas.RAW_COLUMNS_II)} (any case, other columns ignored)"
-    )
 
 
 def _decompressed_head(info: storage.FileInfo) -> bytes:
@@ -80,40 +67,57 @@ def _decompressed_head(info: storage.FileInfo) -> bytes:
         raise InputError(f"{info.path}: not a readable .{kind} file ({str(exc).splitlines()[0][:80]})") from None
 
 
-def _inspect_csv(info: storage.FileInfo) -> RawFile:
-    head = _decompressed_head(info)
+def first_line(head: bytes, where: str) -> bytes:
+    """The header line of a CSV file's first bytes, after the checks that make a file unusable."""
     if not head.strip(b" \t\r\n\xef\xbb\xbf"):
-        raise InputError(f"{info.path}: empty file (no header, no rows)")
+        raise InputError(f"{where}: empty file (no header, no rows)")
     if head.startswith(_UTF16_BOMS):
-        raise InputError(f"{info.path}: UTF-16 text; convert it to UTF-8")
+        raise InputError(f"{where}: UTF-16 text; convert it to UTF-8")
     if b"\x00" in head:
-        raise InputError(f"{info.path}: binary data, not a CSV text file")
+        raise InputError(f"{where}: binary data, not a CSV text file")
     if head.startswith(codecs.BOM_UTF8):
         head = head[len(codecs.BOM_UTF8):]
-    first = head.split(b"\n", 1)[0].rstrip(b"\r")
+    return head.split(b"\n", 1)[0].rstrip(b"\r")
+
+
+def _inspect_csv(info: storage.FileInfo, profiles: dict[str, SourceProfile], source: str | None) -> RawFile:
+    if info.name.lower().endswith((".xlsx", ".xls")):
+        raise InputError(f"{info.path}: Excel workbook; {XLSX_HINT}")
+    header = first_line(_decompressed_head(info), info.path)
+    profile, mapping = sources.choose(profiles, header, info.path, source)
+    names = sources._names(profile, header, None, info.path)
+    return RawFile(info.path, info.size, "csv", profile, tuple(names), tuple(mapping.items()))
+
+
+def _typed(spark: SparkSession, fmt: str, path: str) -> DataFrame:
+    if fmt == "parquet":
+        return spark.read.parquet(path)
+    if fmt == "delta":
+        return spark.read.format("delta").load(path)
+    return spark.table(path)
+
+
+def _inspect_typed(spark: SparkSession, fmt: str, path: str, size: int,
+                   profiles: dict[str, SourceProfile], source: str | None) -> RawFile:
+    """A Parquet file, Delta table path or metastore table: columns come from its schema."""
     try:
-        header_text = first.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InputError(f"{info.path}: header line is not valid UTF-8; convert the file to UTF-8") from None
-    names = next(csv.reader(io.StringIO(header_text)), [])
-    names = [n.strip() for n in names]
-    layout, mapping = match_layout(names, info.path)
-    return RawFile(info.path, info.size, "csv", layout, tuple(names), mapping)
+        names = _typed(spark, fmt, path).columns
+    except Exception as exc:  # noqa: BLE001 - Spark wraps every footer and catalog problem differently
+        what = {"parquet": "unreadable Parquet", "delta": "unreadable Delta table", "table": "no readable table"}[fmt]
+        raise InputError(f"{path}: {what} ({str(exc).splitlines()[0][:120]})") from None
+    profile, mapping = sources.choose(profiles, None, path, source, names)
+    return RawFile(path, size, fmt, profile, tuple(names), tuple(mapping.items()))
 
 
-def _inspect_parquet(spark: SparkSession, info: storage.FileInfo) -> RawFile:
-    if storage.head_bytes(info.path, 4) != b"PAR1":
-        raise InputError(f"{info.path}: not a Parquet file (no PAR1 magic)")
-    try:
-        names = spark.read.parquet(info.path).columns
-    except Exception as exc:  # noqa: BLE001 - Spark wraps every footer problem differently
-        raise InputError(f"{info.path}: unreadable Parquet ({str(exc).splitlines()[0][:120]})") from None
-    layout, mapping = match_layout(names, info.path)
-    return RawFile(info.path, info.size, "parquet", layout, tuple(names), mapping)
-
-
-def inspect_inputs(spark: SparkSession, pattern: str, suffixes: tuple[str, ...]) -> list[RawFile]:
-    """Resolve `pattern` to files and check each one is usable; InputError on the first that is not."""
+def inspect_inputs(spark: SparkSession, pattern: str, suffixes: tuple[str, ...],
+                   profiles: dict[str, SourceProfile], source: str | None = None) -> list[RawFile]:
+    """Resolve `pattern` to inputs and check each one is usable; InputError on the first that
+    is not. `pattern` is a file, folder or glob, a Delta table's folder, or `table:NAME` (a
+    metastore table)."""
+    if pattern.startswith(TABLE_PREFIX):
+        return [_inspect_typed(spark, "table", pattern[len(TABLE_PREFIX):], 0, profiles, source)]
+    if storage.exists(pattern.rstrip("/") + "/_delta_log"):
+        return [_inspect_typed(spark, "delta", pattern, 0, profiles, source)]
     infos = storage.list_inputs(pattern, suffixes)
     if not infos:
         if storage.exists(pattern):
@@ -124,9 +128,11 @@ def inspect_inputs(spark: SparkSession, pattern: str, suffixes: tuple[str, ...])
         if info.size == 0:
             raise InputError(f"{info.path}: empty file (0 bytes)")
         if info.name.lower().endswith(".parquet"):
-            files.append(_inspect_parquet(spark, info))
+            if storage.head_bytes(info.path, 4) != b"PAR1":
+                raise InputError(f"{info.path}: not a Parquet file (no PAR1 magic)")
+            files.append(_inspect_typed(spark, "parquet", info.path, info.size, profiles, source))
         else:
-            files.append(_inspect_csv(info))
+            files.append(_inspect_csv(info, profiles, source))
     return files
 
 
@@ -174,91 +180,152 @@ def _numbered(df: DataFrame, content: list) -> tuple[DataFrame, dict[str, tuple[
     return numbered, batches
 
 
-def parse_csv_lines(lines: DataFrame, columns: tuple[str, ...], mapping: dict[str, str]) -> DataFrame:
-    """Classify and split CSV data lines (`value`, lineage columns) of one header: `columns` in
-    file order, `mapping` from the file's columns to bronze names (others are dropped).
+def _regex(text: str) -> str:
+    """`text` as a literal inside a Java regular expression."""
+    return "".join(c if c.isalnum() else "\\" + c for c in text)
 
-    Returns the raw columns (canonical names, strings, empty fields null), `_raw`, and
+
+# cp1252 differs from Latin-1 only in 0x80-0x9F: Latin-1 reads those bytes as C1 controls,
+# cp1252 as these characters (five bytes are undefined there and stay, marking the line)
+_C1 = "".join(chr(b) for b in range(0x80, 0xA0) if b not in sources.CP1252_UNDEFINED)
+_CP1252 = bytes(ord(c) for c in _C1).decode("cp1252")
+_UNDEFINED = "[" + "".join(f"\\x{{{b:02x}}}" for b in sources.CP1252_UNDEFINED) + "]"
+
+
+_SAID = {"utf-8": "UTF-8", "latin-1": "Latin-1", "cp1252": "cp1252", "auto": "UTF-8 or cp1252"}
+
+
+def decode_lines(value: Column, encoding: str) -> tuple[Column, Column]:
+    """(the line as text, whether it cannot be decoded) for `value`, a line's bytes as Spark's
+    text reader keeps them (undecoded)."""
+    if encoding == "utf-8":
+        return value, ~F.is_valid_utf8(value)
+    latin1 = F.decode(value.cast("binary"), "ISO-8859-1")
+    if encoding == "latin-1":
+        return latin1, F.lit(False)
+    cp1252 = F.translate(latin1, _C1, _CP1252)
+    undefined = latin1.rlike(_UNDEFINED)
+    if encoding == "cp1252":
+        return cp1252, undefined
+    valid = F.is_valid_utf8(value)
+    return F.when(valid, value).otherwise(cp1252), ~valid & undefined
+
+
+def parse_csv_lines(lines: DataFrame, columns: tuple[str, ...], mapping: dict[str, str],
+                    profile: SourceProfile | None = None) -> DataFrame:
+    """Classify and split CSV data lines (`value`, lineage columns) of one header: `columns` in
+    file order, `mapping` from contract fields to the file's columns (or "=expression"),
+    `profile` the reading options (None: UTF-8, comma, double quote, a header line).
+
+    Returns the bronze source columns (strings, empty fields null), `_raw`, and
     `reason`/`detail`: null for a good line, else one of blank_line, bad_encoding,
     repeated_header, bad_quoting, bad_field_count.
 
-    Lines without a double quote (nearly all) are split on commas; only quoted lines go
-    through the CSV parser. Each step is its own projection so that no regular expression
+    Lines without a quote character (nearly all) are split on the delimiter; only quoted lines
+    go through the CSV parser. Each step is its own projection so that no regular expression
     or parse runs more than once per line.
     """
+    enc, delim, quote, has_header = "utf-8", ",", '"', True
+    if profile is not None:
+        enc, delim, quote, has_header = profile.encoding, profile.delimiter, profile.quote, profile.header
+    text, undecodable = decode_lines(F.col("_bytes"), enc)
+    lines = lines.withColumnRenamed("value", "_bytes").select("*", text.alias("value"), undecodable.alias("_undecodable"))
     value = F.col("value")
-    quoted = value.contains('"')
-    # A quoted field is one or more "..." runs ("" inside a field splits it into two runs),
-    # so removing every "[^"]*" run leaves the commas that separate fields.
-    unquoted = F.regexp_replace(value, '"[^"]*"', "")
+    quoted = value.contains(quote)
+    # A quoted field is one or more quoted runs (a doubled quote inside a field splits it into
+    # two runs), so removing every run leaves the delimiters that separate fields.
+    q = _regex(quote)
+    sep = _regex(delim)
     step = lines.select(
         "*",
         quoted.alias("_quoted"),
-        F.when(quoted, unquoted).alias("_unquoted"),
+        F.when(quoted, F.regexp_replace(value, f"{q}[^{q}]*{q}", "")).alias("_unquoted"),
     ).select(
         "*",
-        F.size(F.split(F.coalesce(F.col("_unquoted"), value), ",", -1)).alias("_n"),
-        F.coalesce(F.col("_unquoted").contains('"'), F.lit(False)).alias("_unbalanced"),
+        F.size(F.split(F.coalesce(F.col("_unquoted"), value), sep, -1)).alias("_n"),
+        F.coalesce(F.col("_unquoted").contains(quote), F.lit(False)).alias("_unbalanced"),
     )
     n = F.col("_n")
-    header = ",".join(columns)
-    reason = (
-        F.when(F.trim(value) == "", F.lit("blank_line"))
-        .when(~F.is_valid_utf8(value), F.lit("bad_encoding"))
-        .when(F.translate(value, '"', "") == header, F.lit("repeated_header"))
-        .when(F.col("_unbalanced"), F.lit("bad_quoting"))
-        .when(n != len(columns), F.lit("bad_field_count"))
-    )
+    reason = F.when(F.trim(value) == "", F.lit("blank_line")).when(F.col("_undecodable"), F.lit("bad_encoding"))
+    if has_header:
+        reason = reason.when(F.translate(value, quote, "") == delim.join(columns), F.lit("repeated_header"))
+    reason = reason.when(F.col("_unbalanced"), F.lit("bad_quoting")).when(n != len(columns), F.lit("bad_field_count"))
     step = step.withColumn("reason", reason)
     r = F.col("reason")
     detail = (
         F.when(r == "bad_field_count", F.format_string(f"%d fields, expected {len(columns)}", n))
-        .when(r == "bad_encoding", F.lit("line is not valid UTF-8"))
-        .when(r == "bad_quoting", F.lit("unbalanced double quote"))
+        .when(r == "bad_encoding", F.concat(F.lit(f"line is not {_SAID[enc]} text; its bytes in hex: "),
+                                            F.hex(F.col("_bytes").cast("binary"))))
+        .when(r == "bad_quoting", F.lit("unbalanced quote"))
         .when(r == "blank_line", F.lit("empty line"))
         .when(r == "repeated_header", F.lit("header line inside the data"))
     )
-    ddl = ", ".join(f"`{c}` STRING" for c in columns)
-    parsed = F.from_csv(value, ddl, {"mode": "PERMISSIVE", "nullValue": "", "escape": '"'})
-    fields = F.when(r.isNull() & F.col("_quoted"), F.array(*[parsed.getField(c) for c in columns])).when(
-        r.isNull(), F.split(value, ",", -1)
+    width = range(len(columns))
+    ddl = ", ".join(f"_c{i} STRING" for i in width)
+    options = {"mode": "PERMISSIVE", "nullValue": "", "escape": quote, "quote": quote, "sep": delim}
+    parsed = F.from_csv(value, ddl, options)
+    fields = F.when(r.isNull() & F.col("_quoted"), F.array(*[parsed.getField(f"_c{i}") for i in width])).when(
+        r.isNull(), F.split(value, sep, -1)
     )
     step = step.select("*", detail.alias("detail"), fields.alias("_fields"))
-    raw = []
-    for i, src in enumerate(columns):
-        if src in mapping:
-            field = F.col("_fields").getItem(i)
-            raw.append(F.when(field != "", field).alias(mapping[src]))
-    return step.select(
-        *raw,
-        F.make_valid_utf8(value).alias("_raw"),
-        "reason",
-        "detail",
-        "_source_file",
-        "_line",
+    names = unique_names(columns)
+    step = step.select(
+        *[F.col("_fields").getItem(i).alias(names[i]) for i in width],
+        F.make_valid_utf8(value).alias("_raw"), "reason", "detail", "_source_file", "_line",
     )
+    return to_bronze_columns(step, dict(zip(columns, names)), mapping, profile)
+
+
+def unique_names(columns: tuple[str, ...]) -> list[str]:
+    """A file's column names made unique (a repeated or empty name gets a numeric suffix)."""
+    seen: dict[str, int] = {}
+    out = []
+    for c in columns:
+        name = c.strip() or "_blank"
+        seen[name.lower()] = seen.get(name.lower(), 0) + 1
+        out.append(name if seen[name.lower()] == 1 else f"{name}_{seen[name.lower()]}")
+    return out
+
+
+def to_bronze_columns(rows: DataFrame, names: dict[str, str], mapping: dict[str, str],
+                      profile: SourceProfile | None) -> DataFrame:
+    """Rows holding a file's columns (strings, under `names[file column]`) -> the bronze source
+    columns: each contract field from its column or expression (empty strings null), `_source`."""
+    out = []
+    for field, bronze in sources.FIELDS.items():
+        src = mapping.get(field)
+        if src is None:
+            out.append(F.lit(None).cast("string").alias(bronze))
+            continue
+        col = F.expr(src[1:]).cast("string") if src.startswith("=") else F.col(f"`{names[src]}`")
+        out.append(F.when(F.trim(col) != "", col).alias(bronze))
+    source = profile.name if profile is not None else schemas.LEGACY_SOURCE
+    return rows.select(*out, F.lit(source).alias("_source"), "_raw", "reason", "detail", "_source_file", "_line")
 
 
 def _read_group(spark: SparkSession, files: list[RawFile]) -> tuple[DataFrame, dict[str, tuple[str, int]]]:
-    """Parsed data rows of files sharing one format and header, and {file: (batch id, data rows)}."""
+    """Parsed data rows of inputs sharing one format, profile and header, and {file: (batch id,
+    data rows)}; a CSV or Parquet file, or a data file of a Delta or metastore table, is a batch."""
     first = files[0]
-    paths = [f.path for f in files]
-    if first.fmt == "csv":
-        lines, batches = _numbered(spark.read.text(paths), [F.col("value")])
-        body = lines.where(F.col("_line") > 1)
-        batches = {path: (batch, n - 1) for path, (batch, n) in batches.items()}
-        return parse_csv_lines(body, first.columns, dict(first.mapping)), batches
-    raw = spark.read.parquet(*paths)
-    rows, batches = _numbered(raw, [F.col(f"`{c}`").cast("string") for c in first.columns])
-    parsed = rows.select(
-        *[F.col(f"`{src}`").cast("string").alias(dst) for src, dst in first.mapping],
-        F.lit(None).cast("string").alias("_raw"),
-        F.lit(None).cast("string").alias("reason"),
-        F.lit(None).cast("string").alias("detail"),
-        "_source_file",
-        "_line",
-    )
-    return parsed, batches
+    mapping = dict(first.mapping)
+    try:
+        if first.fmt == "csv":
+            lines, batches = _numbered(spark.read.text([f.path for f in files]), [F.col("value")])
+            if first.profile.header:
+                lines = lines.where(F.col("_line") > 1)
+                batches = {path: (batch, n - 1) for path, (batch, n) in batches.items()}
+            return parse_csv_lines(lines, first.columns, mapping, first.profile), batches
+        if first.fmt == "parquet":
+            raw = spark.read.parquet(*[f.path for f in files])
+        else:
+            raw = _typed(spark, first.fmt, first.path)
+        names = unique_names(first.columns)
+        as_text = raw.select(*[F.col(f"`{c}`").cast("string").alias(n) for c, n in zip(first.columns, names)], "_metadata")
+        rows, batches = _numbered(as_text, [F.col(f"`{n}`") for n in names])
+        rows = rows.select("*", *[F.lit(None).cast("string").alias(c) for c in ("_raw", "reason", "detail")])
+        return to_bronze_columns(rows, dict(zip(first.columns, names)), mapping, first.profile), batches
+    except AnalysisException as exc:
+        raise InputError(f"profile {first.profile.name} on {first.path}: {str(exc).splitlines()[0][:160]}") from None
 
 
 def _existing_batches(lake: Lake, batch_ids: list[str]) -> set[str]:
@@ -281,6 +348,7 @@ class IngestParams(IngestConfig, StageParams):
     SECTION = "ingest"
     input: str = ""
     as_of: date | None = None
+    source: str | None = None   # a profile name; None: detected from each file's header
 
 
 @dataclass
@@ -295,11 +363,11 @@ class IngestResult:
 def split_rows(rows: DataFrame, ingested_at: datetime) -> tuple[DataFrame, DataFrame]:
     """Parsed rows with `_batch_id` -> (bronze rows, quarantine rows): the pure transform."""
     good = rows.where(F.col("reason").isNull()).select(
-        *schemas.RAW_COLUMNS, "_source_file", "_line", "_batch_id",
+        *schemas.SOURCE_COLUMNS, "_source_file", "_line", "_batch_id",
         F.lit(ingested_at).cast("timestamp").alias("_ingested_at"),
     )
     bad = rows.where(F.col("reason").isNotNull()).select(
-        *schemas.RAW_COLUMNS, "_raw", "reason", "detail", F.lit(STAGE).alias("stage"),
+        *schemas.SOURCE_COLUMNS, "_raw", "reason", "detail", F.lit(STAGE).alias("stage"),
         "_source_file", "_line", "_batch_id",
     )
     return good, bad
@@ -310,15 +378,16 @@ def run(lake: Lake, cfg: Config, p: IngestParams) -> Run:
     `Run.result` is an IngestResult."""
     spark = lake.spark
     input_path, as_of = p.input, p.as_of
-    files = inspect_inputs(spark, input_path, p.suffixes)
-    params = {"input": input_path, "files": [f.path for f in files]}
+    files = inspect_inputs(spark, input_path, p.suffixes, cfg.sources, p.source)
+    params = {"input": input_path, "files": [f.path for f in files],
+              "profiles": {f.path: f.profile.name for f in files}}
     with record_run(lake, STAGE, as_of, params) as run:
         groups: dict[tuple, list[RawFile]] = {}
         for f in files:
-            groups.setdefault((f.fmt, f.columns), []).append(f)
+            groups.setdefault((f.fmt, f.profile.name, f.columns, f.mapping), []).append(f)
         batches: dict[str, tuple[str, int]] = {}
         parsed_parts = []
-        for (fmt, _), group in groups.items():
+        for group in groups.values():
             parsed, group_batches = _read_group(spark, group)
             batches.update(group_batches)
             parsed_parts.append(parsed)
