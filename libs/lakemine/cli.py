@@ -103,6 +103,7 @@ def _command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
     return p
 
 
+INPUT_HELP = "export file, folder or glob, Delta table folder, or table:NAME (a metastore table)"
 STAGES = ("ingest", "clean", "features", "fpgrowth", "kmeans", "train", "score", "report", "maintain")
 
 
@@ -127,10 +128,23 @@ def build_parser() -> argparse.ArgumentParser:
     _generate_options(p, d, d.generate.dirty_rate)
 
     p = _command(sub, "ingest", help="raw files into bronze/transactions",
-                       description="Read CSV (with or without BOM) or Parquet in either UCI layout from a file, folder "
-                       "or glob into bronze/transactions; unreadable lines go to bronze/quarantine with a reason. "
-                       "Content already ingested is skipped.")
-    p.add_argument("--input", required=True, metavar="PATH", help="file, folder or glob")
+                       description="Read CSV (plain, .gz or .bz2; any encoding, delimiter and decimal separator a "
+                       "source profile declares), Parquet, a Delta table folder or a metastore table into "
+                       "bronze/transactions; unreadable lines go to bronze/quarantine with a reason. Content already "
+                       "ingested is skipped. A file's source profile is --source or the one its header matches "
+                       f"(built in: {', '.join(d.sources)}; add yours under `sources` in --config).")
+    p.add_argument("--input", required=True, metavar="PATH", help=INPUT_HELP)
+    p.add_argument("--source", metavar="NAME", help="the source profile of every input (default: detected from each header)")
+
+    p = _command(sub, "inspect", help="read a sample of an export and say how to ingest it",
+                       description="Print the encoding, delimiter, header and columns of an export, the source profile "
+                       "that matches it or a suggested one (YAML) for an unknown schema, which date formats parse its "
+                       "timestamps, and the share of sampled lines each quarantine reason would take. Writes nothing to "
+                       "the lake.")
+    p.add_argument("--input", required=True, metavar="PATH", help=INPUT_HELP + " (a folder or glob: its first file)")
+    p.add_argument("--source", metavar="NAME", help="check the export against this profile instead of detecting one")
+    p.add_argument("--write", metavar="FILE", help="save the matched or suggested profile as a config file for --config")
+    p.add_argument("--sample", type=_positive_int, default=5000, metavar="N", help="data lines to sample (default 5000)")
 
     p = _command(sub, "clean", help="bronze into silver/transactions",
                        description="Type, trim and validate bronze rows into silver/transactions; exact duplicate lines "
@@ -211,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "the baseline, scores, drift warnings, wall time per stage.",
                        epilog="Re-running with the same input leaves the same rows: ingested files are skipped and "
                        "every stage replaces its own as_of.")
-    p.add_argument("--input", metavar="PATH", help="raw files (UCI Online Retail I or II exports) instead of generated data")
+    p.add_argument("--input", metavar="PATH", help=INPUT_HELP + " instead of generated data")
+    p.add_argument("--source", metavar="NAME", help="the source profile of every input (default: detected from each header)")
     _generate_options(p, d, d.run.dirty_rate)
     p.add_argument("--epochs", type=_int, metavar="E", help=f"at most E training epochs (default from config: {tr.epochs})")
     p.add_argument("--workers", type=_int, metavar="N", help=f"training processes (default from config: {tr.workers})")
@@ -302,7 +317,7 @@ def _check_local_input(path: str) -> None:
 
     from lakemine.core import storage
 
-    if storage.is_uri(path):
+    if storage.is_uri(path) or path.startswith("table:"):
         return
     if not os.path.exists(path) and not glob.glob(path):
         raise UsageError(f"{path}: no such file or directory")
@@ -312,13 +327,30 @@ def cmd_ingest(args, cfg, console, submitted) -> int:
     from lakemine.stages import ingest
 
     _check_local_input(args.input)
-    p = ingest.IngestParams.from_config(cfg, input=args.input, as_of=args.as_of)
+    p = ingest.IngestParams.from_config(cfg, input=args.input, as_of=args.as_of, source=args.source)
     lake = _open(cfg, args, submitted)
     console.step("ingest", f"{args.input} -> {lake.path(schemas.BRONZE_TRANSACTIONS)}")
     run = ingest.run(lake, cfg, p)
     _print_run(console, run)
     for path, why in sorted(run.result.skipped.items()):
         console.out(f"  skipped {path}: {why}")
+    return 0
+
+
+def cmd_inspect(args, cfg, console, submitted) -> int:
+    from lakemine.stages import inspect
+
+    _check_local_input(args.input)
+    if args.source is not None and args.source not in cfg.sources:
+        raise UsageError(f"--source {args.source}: no such profile; configured: {', '.join(sorted(cfg.sources))}")
+    lake = _open(cfg, args, submitted)
+    found = inspect.inspect(lake.spark, cfg, args.input, args.source, args.sample)
+    console.out(inspect.format_report(found))
+    if args.write:
+        from lakemine.core import storage
+
+        storage.write_text(args.write, found.yaml.replace("THIS_FILE", args.write))
+        console.out(f"profile written to {args.write}: use it with --config {args.write}")
     return 0
 
 
@@ -496,6 +528,7 @@ def cmd_history(args, cfg, console, submitted) -> int:
 COMMANDS: dict[str, Callable] = {
     "generate": cmd_generate,
     "ingest": cmd_ingest,
+    "inspect": cmd_inspect,
     "clean": cmd_clean,
     "features": cmd_features,
     "fpgrowth": cmd_fpgrowth,

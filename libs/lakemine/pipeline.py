@@ -42,7 +42,8 @@ def run_pipeline(lake: Lake, cfg: Config, args, console) -> str:
         manifest = timings.timed("generate", generate, lake.spark, input_path, g)
         console.step("generate", f"{manifest['data_lines']:,} lines in {len(manifest['files'])} file(s)")
     console.step("ingest", f"{input_path} -> {schemas.BRONZE_TRANSACTIONS}")
-    ingested = timings.timed("ingest", ingest.run, lake, cfg, ingest.IngestParams.from_config(cfg, input=input_path, as_of=args.as_of))
+    ingested = timings.timed("ingest", ingest.run, lake, cfg, ingest.IngestParams.from_config(
+        cfg, input=input_path, as_of=args.as_of, source=getattr(args, "source", None)))
     skipped = ingested.result.skipped
     console.step("ingest", f"{ingested.rows_out:,} rows to bronze, {ingested.rows_quarantined:,} quarantined"
                  + (f", {len(skipped)} file(s) already ingested" if skipped else ""))

@@ -9,16 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
 from pyspark.sql import SparkSession
 
 from lakemine.core.config import Config
-from lakemine.orchestration.jars import DELTA_CONF, delta_jars
+from lakemine.orchestration.jars import DELTA_CONF, QUIET_LOG4J, delta_jars
 
 log = logging.getLogger(__name__)
-
-QUIET_LOG4J = Path(__file__).with_name("log4j2.properties")
 
 
 def session(cfg: Config, submitted: bool = False, quiet: bool = True) -> SparkSession:
