@@ -113,11 +113,20 @@ def build_silver(lake, cfg, raw: str) -> None:
     clean_lake(lake, cfg)
 
 
-def ingest_files(lake, cfg, path: str, as_of=None):
+def ingest_files(lake, cfg, path: str, as_of=None, source=None):
     """The ingest stage on `path`; its Run (`.result`: files, new batches, skipped files)."""
     from lakemine.stages import ingest
 
-    return ingest.run(lake, cfg, ingest.IngestParams.from_config(cfg, input=path, as_of=as_of))
+    return ingest.run(lake, cfg, ingest.IngestParams.from_config(cfg, input=path, as_of=as_of, source=source))
+
+
+def with_profiles(cfg, tmp_path: Path, text: str):
+    """`cfg` plus the source profiles of the YAML `text` (a `sources:` section), as --config gives them."""
+    import dataclasses
+
+    path = tmp_path / "profiles.yaml"
+    path.write_text(text)
+    return dataclasses.replace(cfg, sources=load_config(str(path), env={}).sources)
 
 
 def clean_lake(lake, cfg, as_of=None):

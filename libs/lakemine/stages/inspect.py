@@ -35,14 +35,14 @@ SAMPLE_BYTES = 4 * 1024 * 1024
 SYNONYMS = {
     "invoice": ("invoiceno", "invoice", "invoiceid", "invoicenumber", "basketid", "basket", "orderid", "order",
                 "ordernumber", "transactionid", "transaction", "receiptid", "receipt", "ticketid", "billno",
-                "rechnung", "rechnungsnummer", "belegnummer", "bon", "facture", "factura", "ticket"),
+                "rechnung", "rechnungsnummer", "beleg", "belegnummer", "bon", "facture", "factura", "ticket"),
     "item": ("stockcode", "productid", "product", "sku", "itemid", "item", "articleid", "article", "productcode",
              "itemcode", "upc", "ean", "artikel", "artikelnummer", "produit", "producto", "articulo"),
     "description": ("description", "productname", "itemname", "productdescription", "name", "desc",
                     "beschreibung", "bezeichnung", "libelle", "descripcion"),
     "quantity": ("quantity", "qty", "units", "unitssold", "quantitysold", "menge", "anzahl", "quantite", "cantidad"),
     "timestamp": ("invoicedate", "timestamp", "datetime", "transactiontime", "transtimestamp", "orderdate",
-                  "transactiondate", "purchasedate", "createdat", "date", "time", "datum", "zeitpunkt", "fecha"),
+                  "transactiondate", "purchasedate", "createdat", "date", "time", "datum", "zeit", "zeitpunkt", "fecha"),
     "unit_price": ("unitprice", "price", "itemprice", "priceperunit", "preis", "einzelpreis", "prix", "precio"),
     "line_total": ("salesvalue", "linetotal", "lineamount", "amount", "total", "sales", "revenue", "netsales", "value",
                    "betrag", "umsatz", "montant", "importe"),
@@ -256,9 +256,9 @@ def _suggest(spark: SparkSession, cfg: Config, found: Inspection, data: list[lis
     for missing in found.unmapped:
         entry["columns"][missing.split(" or ")[0]] = "FILL_IN"
     entry["cancellation"] = _cancellation(mapping, found.columns, data)
-    if found.encoding != "utf-8":
+    if found.encoding not in ("utf-8", None):
         entry["encoding"] = found.encoding
-    if found.delimiter != ",":
+    if found.delimiter not in (",", None):
         entry["delimiter"] = found.delimiter
     decimal = _decimal(mapping, found.columns, data)
     if decimal != ".":
