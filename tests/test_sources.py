@@ -340,3 +340,56 @@ def test_inspect_command_prints_quietly_and_writes_the_profile(tmp_path):
     assert proc.returncode == 2
     assert [line for line in proc.stderr.splitlines() if line.startswith("lakemine")] == [
         f"lakemine inspect: error: {tmp_path / 'junk.csv'}: binary data, not a CSV text file"]
+
+
+def _workbook(path):
+    from openpyxl import Workbook
+
+    book = Workbook()
+    first = book.active
+    first.title = "Year 2009-2010"
+    first.append(["Invoice", "StockCode", "Description", "Quantity", "InvoiceDate", "Price", "Customer ID", "Country"])
+    first.append([489434, "85048", "15CM CHRISTMAS GLASS BALL 20 LIGHTS", 12, datetime(2009, 12, 1, 7, 45), 6.95, 13085.0,
+                  "United Kingdom"])
+    first.append([None] * 8)
+    first.append(["C489449", "22087", "PAPER BUNTING £", -12, datetime(2009, 12, 1, 10, 33), 2.95, None, "Australia"])
+    second = book.create_sheet("Year 2010-2011")
+    second.append(["Invoice", "StockCode", "Description", "Quantity", "InvoiceDate", "Price", "Customer ID", "Country"])
+    second.append(["536365", "85123A", "WHITE HANGING HEART", 6, datetime(2010, 12, 1, 8, 26), 2.55, 17850, "United Kingdom"])
+    book.save(path)
+
+
+def test_an_xlsx_workbook_is_read_sheet_by_sheet_through_clean(lake, lake_cfg, tmp_path):
+    """The UCI distribution is an .xlsx of two sheets: each sheet is staged as a UTF-8 CSV and
+    ingested like one (cell values typed by clean as usual; an empty row left out)."""
+    path = tmp_path / "online_retail_II.xlsx"
+    _workbook(path)
+    run = ingest_files(lake, lake_cfg, str(path))
+    assert run.rows_in == 3 and run.rows_out == 3 and len(run.result.new_batches) == 2
+    files = {r["_source_file"] for r in lake.read_table(schemas.BRONZE_TRANSACTIONS).collect()}
+    assert all("/_staging/xlsx/" in f for f in files) and len(files) == 2
+    clean_lake(lake, lake_cfg)
+    expected = lake.spark.createDataFrame([
+        ("489434", "85048", "15CM CHRISTMAS GLASS BALL 20 LIGHTS", 12, datetime(2009, 12, 1, 7, 45), date(2009, 12, 1),
+         6.95, 83.4, "13085", "United Kingdom", False),
+        ("C489449", "22087", "PAPER BUNTING £", -12, datetime(2009, 12, 1, 10, 33), date(2009, 12, 1), 2.95, -35.4, None,
+         "Australia", True),
+        ("536365", "85123A", "WHITE HANGING HEART", 6, datetime(2010, 12, 1, 8, 26), date(2010, 12, 1), 2.55, 15.3, "17850",
+         "United Kingdom", False),
+    ], SILVER_DDL)
+    assertDataFrameEqual(silver(lake), expected)
+    assert ingest_files(lake, lake_cfg, str(path)).status == "noop"
+    found = inspect.inspect(lake.spark, lake_cfg, str(path))
+    assert (found.fmt, found.matched, found.outcome) == ("xlsx", "online_retail_ii", {"silver": 2})
+    assert found.notes[0].startswith("Excel workbook: its first sheet of 2 inspected")
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("broken.xlsx", b"PK\x03\x04 not a workbook", "not a readable .xlsx workbook"),
+    ("old.xls", b"\xd0\xcf\x11\xe0 legacy", "legacy Excel .xls; save it as .xlsx or export its sheets as CSV"),
+])
+def test_an_unreadable_workbook_is_one_input_error(lake, lake_cfg, tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        ingest_files(lake, lake_cfg, str(tmp_path / name))
+    assert not lake.exists(schemas.BRONZE_TRANSACTIONS)

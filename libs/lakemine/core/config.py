@@ -43,7 +43,7 @@ SparkConfig = _section("SparkConfig", "master: str; app_name: str; shuffle_parti
                        "ui: bool; log_level: str; delta_jars: str; jars_dir: str | None; delta_packages: str; conf: dict")
 GenerateConfig = _section("GenerateConfig", "customers: int; days: int; seed: int; dirty_rate: float; format: str; "
                           "files: int | None")
-IngestConfig = _section("IngestConfig", "suffixes: tuple[str, ...]")
+IngestConfig = _section("IngestConfig", "suffixes: tuple[str, ...]; xlsx_max_mb: int")
 CleanConfig = _section("CleanConfig", "date_formats: tuple[str, ...]; missing_customer: str; outlier_policy: str; "
                        "max_unit_price: float; max_quantity: int")
 FeaturesConfig = _section("FeaturesConfig", "horizon_days: int; training_snapshots: int; snapshot_spacing_days: int; "
@@ -98,6 +98,7 @@ _POSITIVE = {
     "spark.shuffle_partitions",
     "generate.customers", "generate.days", "generate.files",
     "clean.max_unit_price",
+    "ingest.xlsx_max_mb",
     "clean.max_quantity",
     "features.horizon_days",
     "features.snapshot_spacing_days",

@@ -15,8 +15,11 @@ unreadable Parquet, an Excel workbook) stop the stage before anything is written
 from __future__ import annotations
 
 import codecs
+import csv
 import hashlib
+import io
 import logging
+import re
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 
@@ -39,8 +42,6 @@ STAGE = "ingest"
 SNIFF_BYTES = 65536
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 TABLE_PREFIX = "table:"
-XLSX_HINT = ("export each sheet as CSV (UTF-8), e.g. `python -m lakemine.xlsx FILE.xlsx OUT_DIR`, "
-             "and ingest OUT_DIR")
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,55 @@ def first_line(head: bytes, where: str) -> bytes:
     return head.split(b"\n", 1)[0].rstrip(b"\r")
 
 
+def _cell(value) -> str:
+    """A worksheet cell as the text a CSV export would hold."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+    return str(value)
+
+
+def xlsx_to_csv(info: storage.FileInfo, out_dir: str, max_mb: int) -> list[storage.FileInfo]:
+    """Each sheet of an Excel workbook as a UTF-8 CSV file under `out_dir`/<content hash>/,
+    read on the driver with openpyxl (cell values, not formulas); rows without any value are
+    left out. InputError for a workbook above `max_mb` or one openpyxl cannot read."""
+    if info.name.lower().endswith(".xls"):
+        raise InputError(f"{info.path}: legacy Excel .xls; save it as .xlsx or export its sheets as CSV")
+    if info.size > max_mb * 2**20:
+        raise InputError(f"{info.path}: Excel workbook of {info.size / 2**20:.0f} MB, above ingest.xlsx_max_mb "
+                         f"({max_mb} MB); export its sheets as CSV and ingest those")
+    from openpyxl import load_workbook
+
+    data = storage.read_bytes(info.path)
+    try:
+        book = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+    except Exception as exc:  # noqa: BLE001 - zipfile, XML and openpyxl errors alike mean unreadable
+        raise InputError(f"{info.path}: not a readable .xlsx workbook ({str(exc).splitlines()[0][:80]})") from None
+    folder = f"{out_dir.rstrip('/')}/{hashlib.sha1(data).hexdigest()[:16]}"
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", info.name.rsplit(".", 1)[0])
+    out = []
+    for sheet in book.worksheets:
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        for row in sheet.iter_rows(values_only=True):
+            if any(v is not None and v != "" for v in row):
+                writer.writerow([_cell(v) for v in row])
+        path = f"{folder}/{stem}.{re.sub(r'[^A-Za-z0-9_.-]+', '_', sheet.title)}.csv"
+        storage.write_text(path, text.getvalue())
+        out.append(storage.FileInfo(path, len(text.getvalue().encode())))
+        log.info("%s: sheet %s -> %s", info.path, sheet.title, path)
+    book.close()
+    return out
+
+
 def _inspect_csv(info: storage.FileInfo, profiles: dict[str, SourceProfile], source: str | None) -> RawFile:
-    if info.name.lower().endswith((".xlsx", ".xls")):
-        raise InputError(f"{info.path}: Excel workbook; {XLSX_HINT}")
     header = first_line(_decompressed_head(info), info.path)
     profile, mapping = sources.choose(profiles, header, info.path, source)
     names = sources._names(profile, header, None, info.path)
@@ -110,10 +157,11 @@ def _inspect_typed(spark: SparkSession, fmt: str, path: str, size: int,
 
 
 def inspect_inputs(spark: SparkSession, pattern: str, suffixes: tuple[str, ...],
-                   profiles: dict[str, SourceProfile], source: str | None = None) -> list[RawFile]:
+                   profiles: dict[str, SourceProfile], source: str | None = None,
+                   staging: str | None = None, xlsx_max_mb: int = 64) -> list[RawFile]:
     """Resolve `pattern` to inputs and check each one is usable; InputError on the first that
     is not. `pattern` is a file, folder or glob, a Delta table's folder, or `table:NAME` (a
-    metastore table)."""
+    metastore table). Excel workbooks become CSV files under `staging` (None: refused)."""
     if pattern.startswith(TABLE_PREFIX):
         return [_inspect_typed(spark, "table", pattern[len(TABLE_PREFIX):], 0, profiles, source)]
     if storage.exists(pattern.rstrip("/") + "/_delta_log"):
@@ -131,6 +179,10 @@ def inspect_inputs(spark: SparkSession, pattern: str, suffixes: tuple[str, ...],
             if storage.head_bytes(info.path, 4) != b"PAR1":
                 raise InputError(f"{info.path}: not a Parquet file (no PAR1 magic)")
             files.append(_inspect_typed(spark, "parquet", info.path, info.size, profiles, source))
+        elif info.name.lower().endswith((".xlsx", ".xls")):
+            if staging is None:
+                raise InputError(f"{info.path}: Excel workbook; export its sheets as CSV")
+            files.extend(_inspect_csv(sheet, profiles, source) for sheet in xlsx_to_csv(info, staging, xlsx_max_mb))
         else:
             files.append(_inspect_csv(info, profiles, source))
     return files
@@ -378,7 +430,8 @@ def run(lake: Lake, cfg: Config, p: IngestParams) -> Run:
     `Run.result` is an IngestResult."""
     spark = lake.spark
     input_path, as_of = p.input, p.as_of
-    files = inspect_inputs(spark, input_path, p.suffixes, cfg.sources, p.source)
+    files = inspect_inputs(spark, input_path, p.suffixes, cfg.sources, p.source,
+                           staging=f"{lake.root}/_staging/xlsx", xlsx_max_mb=p.xlsx_max_mb)
     params = {"input": input_path, "files": [f.path for f in files],
               "profiles": {f.path: f.profile.name for f in files}}
     with record_run(lake, STAGE, as_of, params) as run:

@@ -203,7 +203,16 @@ def inspect(spark: SparkSession, cfg: Config, path: str, source: str | None = No
     if info.name.lower().endswith(".parquet"):
         return _inspect_typed(spark, cfg, info.path, "parquet", info.path, len(infos), source, sample)
     if info.name.lower().endswith((".xlsx", ".xls")):
-        raise InputError(f"{info.path}: Excel workbook; {ingest.XLSX_HINT}")
+        scratch = tempfile.mkdtemp(prefix="lakemine-inspect-")
+        try:
+            sheets = ingest.xlsx_to_csv(info, scratch, cfg.ingest.xlsx_max_mb)
+            found = inspect(spark, cfg, sheets[0].path, source, sample)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        found.notes.insert(0, f"Excel workbook: its first sheet of {len(sheets)} inspected, as ingest reads it (a CSV per sheet)")
+        found.yaml = found.yaml.replace(found.path, info.path)
+        found.path, found.fmt = info.path, "xlsx"
+        return found
     compressed = info.name.lower().endswith((".gz", ".bz2"))
     head = storage.head_bytes(info.path, SAMPLE_BYTES, decompress=compressed)
     header = ingest.first_line(head, info.path)
