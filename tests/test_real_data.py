@@ -129,3 +129,45 @@ def test_service_codes_stay_in_silver_but_out_of_baskets_and_rules(mined, raw):
     in_rules = {i for r in rules for i in r["antecedent"] + r["consequent"]}
     assert mined_items and rules
     assert not [i for i in mined_items | in_rules if service(i)]
+
+
+def test_the_latin1_distribution_cleans_to_the_same_silver_as_the_utf8_export(spark, cfg, raw, tmp_path):
+    """UCI Online Retail as commonly distributed: Latin-1 bytes and `M/D/YYYY H:MM` dates. The
+    built-in profile reads it into the same silver rows as the UTF-8 export, '£' included. The
+    lines: the first 3,000 plus every line of the year with a non-ASCII character (47, from
+    line 31,080 on)."""
+    from pyspark.testing import assertDataFrameEqual
+
+    from lakemine.io.lake import Lake
+
+    _, rows = raw
+    with lzma.open(SOURCE, "rt", encoding="utf-8", newline="") as fh:
+        accented = [r for r in csv.reader(fh) if any(ord(c) > 127 for c in "".join(r))]
+    assert len(accented) == 47 and any("£" in r[2] for r in accented)
+    sample = rows[:3000] + accented
+    header = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country"]
+
+    def export(name: str, encoding: str, us_dates: bool) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\r\n")
+        writer.writerow(header)
+        for r in sample:
+            when = datetime.strptime(r[4], "%Y-%m-%d %H:%M:%S")
+            shown = f"{when.month}/{when.day}/{when.year} {when.hour}:{when.minute:02d}" if us_dates else r[4]
+            writer.writerow([*r[:4], shown, *r[5:]])
+        path = tmp_path / name
+        path.write_bytes(out.getvalue().encode(encoding))
+        return str(path)
+
+    columns = ["invoice_no", "stock_code", "description", "quantity", "invoice_ts", "unit_price", "customer_id", "country", "_line"]
+    silvers = []
+    for name, encoding, us_dates in (("utf8.csv", "utf-8", False), ("Online Retail.csv", "latin-1", True)):
+        lake = Lake.at(spark, str(tmp_path / name.replace(" ", "_").replace(".csv", "")))
+        lake_cfg = cfg.with_lake(lake.root)
+        ingest_files(lake, lake_cfg, export(name, encoding, us_dates))
+        clean_lake(lake, lake_cfg)
+        assert not lake.exists(schemas.BRONZE_QUARANTINE) or lake.read_table(schemas.BRONZE_QUARANTINE).count() == 0
+        silvers.append(lake.read_table(schemas.SILVER_TRANSACTIONS).select(*columns))
+    assertDataFrameEqual(silvers[1], silvers[0])
+    pounds = silvers[1].where(F.col("description").contains("£")).count()
+    assert pounds == sum("£" in r[2] for r in accented) > 0
