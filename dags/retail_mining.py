@@ -61,5 +61,5 @@ with DAG("retail_mining", schedule="@daily", start_date=pendulum.datetime(2010, 
     learned = [stage("train"), EmptyOperator(task_id="keep_model")]
     score = stage("score", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
 
-    S.package_task() >> stage("ingest", ["--input", S.input]) >> stage("clean") >> stage("features") >> mined
+    S.package_task() >> stage("ingest", S.ingest_args) >> stage("clean") >> stage("features") >> mined
     mined >> train_today() >> learned >> score >> stage("report")

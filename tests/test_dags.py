@@ -58,7 +58,8 @@ def _airflow_env(tmp_path, venv_env, **lakemine) -> dict:
 
 
 def test_dag_files_parse_without_lookups_or_heavy_imports(tmp_path, venv_env):
-    env = _airflow_env(tmp_path, venv_env, LAKEMINE_LAKE=str(tmp_path / "lake"))
+    env = _airflow_env(tmp_path, venv_env, LAKEMINE_LAKE=str(tmp_path / "lake"),
+                       LAKEMINE_ORCHESTRATION__SOURCE="online_retail_ii")
     proc = subprocess.run([sys.executable, "-c", PARSE, str(REPO / "dags")], capture_output=True, text=True,
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -85,6 +86,7 @@ def test_dag_files_parse_without_lookups_or_heavy_imports(tmp_path, venv_env):
         assert t["py_files"].endswith(".zip") and t["retries"] == 2 and t["backoff"] and t["timeout"] == 3600
         assert t["outlets"] and all(u.startswith(lake_uri + "/") for u in t["outlets"]), stage
     assert lake_uri + "/gold/customer_scores" in tasks["score"]["outlets"]
+    assert tasks["ingest"]["args"][4] == "--input" and tasks["ingest"]["args"][6:] == ["--source", "online_retail_ii"]
     maintenance = parsed["dags"]["lake_maintenance"]
     assert maintenance["schedule"] == "@weekly"
     assert maintenance["tasks"]["optimize_vacuum"]["args"][-2:] == ["--retention-hours", "168"]

@@ -393,3 +393,36 @@ def test_an_unreadable_workbook_is_one_input_error(lake, lake_cfg, tmp_path, nam
     with pytest.raises(InputError, match=message):
         ingest_files(lake, lake_cfg, str(tmp_path / name))
     assert not lake.exists(schemas.BRONZE_TRANSACTIONS)
+
+
+@pytest.mark.parametrize("kind", ["gz", "bz2", "parquet", "table"])
+def test_inspect_reads_compressed_parquet_and_metastore_inputs(spark, lake_cfg, tmp_path, kind):
+    import bz2
+    import gzip
+
+    header = "Invoice,StockCode,Description,Quantity,InvoiceDate,Price,Customer ID,Country"
+    lines = [header, "489434,85048,BALL,12,2009-12-01 07:45:00,6.95,13085,United Kingdom",
+             "489435,85049,BALL,x,2009-12-01 07:46:00,6.95,13085,United Kingdom"]
+    text = ("\n".join(lines) + "\n").encode()
+    if kind in ("gz", "bz2"):
+        path = tmp_path / f"export.csv.{kind}"
+        path.write_bytes(gzip.compress(text) if kind == "gz" else bz2.compress(text))
+        target = str(path)
+    else:
+        import csv
+        import io
+
+        rows = list(csv.reader(io.StringIO("\n".join(lines[1:]))))
+        df = spark.createDataFrame(rows, ", ".join(f"`{c}` string" for c in header.split(",")))
+        if kind == "parquet":
+            df.coalesce(1).write.parquet(str(tmp_path / "pq"))
+            target = str(tmp_path / "pq")
+        else:
+            df.write.format("delta").option("path", str(tmp_path / "t")).saveAsTable("lakemine_inspect_orders")
+            target = "table:lakemine_inspect_orders"
+    try:
+        found = inspect.inspect(spark, lake_cfg, target)
+    finally:
+        spark.sql("DROP TABLE IF EXISTS lakemine_inspect_orders")
+    assert found.matched == "online_retail_ii" and found.outcome == {"silver": 1, "bad_number": 1}
+    assert found.fmt == {"gz": "csv", "bz2": "csv"}.get(kind, "parquet" if kind == "parquet" else "table")

@@ -58,7 +58,7 @@ TrainConfig = _section("TrainConfig", "backend: str; workers: int; epochs: int; 
 ScoreConfig = _section("ScoreConfig", "drift_bins: int; drift_warn_psi: float")
 MaintainConfig = _section("MaintainConfig", "retention_hours: int")
 RunConfig = _section("RunConfig", "dirty_rate: float; k_range: tuple[int, ...]")
-OrchestrationConfig = _section("OrchestrationConfig", "input: str; conn_id: str; retries: int; retry_delay_minutes: int; "
+OrchestrationConfig = _section("OrchestrationConfig", "input: str; source: str | None; conn_id: str; retries: int; retry_delay_minutes: int; "
                                "max_retry_delay_minutes: int; task_timeout_minutes: int; train_weekday: int; "
                                "spark_conf: dict; jobs_dir: str | None; dist_dir: str | None")
 
@@ -292,6 +292,11 @@ def _build(section_cls: type, values: dict, section: str, options: frozenset[str
         _check(dotted, value, said)
         kwargs[f.name] = value
     return section_cls(**kwargs)
+
+
+def source_defaults() -> dict:
+    """The packaged `source_defaults` section: what a source profile leaves out."""
+    return dict(_defaults()["source_defaults"])
 
 
 def packaged_defaults() -> Config:

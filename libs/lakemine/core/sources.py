@@ -208,7 +208,7 @@ def choose(profiles: dict[str, SourceProfile], header: bytes | None, where: str,
         if source not in profiles:
             raise InputError(f"--source {source}: no such profile; configured: {', '.join(sorted(profiles))}")
         profile = profiles[source]
-        cols = _names(profile, header, names, where)
+        cols = header_names(profile, header, names, where)
         found = profile.match(cols)
         if found is None:
             raise InputError(f"{where}: profile {source} needs columns {profile.missing(cols)}, "
@@ -219,7 +219,7 @@ def choose(profiles: dict[str, SourceProfile], header: bytes | None, where: str,
         if not profile.header and header is not None:
             continue
         try:
-            cols = _names(profile, header, names, where)
+            cols = header_names(profile, header, names, where)
         except InputError:
             continue
         found = profile.match(cols)
@@ -238,7 +238,9 @@ def choose(profiles: dict[str, SourceProfile], header: bytes | None, where: str,
                      "suggests it) and pass --source NAME")
 
 
-def _names(profile: SourceProfile, header: bytes | None, names: list[str] | None, where: str) -> list[str]:
+def header_names(profile: SourceProfile, header: bytes | None, names: list[str] | None, where: str) -> list[str]:
+    """A file's column names as `profile` reads them: its header line (`header`, bytes) decoded
+    and split, the profile's column_names for a header-less profile, or `names` (typed inputs)."""
     if header is None:
         return list(names or [])
     if not profile.header:

@@ -45,6 +45,12 @@ class DagSettings:
     train_weekday: int = 6
     retention_hours: int = 168
     config_file: str | None = None
+    source: str | None = None  # the source profile of the landed files; None: detected per file
+
+    @property
+    def ingest_args(self) -> list[str]:
+        """The ingest task's arguments: the landing folder, and the profile when one is set."""
+        return ["--input", self.input] + (["--source", self.source] if self.source else [])
 
     @property
     def dag_args(self) -> dict:
@@ -104,6 +110,7 @@ def dag_settings(config_file: str | None = None, env: dict | None = None) -> Dag
     return DagSettings(
         lake=storage.absolute(cfg.lake, base),
         input=storage.absolute(o.input, base),
+        source=o.source,
         conn_id=o.conn_id,
         jobs=jobs_dir(cfg),
         py_files=str(dist / f"lakemine-{__version__}-py.zip"),

@@ -132,11 +132,11 @@ def xlsx_to_csv(info: storage.FileInfo, out_dir: str, max_mb: int) -> list[stora
 def _inspect_csv(info: storage.FileInfo, profiles: dict[str, SourceProfile], source: str | None) -> RawFile:
     header = first_line(_decompressed_head(info), info.path)
     profile, mapping = sources.choose(profiles, header, info.path, source)
-    names = sources._names(profile, header, None, info.path)
+    names = sources.header_names(profile, header, None, info.path)
     return RawFile(info.path, info.size, "csv", profile, tuple(names), tuple(mapping.items()))
 
 
-def _typed(spark: SparkSession, fmt: str, path: str) -> DataFrame:
+def read_typed(spark: SparkSession, fmt: str, path: str) -> DataFrame:
     if fmt == "parquet":
         return spark.read.parquet(path)
     if fmt == "delta":
@@ -144,11 +144,11 @@ def _typed(spark: SparkSession, fmt: str, path: str) -> DataFrame:
     return spark.table(path)
 
 
-def _inspect_typed(spark: SparkSession, fmt: str, path: str, size: int,
+def inspect_typed(spark: SparkSession, fmt: str, path: str, size: int,
                    profiles: dict[str, SourceProfile], source: str | None) -> RawFile:
     """A Parquet file, Delta table path or metastore table: columns come from its schema."""
     try:
-        names = _typed(spark, fmt, path).columns
+        names = read_typed(spark, fmt, path).columns
     except Exception as exc:  # noqa: BLE001 - Spark wraps every footer and catalog problem differently
         what = {"parquet": "unreadable Parquet", "delta": "unreadable Delta table", "table": "no readable table"}[fmt]
         raise InputError(f"{path}: {what} ({str(exc).splitlines()[0][:120]})") from None
@@ -163,9 +163,9 @@ def inspect_inputs(spark: SparkSession, pattern: str, suffixes: tuple[str, ...],
     is not. `pattern` is a file, folder or glob, a Delta table's folder, or `table:NAME` (a
     metastore table). Excel workbooks become CSV files under `staging` (None: refused)."""
     if pattern.startswith(TABLE_PREFIX):
-        return [_inspect_typed(spark, "table", pattern[len(TABLE_PREFIX):], 0, profiles, source)]
+        return [inspect_typed(spark, "table", pattern[len(TABLE_PREFIX):], 0, profiles, source)]
     if storage.exists(pattern.rstrip("/") + "/_delta_log"):
-        return [_inspect_typed(spark, "delta", pattern, 0, profiles, source)]
+        return [inspect_typed(spark, "delta", pattern, 0, profiles, source)]
     infos = storage.list_inputs(pattern, suffixes)
     if not infos:
         if storage.exists(pattern):
@@ -178,7 +178,7 @@ def inspect_inputs(spark: SparkSession, pattern: str, suffixes: tuple[str, ...],
         if info.name.lower().endswith(".parquet"):
             if storage.head_bytes(info.path, 4) != b"PAR1":
                 raise InputError(f"{info.path}: not a Parquet file (no PAR1 magic)")
-            files.append(_inspect_typed(spark, "parquet", info.path, info.size, profiles, source))
+            files.append(inspect_typed(spark, "parquet", info.path, info.size, profiles, source))
         elif info.name.lower().endswith((".xlsx", ".xls")):
             if staging is None:
                 raise InputError(f"{info.path}: Excel workbook; export its sheets as CSV")
@@ -355,7 +355,7 @@ def to_bronze_columns(rows: DataFrame, names: dict[str, str], mapping: dict[str,
     return rows.select(*out, F.lit(source).alias("_source"), "_raw", "reason", "detail", "_source_file", "_line")
 
 
-def _read_group(spark: SparkSession, files: list[RawFile]) -> tuple[DataFrame, dict[str, tuple[str, int]]]:
+def read_group(spark: SparkSession, files: list[RawFile]) -> tuple[DataFrame, dict[str, tuple[str, int]]]:
     """Parsed data rows of inputs sharing one format, profile and header, and {file: (batch id,
     data rows)}; a CSV or Parquet file, or a data file of a Delta or metastore table, is a batch."""
     first = files[0]
@@ -370,7 +370,7 @@ def _read_group(spark: SparkSession, files: list[RawFile]) -> tuple[DataFrame, d
         if first.fmt == "parquet":
             raw = spark.read.parquet(*[f.path for f in files])
         else:
-            raw = _typed(spark, first.fmt, first.path)
+            raw = read_typed(spark, first.fmt, first.path)
         names = unique_names(first.columns)
         as_text = raw.select(*[F.col(f"`{c}`").cast("string").alias(n) for c, n in zip(first.columns, names)], "_metadata")
         rows, batches = _numbered(as_text, [F.col(f"`{n}`") for n in names])
@@ -441,7 +441,7 @@ def run(lake: Lake, cfg: Config, p: IngestParams) -> Run:
         batches: dict[str, tuple[str, int]] = {}
         parsed_parts = []
         for group in groups.values():
-            parsed, group_batches = _read_group(spark, group)
+            parsed, group_batches = read_group(spark, group)
             batches.update(group_batches)
             parsed_parts.append(parsed)
 

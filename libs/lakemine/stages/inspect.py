@@ -25,7 +25,7 @@ import yaml
 from pyspark.sql import DataFrame, SparkSession
 
 from lakemine.core import sources, storage
-from lakemine.core.config import Config
+from lakemine.core.config import Config, source_defaults
 from lakemine.core.errors import InputError
 from lakemine.core.sources import SourceProfile
 from lakemine.stages import clean, ingest
@@ -195,13 +195,13 @@ def inspect(spark: SparkSession, cfg: Config, path: str, source: str | None = No
     if path.startswith(ingest.TABLE_PREFIX) or storage.exists(path.rstrip("/") + "/_delta_log"):
         fmt = "table" if path.startswith(ingest.TABLE_PREFIX) else "delta"
         target = path[len(ingest.TABLE_PREFIX):] if fmt == "table" else path
-        return _inspect_typed(spark, cfg, path, fmt, target, 1, source, sample)
+        return _typed_source(spark, cfg, path, fmt, target, 1, source, sample)
     infos = storage.list_inputs(path, cfg.ingest.suffixes)
     if not infos:
         raise InputError(f"{path}: no input files ({', '.join(cfg.ingest.suffixes)}) found there")
     info = infos[0]
     if info.name.lower().endswith(".parquet"):
-        return _inspect_typed(spark, cfg, info.path, "parquet", info.path, len(infos), source, sample)
+        return _typed_source(spark, cfg, info.path, "parquet", info.path, len(infos), source, sample)
     if info.name.lower().endswith((".xlsx", ".xls")):
         scratch = tempfile.mkdtemp(prefix="lakemine-inspect-")
         try:
@@ -229,7 +229,7 @@ def inspect(spark: SparkSession, cfg: Config, path: str, source: str | None = No
         profile, _ = sources.choose(cfg.sources, header, info.path, source)
         found.matched = profile.name
         found.delimiter, found.header = profile.delimiter, profile.header
-        found.columns = sources._names(profile, header, None, info.path)
+        found.columns = sources.header_names(profile, header, None, info.path)
         entry = None
     except InputError as exc:
         if source is not None:
@@ -300,9 +300,7 @@ def _try_build(found: Inspection, entry: dict) -> SourceProfile | None:
     if found.unmapped:
         found.notes.append(f"no column found for {', '.join(found.unmapped)}: fill in FILL_IN in the suggested profile")
         return None
-    from lakemine.core.config import _defaults
-
-    return sources.build_profile(found.profile["name"], {**_defaults()["source_defaults"], **entry})
+    return sources.build_profile(found.profile["name"], {**source_defaults(), **entry})
 
 
 def _entry_of(profile: SourceProfile, cfg: Config) -> dict:
@@ -324,7 +322,7 @@ def _decoded(profile: SourceProfile, line: bytes) -> str:
 def _formats_of(spark: SparkSession, cfg: Config, profile: SourceProfile, lines: list[bytes]) -> list[tuple[str, float]]:
     text = [_decoded(profile, line) for line in lines]
     rows = list(csv.reader(io.StringIO("\n".join(text)), delimiter=profile.delimiter, quotechar=profile.quote))
-    columns = sources._names(profile, lines[0] if profile.header else None, list(profile.column_names or ()), "")
+    columns = sources.header_names(profile, lines[0] if profile.header else None, list(profile.column_names or ()), "")
     own = {c.strip().lower(): i for i, c in enumerate(columns)}
     src = profile.mapping["timestamp"]
     if src.startswith("=") or src.lower() not in own:
@@ -343,22 +341,22 @@ def _sample_outcome(spark: SparkSession, cfg: Config, lines: list[bytes], profil
         sample.write_bytes(b"\n".join(lines) + b"\n")
         header = lines[0] if lines else b""
         _, mapping = sources.choose({profile.name: profile}, header, where, profile.name)
-        names = sources._names(profile, header, None, where)
+        names = sources.header_names(profile, header, None, where)
         raw = ingest.RawFile(str(sample), sample.stat().st_size, "csv", profile, tuple(names), tuple(mapping.items()))
-        parsed, _ = ingest._read_group(spark, [raw])
+        parsed, _ = ingest.read_group(spark, [raw])
         return _outcome(spark, cfg, parsed, profile)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _inspect_typed(spark: SparkSession, cfg: Config, path: str, fmt: str, target: str, inputs: int,
-                   source: str | None, sample: int) -> Inspection:
-    raw = ingest._inspect_typed(spark, fmt, target, 0, cfg.sources, source) if source else None
-    df = ingest._typed(spark, fmt, target)
+def _typed_source(spark: SparkSession, cfg: Config, path: str, fmt: str, target: str, inputs: int,
+                  source: str | None, sample: int) -> Inspection:
+    raw = ingest.inspect_typed(spark, fmt, target, 0, cfg.sources, source) if source else None
+    df = ingest.read_typed(spark, fmt, target)
     found = Inspection(path, inputs, fmt, list(df.columns))
     rows = [[None if v is None else str(v) for v in r] for r in df.limit(sample).collect()]
     try:
-        raw = raw or ingest._inspect_typed(spark, fmt, target, 0, cfg.sources, None)
+        raw = raw or ingest.inspect_typed(spark, fmt, target, 0, cfg.sources, None)
         profile, entry = raw.profile, None
         found.matched = profile.name
     except InputError as exc:
