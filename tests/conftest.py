@@ -13,6 +13,15 @@ import pytest
 from lakemine.core.config import Config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
+# another retailer's export: household, basket, product, quantity, line sales value, local time, store
+HOUSEHOLD_PROFILE = """
+sources:
+  household:
+    columns: {invoice: BASKET_ID, item: PRODUCT_ID, quantity: QUANTITY, line_total: SALES_VALUE,
+              timestamp: TRANS_TIMESTAMP, customer: household_key, country: STORE_ID}
+    cancellation: negative_quantity
+    timezone: Europe/London
+"""
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, write_lines
+from conftest import HOUSEHOLD_PROFILE, REPO, write_lines
 from lakemine.cli import main
 from lakemine.io import schemas
 
@@ -67,16 +67,6 @@ def test_run_generates_ingests_cleans_and_summarizes(spark, tmp_path, capsys):
     from lakemine.io.lake import Lake
 
     assert Lake.at(spark, str(lake)).exists(schemas.SILVER_TRANSACTIONS)
-
-
-HOUSEHOLD_PROFILE = """
-sources:
-  household:
-    columns: {invoice: BASKET_ID, item: PRODUCT_ID, quantity: QUANTITY, line_total: SALES_VALUE,
-              timestamp: TRANS_TIMESTAMP, customer: household_key, country: STORE_ID}
-    cancellation: negative_quantity
-    timezone: Europe/London
-"""
 
 
 def to_household_shape(raw_dir, out_dir) -> None:

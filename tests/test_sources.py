@@ -9,7 +9,7 @@ from datetime import date, datetime
 import pytest
 from pyspark.testing import assertDataFrameEqual
 
-from conftest import REPO, clean_lake, ingest_files, with_profiles
+from conftest import HOUSEHOLD_PROFILE, REPO, clean_lake, ingest_files, with_profiles
 from lakemine.core.config import load_config
 from lakemine.core.errors import ConfigError, InputError
 from lakemine.io import schemas
@@ -21,14 +21,6 @@ SILVER_DDL = ("invoice_no string, stock_code string, description string, quantit
               "invoice_date date, unit_price double, line_amount double, customer_id string, country string, "
               "is_return boolean")
 
-SHOP = """
-sources:
-  shop:
-    columns: {invoice: BASKET_ID, item: PRODUCT_ID, quantity: QUANTITY, line_total: SALES_VALUE,
-              timestamp: TRANS_TIMESTAMP, customer: household_key, country: STORE_ID}
-    cancellation: negative_quantity
-    timezone: Europe/London
-"""
 SHOP_HEADER = "household_key,BASKET_ID,PRODUCT_ID,QUANTITY,SALES_VALUE,TRANS_TIMESTAMP,STORE_ID,RETAIL_DISC"
 SHOP_LINES = [
     SHOP_HEADER,
@@ -89,7 +81,7 @@ def test_a_second_schema_maps_line_totals_negative_returns_guests_and_a_time_zon
     """Household / basket / product / sales value: unit price = total / quantity, a negative
     quantity is a return, an empty household a guest, local London times stored as UTC with the
     local date; the extra RETAIL_DISC column is ignored."""
-    cfg = with_profiles(lake_cfg, tmp_path, SHOP)
+    cfg = with_profiles(lake_cfg, tmp_path, HOUSEHOLD_PROFILE)
     path = tmp_path / "in" / "transactions.csv"
     path.parent.mkdir()
     path.write_text("\n".join(SHOP_LINES) + "\n")
@@ -106,7 +98,7 @@ def test_a_second_schema_maps_line_totals_negative_returns_guests_and_a_time_zon
     assert reasons(lake, schemas.SILVER_QUARANTINE) == [("bad_number", 7), ("zero_quantity", 6)]
     detail = lake.read_table(schemas.SILVER_QUARANTINE).where("reason = 'bad_number'").first()["detail"]
     assert detail == "LineTotal 'abc' is not a number"
-    assert {r["_source"] for r in lake.read_table(schemas.BRONZE_TRANSACTIONS).collect()} == {"shop"}
+    assert {r["_source"] for r in lake.read_table(schemas.BRONZE_TRANSACTIONS).collect()} == {"household"}
 
 
 def test_semicolon_decimal_comma_cp1252_export_through_clean(lake, lake_cfg, tmp_path):
@@ -167,10 +159,10 @@ def test_headerless_tab_file_with_flag_cancellations_and_an_expression(lake, lak
 
 
 def test_source_option_checks_the_profile_against_the_file(lake, lake_cfg, tmp_path):
-    cfg = with_profiles(lake_cfg, tmp_path, SHOP)
+    cfg = with_profiles(lake_cfg, tmp_path, HOUSEHOLD_PROFILE)
     path = tmp_path / "t.csv"
     path.write_text("\n".join(SHOP_LINES[:2]) + "\n")
-    with pytest.raises(InputError, match=r"--source nope: no such profile; configured: online_retail, online_retail_ii, shop"):
+    with pytest.raises(InputError, match=r"--source nope: no such profile; configured: household, online_retail, online_retail_ii"):
         ingest_files(lake, cfg, str(path), source="nope")
     with pytest.raises(InputError, match=r"profile online_retail needs columns \['InvoiceNo', .*\], not in the file's"):
         ingest_files(lake, cfg, str(path), source="online_retail")
