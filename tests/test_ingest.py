@@ -212,3 +212,78 @@ def test_missing_path_and_empty_folder_raise_input_error(lake, lake_cfg, tmp_pat
     (tmp_path / "empty" / "_manifest.json").write_text("{}")
     with pytest.raises(InputError, match="no input files"):
         ingest(lake, lake_cfg, str(tmp_path / "empty"))
+
+
+def _ledger(lake):
+    return sorted((r["path"], r["batch_id"], r["status"], r["rows"]) for r in lake.read_table(schemas.OPS_INGEST_LEDGER).collect())
+
+
+def test_the_ledger_skips_known_files_unread_and_reads_changed_ones(lake, lake_cfg, tmp_path):
+    """A landed file the ledger holds with the same size and time is not read (proved by
+    changing its bytes behind the ledger's back); a copy under a new name is read once and then
+    known too; a corrected file (new content, same name) is a new batch."""
+    import os
+
+    rows = [HEADER, "536365,85123A,HEART,6,12/1/2010 8:26,2.55,17850,United Kingdom"]
+    a = write_lines(tmp_path / "in" / "a.csv", rows)
+    first = ingest(lake, lake_cfg, str(tmp_path / "in"))
+    batch = first.result.new_batches[0]
+    assert _ledger(lake) == [(str(a), batch, "ingested", 1)]
+    stat = a.stat()
+    a.write_bytes(a.read_bytes().replace(b"HEART", b"HEARD"))  # same size
+    os.utime(a, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    b = write_lines(tmp_path / "in" / "b.csv", rows)
+    second = ingest(lake, lake_cfg, str(tmp_path / "in"))
+    assert second.status == "noop" and second.result.skipped == {
+        str(a): f"unchanged since ingested as batch {batch} (not read)",
+        str(b): f"already ingested as batch {batch}"}
+    assert _ledger(lake) == [(str(a), batch, "ingested", 1), (str(b), batch, "duplicate", 1)]
+    assert list(ingest(lake, lake_cfg, str(tmp_path / "in")).result.skipped.values()) == [
+        f"unchanged since ingested as batch {batch} (not read)"] * 2
+    os.utime(a, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: read again, the new content is a new batch
+    third = ingest(lake, lake_cfg, str(tmp_path / "in"))
+    assert third.status == "succeeded" and third.rows_out == 1 and third.result.new_batches != [batch]
+    assert sorted(r["Description"] for r in bronze(lake, ["Description"]).collect()) == ["HEARD", "HEART"]
+
+
+def test_a_run_killed_between_bronze_and_quarantine_is_repaired_by_the_next(lake, lake_cfg, tmp_path, monkeypatch):
+    """The crash window the ledger closes: bronze committed, quarantine not. The batch is not in
+    the ledger, so the next run reads it again and both tables equal a run never interrupted."""
+    from lakemine.io.lake import Lake
+
+    path = write_lines(tmp_path / "in" / "day.csv", [
+        HEADER, "536365,85123A,HEART,6,12/1/2010 8:26,2.55,17850,United Kingdom", "", "1,2,3"])
+    real = Lake.replace_batches
+
+    def dies_on_quarantine(self, df, table, batch_ids):
+        if table == schemas.BRONZE_QUARANTINE:
+            raise RuntimeError("killed")
+        return real(self, df, table, batch_ids)
+
+    monkeypatch.setattr(Lake, "replace_batches", dies_on_quarantine)
+    with pytest.raises(RuntimeError, match="killed"):
+        ingest(lake, lake_cfg, str(path))
+    monkeypatch.setattr(Lake, "replace_batches", real)
+    assert bronze(lake).count() == 1 and not lake.exists(schemas.BRONZE_QUARANTINE)
+    assert _ledger(lake) == []
+    again = ingest(lake, lake_cfg, str(path))
+    assert again.status == "succeeded" and (again.rows_out, again.rows_quarantined) == (1, 2)
+    never = Lake.at(lake.spark, str(tmp_path / "never"))
+    ingest(never, lake_cfg.with_lake(never.root), str(path))
+    for table, cols in ((schemas.BRONZE_TRANSACTIONS, BRONZE_COLS + ["_batch_id"]),
+                        (schemas.BRONZE_QUARANTINE, QUARANTINE_COLS + ["_batch_id"])):
+        assertDataFrameEqual(lake.read_table(table).select(*cols), never.read_table(table).select(*cols))
+    statuses = sorted(r["status"] for r in runs(lake).collect())
+    assert statuses == ["failed", "succeeded"]
+
+
+def test_a_lake_from_before_the_ledger_gets_one_from_its_bronze(lake, lake_cfg, tmp_path):
+    path = write_lines(tmp_path / "in" / "a.csv", [HEADER, "536365,85123A,HEART,6,12/1/2010 8:26,2.55,17850,United Kingdom"])
+    first = ingest(lake, lake_cfg, str(path))
+    import shutil
+
+    shutil.rmtree(lake.path(schemas.OPS_INGEST_LEDGER))
+    second = ingest(lake, lake_cfg, str(path))
+    batch = first.result.new_batches[0]
+    assert second.status == "noop" and second.result.skipped == {str(path): f"already ingested as batch {batch}"}
+    assert _ledger(lake) == sorted([(f"file:{path}", batch, "ingested", None), (str(path), batch, "duplicate", 1)])

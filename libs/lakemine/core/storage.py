@@ -129,14 +129,20 @@ def data_files(location: str, suffix: str = ".parquet") -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class FileInfo:
-    """A file found by `list_inputs`: its location (in the form it was asked for) and size."""
+    """A file found by `list_inputs`: its location (in the form it was asked for), size, and
+    modification time in microseconds since the epoch (None where the file system has none)."""
 
     path: str
     size: int
+    modified_us: int | None = None
 
     @property
     def name(self) -> str:
         return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _micros(info: pafs.FileInfo) -> int | None:
+    return None if info.mtime_ns is None else int(info.mtime_ns) // 1000
 
 
 def _hidden(name: str) -> bool:
@@ -184,9 +190,9 @@ def list_inputs(pattern: str, suffixes: tuple[str, ...]) -> list[FileInfo]:
                 if f.type != pafs.FileType.File or any(_hidden(part) for part in rel.split("/")):
                     continue
                 if f.base_name.lower().endswith(lowered):
-                    found.append(FileInfo(_outer(pattern, f.path, path), int(f.size)))
+                    found.append(FileInfo(_outer(pattern, f.path, path), int(f.size), _micros(f)))
         elif info.type == pafs.FileType.File:
-            found.append(FileInfo(_outer(pattern, info.path, path), int(info.size)))
+            found.append(FileInfo(_outer(pattern, info.path, path), int(info.size), _micros(info)))
     return sorted(found, key=lambda f: f.path)
 
 

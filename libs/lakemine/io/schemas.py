@@ -24,6 +24,7 @@ GOLD_CUSTOMER_SEGMENTS = "gold/customer_segments"
 GOLD_SEGMENT_PROFILES = "gold/segment_profiles"
 GOLD_CUSTOMER_SCORES = "gold/customer_scores"
 OPS_RUNS = "ops/runs"
+OPS_INGEST_LEDGER = "ops/ingest_ledger"
 OPS_DRIFT = "ops/drift"
 
 # Bronze keeps every source's raw strings under the UCI Online Retail names, whatever its
@@ -68,6 +69,13 @@ RUNS_SCHEMA = T.StructType(fields(
     "run_id string, stage string, as_of date, status string, started_at timestamp, finished_at timestamp, "
     "rows_in long, rows_out long, rows_quarantined long, rows_duplicate long, quarantine_reasons map<string,long>, "
     "inputs map<string,long>, outputs map<string,long>, params string, message string"
+))
+# one row per (landed file as it was when read, batch): a file whose path, size and modification
+# time are here is not read again; a batch counts as ingested only once its row is here
+LEDGER_KEY = ("path", "size", "modified_us", "batch_id")
+LEDGER_SCHEMA = T.StructType(fields(
+    "path string, size long, modified_us long, batch_id string, status string, rows long, source string, "
+    "run_id string, recorded_at timestamp"
 ))
 SCORES_KEY = ("customer_id", "as_of", "model_version")
 SCORES_SCHEMA = T.StructType(fields(

@@ -1,27 +1,34 @@
 """`lakemine ingest`: raw exports into `bronze/transactions`.
 
-Inputs are CSV files (plain, .gz or .bz2), Parquet files, a Delta table's folder or a
+Inputs are CSV files (plain, .gz or .bz2), Excel workbooks, Parquet files, a Delta table's folder or a
 metastore table (`table:NAME`). Each is read through a source profile (lakemine.core.sources),
 named by `--source` or detected from its header, which maps its columns onto the bronze
-columns and says how to read it (encoding, delimiter, quote, header). Every data line of every file ends in exactly one of `bronze/transactions` (raw columns as
-strings plus lineage) or `bronze/quarantine` (with a reason code). A file's batch id is a hash
-of its content, so ingesting the same content again is a no-op, and the writes replace whole
-batches, so a run interrupted half-way is repaired by running it again.
+columns and says how to read it (encoding, delimiter, quote, header). Every data line
+of every file ends in exactly one of `bronze/transactions` (raw columns as strings plus
+lineage) or `bronze/quarantine` (with a reason code). A file's batch id is a hash of its
+content, so ingesting the same content again is a no-op, and the writes replace whole batches.
+
+`ops/ingest_ledger` lists the landed files (path, size, modification time, batch): a file it
+holds unchanged is skipped without being read, so a day costs the new files only. Its rows
+are written last, after bronze and quarantine, so a batch counts as ingested only when all of
+its rows are committed: a run killed before that is repaired by running it again.
 
 Unusable inputs (missing, empty, binary, a header no profile matches, undecodable header,
-unreadable Parquet, an Excel workbook) stop the stage before anything is written: InputError, exit 2.
+unreadable Parquet or Excel) stop the stage before anything is written: InputError, exit 2.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
 import hashlib
 import io
 import logging
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
+from urllib.parse import unquote
 
 import pyspark.sql.functions as F
 from pyspark import StorageLevel
@@ -55,6 +62,8 @@ class RawFile:
     profile: SourceProfile
     columns: tuple[str, ...]
     mapping: tuple[tuple[str, str], ...]
+    # the landed file it came from (a workbook for its sheets); None for Delta and metastore tables
+    origin: storage.FileInfo | None = None
 
 
 def _decompressed_head(info: storage.FileInfo) -> bytes:
@@ -133,7 +142,7 @@ def _inspect_csv(info: storage.FileInfo, profiles: dict[str, SourceProfile], sou
     header = first_line(_decompressed_head(info), info.path)
     profile, mapping = sources.choose(profiles, header, info.path, source)
     names = sources.header_names(profile, header, None, info.path)
-    return RawFile(info.path, info.size, "csv", profile, tuple(names), tuple(mapping.items()))
+    return RawFile(info.path, info.size, "csv", profile, tuple(names), tuple(mapping.items()), info)
 
 
 def read_typed(spark: SparkSession, fmt: str, path: str) -> DataFrame:
@@ -158,34 +167,40 @@ def inspect_typed(spark: SparkSession, fmt: str, path: str, size: int,
 
 def inspect_inputs(spark: SparkSession, pattern: str, suffixes: tuple[str, ...],
                    profiles: dict[str, SourceProfile], source: str | None = None,
-                   staging: str | None = None, xlsx_max_mb: int = 64) -> list[RawFile]:
+                   staging: str | None = None, xlsx_max_mb: int = 64,
+                   known: frozenset = frozenset()) -> tuple[list[RawFile], list[storage.FileInfo]]:
     """Resolve `pattern` to inputs and check each one is usable; InputError on the first that
     is not. `pattern` is a file, folder or glob, a Delta table's folder, or `table:NAME` (a
-    metastore table). Excel workbooks become CSV files under `staging` (None: refused)."""
+    metastore table). Excel workbooks become CSV files under `staging` (None: refused).
+    Files whose (path, size, modified_us) is in `known` are not read: they come back second."""
     if pattern.startswith(TABLE_PREFIX):
-        return [inspect_typed(spark, "table", pattern[len(TABLE_PREFIX):], 0, profiles, source)]
+        return [inspect_typed(spark, "table", pattern[len(TABLE_PREFIX):], 0, profiles, source)], []
     if storage.exists(pattern.rstrip("/") + "/_delta_log"):
-        return [inspect_typed(spark, "delta", pattern, 0, profiles, source)]
+        return [inspect_typed(spark, "delta", pattern, 0, profiles, source)], []
     infos = storage.list_inputs(pattern, suffixes)
     if not infos:
         if storage.exists(pattern):
             raise InputError(f"{pattern}: no input files ({', '.join(suffixes)}) found there")
         raise InputError(f"{pattern}: no such file or directory")
-    files = []
+    files, unchanged = [], []
     for info in infos:
-        if info.size == 0:
+        if (info.path, info.size, info.modified_us) in known:
+            unchanged.append(info)
+        elif info.size == 0:
             raise InputError(f"{info.path}: empty file (0 bytes)")
-        if info.name.lower().endswith(".parquet"):
+        elif info.name.lower().endswith(".parquet"):
             if storage.head_bytes(info.path, 4) != b"PAR1":
                 raise InputError(f"{info.path}: not a Parquet file (no PAR1 magic)")
-            files.append(inspect_typed(spark, "parquet", info.path, info.size, profiles, source))
+            typed = inspect_typed(spark, "parquet", info.path, info.size, profiles, source)
+            files.append(dataclasses.replace(typed, origin=info))
         elif info.name.lower().endswith((".xlsx", ".xls")):
             if staging is None:
                 raise InputError(f"{info.path}: Excel workbook; export its sheets as CSV")
-            files.extend(_inspect_csv(sheet, profiles, source) for sheet in xlsx_to_csv(info, staging, xlsx_max_mb))
+            for sheet in xlsx_to_csv(info, staging, xlsx_max_mb):
+                files.append(dataclasses.replace(_inspect_csv(sheet, profiles, source), origin=info))
         else:
             files.append(_inspect_csv(info, profiles, source))
-    return files
+    return files, unchanged
 
 
 def _numbered(df: DataFrame, content: list) -> tuple[DataFrame, dict[str, tuple[str, int]]]:
@@ -380,17 +395,25 @@ def read_group(spark: SparkSession, files: list[RawFile]) -> tuple[DataFrame, di
         raise InputError(f"profile {first.profile.name} on {first.path}: {str(exc).splitlines()[0][:160]}") from None
 
 
-def _existing_batches(lake: Lake, batch_ids: list[str]) -> set[str]:
-    found: set[str] = set()
-    for table in (schemas.BRONZE_TRANSACTIONS, schemas.BRONZE_QUARANTINE):
-        if lake.exists(table):
-            rows = (
-                lake.read_table(table)
-                .where(F.col("_batch_id").isin(batch_ids))
-                .select("_batch_id").distinct().collect()
-            )
-            found.update(r["_batch_id"] for r in rows)
-    return found
+def _location(path: str) -> str:
+    """A file's location as Spark's `_metadata.file_path` and `list_inputs` both reduce to."""
+    return re.sub(r"^file:/+", "/", unquote(path))
+
+
+def open_ledger(lake: Lake) -> DataFrame:
+    """`ops/ingest_ledger`, created first if missing: empty on a new lake, and for a lake ingested
+    before the ledger existed, one row per batch its bronze and quarantine hold (file size and
+    time unknown, so those files are read once more and then found by content)."""
+    if not lake.exists(schemas.OPS_INGEST_LEDGER):
+        parts = [lake.read_table(t).select(F.col("_source_file").alias("path"), F.col("_batch_id").alias("batch_id"))
+                 for t in (schemas.BRONZE_TRANSACTIONS, schemas.BRONZE_QUARANTINE) if lake.exists(t)]
+        rows = []
+        if parts:
+            found = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
+            rows = [(r["path"], None, None, r["batch_id"], "ingested", None, None, "before-ledger", None)
+                    for r in found.distinct().collect()]
+        lake.overwrite(lake.spark.createDataFrame(rows, schemas.LEDGER_SCHEMA), schemas.OPS_INGEST_LEDGER)
+    return lake.read_table(schemas.OPS_INGEST_LEDGER)
 
 
 @dataclass(frozen=True)
@@ -430,11 +453,18 @@ def run(lake: Lake, cfg: Config, p: IngestParams) -> Run:
     `Run.result` is an IngestResult."""
     spark = lake.spark
     input_path, as_of = p.input, p.as_of
-    files = inspect_inputs(spark, input_path, p.suffixes, cfg.sources, p.source,
-                           staging=f"{lake.root}/_staging/xlsx", xlsx_max_mb=p.xlsx_max_mb)
+    known: dict[tuple, str] = {}
+    if lake.exists(schemas.OPS_INGEST_LEDGER):
+        known = {(r["path"], r["size"], r["modified_us"]): r["batch_id"]
+                 for r in lake.read_table(schemas.OPS_INGEST_LEDGER).where(F.col("size").isNotNull()).collect()}
+    files, unchanged = inspect_inputs(spark, input_path, p.suffixes, cfg.sources, p.source,
+                                      staging=f"{lake.root}/_staging/xlsx", xlsx_max_mb=p.xlsx_max_mb,
+                                      known=frozenset(known))
     params = {"input": input_path, "files": [f.path for f in files],
-              "profiles": {f.path: f.profile.name for f in files}}
+              "profiles": {f.path: f.profile.name for f in files}, "unchanged": [f.path for f in unchanged]}
     with record_run(lake, STAGE, as_of, params) as run:
+        # created here, once the inputs are known to be usable: an unusable input writes nothing
+        ledger = open_ledger(lake).cache()
         groups: dict[tuple, list[RawFile]] = {}
         for f in files:
             groups.setdefault((f.fmt, f.profile.name, f.columns, f.mapping), []).append(f)
@@ -445,22 +475,30 @@ def run(lake: Lake, cfg: Config, p: IngestParams) -> Run:
             batches.update(group_batches)
             parsed_parts.append(parsed)
 
-        # the same content twice in one run, or already in bronze: skip it
-        skipped: dict[str, str] = {}
+        # a file the ledger knows unchanged is not read; the same content twice in one run, or
+        # already in the ledger under another name: skipped
+        skipped: dict[str, str] = {
+            f.path: f"unchanged since ingested as batch {known[(f.path, f.size, f.modified_us)]} (not read)"
+            for f in unchanged}
+        # Spark names files its own way (file:/..., URL-encoded): say them as the user gave them
+        by_location = {_location(f.path): f.path for f in files}
+        shown = {path: by_location.get(_location(path), path) for path in batches}
         chosen: dict[str, str] = {}
         for path, (batch, _) in sorted(batches.items()):
             if batch in chosen:
-                skipped[path] = f"same content as {chosen[batch]}"
+                skipped[shown[path]] = f"same content as {shown[chosen[batch]]}"
             else:
                 chosen[batch] = path
-        already = _existing_batches(lake, list(chosen))
-        for batch in sorted(already):
-            skipped[chosen.pop(batch)] = f"already ingested as batch {batch}"
+        committed = {r["batch_id"] for r in ledger.where(F.col("batch_id").isin(list(chosen))).select("batch_id").collect()}
+        ledger.unpersist()
+        for batch in sorted(committed):
+            skipped[shown[chosen.pop(batch)]] = f"already ingested as batch {batch}"
         new = {path: batch for batch, path in chosen.items()}
-        params.update({"batches": {p: batches[p][0] for p in sorted(batches)}, "skipped": skipped})
+        params.update({"batches": {shown[p]: batches[p][0] for p in sorted(batches)}, "skipped": skipped})
 
         run.rows_in = sum(batches[p][1] for p in new)
         if not new:
+            _record_files(lake, run, files, batches, new)
             run.status = "noop"
             run.message = f"{len(skipped)} file(s) already ingested; nothing written"
             run.result = IngestResult(len(files), [], skipped)
@@ -483,6 +521,27 @@ def run(lake: Lake, cfg: Config, p: IngestParams) -> Run:
         finally:
             rows.unpersist()
         conservation_check(run)
+        _record_files(lake, run, files, batches, new)
         run.result = IngestResult(len(files), batch_ids, skipped)
         return run
+
+
+def _record_files(lake: Lake, run: Run, files: list[RawFile], batches: dict[str, tuple[str, int]],
+                  new: dict[str, str]) -> None:
+    """Add this run's files to the ledger: the commit mark of their batches, so written after
+    bronze and quarantine. A landed file is recorded with its size and time (then skipped unread
+    while they stay the same); a data file of a Delta or metastore table by its path alone."""
+    by_location = {_location(f.path): f for f in files}
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    rows = []
+    for path, (batch, n) in sorted(batches.items()):
+        f = by_location.get(_location(path))
+        origin = f.origin if f is not None else None
+        rows.append((
+            origin.path if origin else path, origin.size if origin else None, origin.modified_us if origin else None,
+            batch, "ingested" if path in new else "duplicate", n, f.profile.name if f else None, run.run_id, now,
+        ))
+    if rows:
+        df = lake.spark.createDataFrame(rows, schemas.LEDGER_SCHEMA)
+        run.outputs[schemas.OPS_INGEST_LEDGER] = lake.merge_into(df, schemas.OPS_INGEST_LEDGER, list(schemas.LEDGER_KEY))
 
