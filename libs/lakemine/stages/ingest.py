@@ -481,8 +481,8 @@ def run(lake: Lake, cfg: Config, p: IngestParams) -> Run:
             f.path: f"unchanged since ingested as batch {known[(f.path, f.size, f.modified_us)]} (not read)"
             for f in unchanged}
         # Spark names files its own way (file:/..., URL-encoded): say them as the user gave them
-        by_location = {_location(f.path): f.path for f in files}
-        shown = {path: by_location.get(_location(path), path) for path in batches}
+        by_location = {_location(f.path): f for f in files}
+        shown = {path: by_location[_location(path)].path if _location(path) in by_location else path for path in batches}
         chosen: dict[str, str] = {}
         for path, (batch, _) in sorted(batches.items()):
             if batch in chosen:
@@ -498,7 +498,7 @@ def run(lake: Lake, cfg: Config, p: IngestParams) -> Run:
 
         run.rows_in = sum(batches[p][1] for p in new)
         if not new:
-            _record_files(lake, run, files, batches, new)
+            _record_files(lake, run, by_location, batches, new)
             run.status = "noop"
             run.message = f"{len(skipped)} file(s) already ingested; nothing written"
             run.result = IngestResult(len(files), [], skipped)
@@ -521,17 +521,16 @@ def run(lake: Lake, cfg: Config, p: IngestParams) -> Run:
         finally:
             rows.unpersist()
         conservation_check(run)
-        _record_files(lake, run, files, batches, new)
+        _record_files(lake, run, by_location, batches, new)
         run.result = IngestResult(len(files), batch_ids, skipped)
         return run
 
 
-def _record_files(lake: Lake, run: Run, files: list[RawFile], batches: dict[str, tuple[str, int]],
+def _record_files(lake: Lake, run: Run, by_location: dict[str, RawFile], batches: dict[str, tuple[str, int]],
                   new: dict[str, str]) -> None:
     """Add this run's files to the ledger: the commit mark of their batches, so written after
     bronze and quarantine. A landed file is recorded with its size and time (then skipped unread
     while they stay the same); a data file of a Delta or metastore table by its path alone."""
-    by_location = {_location(f.path): f for f in files}
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     rows = []
     for path, (batch, n) in sorted(batches.items()):

@@ -165,13 +165,13 @@ def date_format_shares(spark: SparkSession, values: list[str], formats: list[str
     return [(fmt, float(shares[f"f{i}"] or 0.0)) for i, fmt in enumerate(formats)]
 
 
-def _profile_yaml(name: str, entry: dict, path: str, inputs: int) -> str:
+def _profile_yaml(name: str, entry: dict, path: str) -> str:
     head = (f"# Source profile suggested by `lakemine inspect` for {path}.\n"
             f"# Check the column mapping, then: lakemine ingest --input {path} --config THIS_FILE --source {name}\n")
     return head + yaml.safe_dump({"sources": {name: entry}}, sort_keys=False, allow_unicode=True, width=120)
 
 
-def _outcome(spark: SparkSession, cfg: Config, parsed: DataFrame, profile: SourceProfile) -> dict[str, int]:
+def _outcome(cfg: Config, parsed: DataFrame, profile: SourceProfile) -> dict[str, int]:
     """{reason or "silver" or "duplicate": lines} for parsed sample lines through ingest and clean."""
     parsed = parsed.withColumn("_batch_id", F.lit("inspect")).cache()
     try:
@@ -251,7 +251,7 @@ def inspect(spark: SparkSession, cfg: Config, path: str, source: str | None = No
         if entry is None:
             found.date_formats = _formats_of(spark, cfg, profile, lines)
             found.profile = {"name": profile.name}
-            found.yaml = _profile_yaml(profile.name, _entry_of(profile, cfg), info.path, len(infos))
+            found.yaml = _profile_yaml(profile.name, _entry_of(profile), info.path)
     return found
 
 
@@ -286,7 +286,7 @@ def _suggest(spark: SparkSession, cfg: Config, found: Inspection, data: list[lis
                 entry["date_formats"] = [best[0]]
     name = re.sub(r"[^a-z0-9]+", "_", Path(found.path).name.split(".")[0].lower()).strip("_") or "my_export"
     found.profile = {"name": name, **entry}
-    found.yaml = _profile_yaml(name, entry, found.path, found.inputs)
+    found.yaml = _profile_yaml(name, entry, found.path)
     return entry
 
 
@@ -303,7 +303,7 @@ def _try_build(found: Inspection, entry: dict) -> SourceProfile | None:
     return sources.build_profile(found.profile["name"], {**source_defaults(), **entry})
 
 
-def _entry_of(profile: SourceProfile, cfg: Config) -> dict:
+def _entry_of(profile: SourceProfile) -> dict:
     entry: dict = {"columns": profile.mapping}
     for key in ("cancellation", "encoding", "delimiter", "decimal", "timezone", "date_formats"):
         value = getattr(profile, key)
@@ -344,7 +344,7 @@ def _sample_outcome(spark: SparkSession, cfg: Config, lines: list[bytes], profil
         names = sources.header_names(profile, header, None, where)
         raw = ingest.RawFile(str(sample), sample.stat().st_size, "csv", profile, tuple(names), tuple(mapping.items()))
         parsed, _ = ingest.read_group(spark, [raw])
-        return _outcome(spark, cfg, parsed, profile)
+        return _outcome(cfg, parsed, profile)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -354,7 +354,10 @@ def _typed_source(spark: SparkSession, cfg: Config, path: str, fmt: str, target:
     raw = ingest.inspect_typed(spark, fmt, target, 0, cfg.sources, source) if source else None
     df = ingest.read_typed(spark, fmt, target)
     found = Inspection(path, inputs, fmt, list(df.columns))
-    rows = [[None if v is None else str(v) for v in r] for r in df.limit(sample).collect()]
+    names = ingest.unique_names(tuple(df.columns))
+    # read as ingest reads it (Spark's cast to string), once: the outcome is then of these rows
+    rows = [list(r) for r in df.limit(sample).select(
+        *[F.col(f"`{c}`").cast("string").alias(n) for c, n in zip(df.columns, names)]).collect()]
     try:
         raw = raw or ingest.inspect_typed(spark, fmt, target, 0, cfg.sources, None)
         profile, entry = raw.profile, None
@@ -368,16 +371,15 @@ def _typed_source(spark: SparkSession, cfg: Config, path: str, fmt: str, target:
             return found
         _, mapping = sources.choose({profile.name: profile}, None, path, profile.name, found.columns)
         raw = ingest.RawFile(target, 0, fmt, profile, tuple(found.columns), tuple(mapping.items()))
-    names = ingest.unique_names(raw.columns)
-    text = df.limit(sample).select(*[F.col(f"`{c}`").cast("string").alias(n) for c, n in zip(raw.columns, names)])
+    text = spark.createDataFrame(rows, ", ".join(f"`{n}` string" for n in names))
     text = text.select("*", *[F.lit(None).cast("string").alias(c) for c in ("_raw", "reason", "detail", "_source_file")],
                        F.lit(0).cast("long").alias("_line"))
     parsed = ingest.to_bronze_columns(text, dict(zip(raw.columns, names)), dict(raw.mapping), profile)
     found.sampled = len(rows)
-    found.outcome = _outcome(spark, cfg, parsed, profile)
+    found.outcome = _outcome(cfg, parsed, profile)
     if entry is None:
         found.profile = {"name": profile.name}
-        found.yaml = _profile_yaml(profile.name, _entry_of(profile, cfg), path, inputs)
+        found.yaml = _profile_yaml(profile.name, _entry_of(profile), path)
     return found
 
 
