@@ -130,13 +130,15 @@ def test_clean_stage_is_idempotent_and_records_conservation(lake, lake_cfg, spar
     assertDataFrameEqual(lake.read_table(schemas.SILVER_TRANSACTIONS), silver1)
     assertDataFrameEqual(lake.read_table(schemas.SILVER_QUARANTINE).select("InvoiceNo", "reason"),
                          spark.createDataFrame([("2", "bad_date")], "InvoiceNo string, reason string"))
-    for run in (first, second):
-        assert (run.rows_in, run.rows_out, run.rows_quarantined, run.rows_duplicate) == (4, 2, 1, 1)
-        assert run.as_of == dt.date(2010, 12, 2)
-    recorded = lake.read_table(schemas.OPS_RUNS).where("stage = 'clean'").collect()
-    assert len(recorded) == 2
-    for r in recorded:
+    assert (first.rows_in, first.rows_out, first.rows_quarantined, first.rows_duplicate) == (4, 2, 1, 1)
+    assert (second.status, second.rows_in, second.rows_out) == ("noop", 0, 0)
+    assert first.as_of == second.as_of == dt.date(2010, 12, 2)
+    recorded = lake.read_table(schemas.OPS_RUNS).where("stage = 'clean'").orderBy("started_at").collect()
+    assert [r["status"] for r in recorded] == ["succeeded", "noop"]
+    for r in recorded[:1]:
         assert (r["rows_in"], r["rows_out"], r["rows_quarantined"], r["rows_duplicate"]) == (4, 2, 1, 1)
         assert r["inputs"] == {"bronze/transactions": 0}
-        assert set(r["outputs"]) == {"silver/transactions", "silver/quarantine"}
+        assert set(r["outputs"]) == {"silver/transactions", "silver/quarantine", "ops/clean_batches"}
+        # silver is partitioned by invoice date: one file per day of the two
+        assert r["files_added"]["silver/transactions"] == 2
         assert r["quarantine_reasons"] == {"bad_date": 1}

@@ -96,36 +96,63 @@ class Lake:
             self.spark.conf.set(key, previous)
 
     def rows_written(self, table: str) -> int:
-        """Rows the table's latest commit wrote (Delta's numOutputRows), 0 when none."""
+        """New rows the table's latest commit wrote (Delta's numOutputRows less the rows it
+        copied from files it rewrote), 0 when none."""
         last = DeltaTable.forPath(self.spark, self.path(table)).history(1).first()
         metrics = last["operationMetrics"] or {}
-        return int(metrics.get("numOutputRows", 0))
+        return int(metrics.get("numOutputRows", 0)) - int(metrics.get("numCopiedRows", 0))
 
-    def _write(self, df: DataFrame, table: str, mode: str, options: dict | None = None) -> int:
+    def files_touched(self, table: str, version: int) -> tuple[int, int]:
+        """(data files added, data files removed) by the commit that made `version` of `table`,
+        from Delta's operation metrics; (0, 0) when it has none."""
+        rows = DeltaTable.forPath(self.spark, self.path(table)).history(8).where(f"version = {int(version)}").collect()
+        metrics = (rows[0]["operationMetrics"] or {}) if rows else {}
+        def first(*names: str) -> int:  # WRITE, MERGE and OPTIMIZE name them differently
+            return next((int(metrics[n]) for n in names if n in metrics), 0)
+
+        return (first("numFiles", "numTargetFilesAdded", "numAddedFiles", "numFilesAdded"),
+                first("numRemovedFiles", "numTargetFilesRemoved", "numFilesRemoved"))
+
+    def partition_columns(self, table: str) -> list[str]:
+        """The table's partition columns ([] when it has none or does not exist)."""
+        if not self.exists(table):
+            return []
+        detail = DeltaTable.forPath(self.spark, self.path(table)).detail().first()
+        return list(detail["partitionColumns"])
+
+    def _write(self, df: DataFrame, table: str, mode: str, options: dict | None = None,
+               partition_by: tuple[str, ...] = ()) -> int:
         writer = df.write.format("delta").mode(mode)
         for key, value in (options or {}).items():
             writer = writer.option(key, value)
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
         writer.save(self.path(table))
         return self.table_version(table)
 
-    def overwrite(self, df: DataFrame, table: str) -> int:
-        """Replace the whole table with `df`; returns the new version."""
-        return self._write(df, table, "overwrite")
+    def overwrite(self, df: DataFrame, table: str, partition_by: tuple[str, ...] = ()) -> int:
+        """Replace the whole table with `df`, partitioned by `partition_by` (a table partitioned
+        otherwise, or with other columns, is replaced schema and all); returns the new version."""
+        if partition_by and self.exists(table) and self.partition_columns(table) != list(partition_by):
+            return self._write(df, table, "overwrite", {"overwriteSchema": "true"}, partition_by)
+        return self._write(df, table, "overwrite", None, partition_by)
 
-    def append(self, df: DataFrame, table: str) -> int:
-        return self._write(df, table, "append")
+    def append(self, df: DataFrame, table: str, merge_schema: bool = False) -> int:
+        return self._write(df, table, "append", {"mergeSchema": "true"} if merge_schema else None)
 
-    def replace_where(self, df: DataFrame, table: str, predicate: str, merge_schema: bool = False) -> int:
+    def replace_where(self, df: DataFrame, table: str, predicate: str, merge_schema: bool = False,
+                      partition_by: tuple[str, ...] = ()) -> int:
         """Replace the rows matching `predicate` with `df` (whose rows must all match it);
-        `merge_schema` adds `df`'s new columns to the table (older rows read them as null)."""
+        `merge_schema` adds `df`'s new columns to the table (older rows read them as null).
+        A missing table is created, partitioned by `partition_by`."""
         if not self.exists(table):
-            return self._write(df, table, "overwrite")
+            return self._write(df, table, "overwrite", None, partition_by)
         options = {"replaceWhere": predicate, **({"mergeSchema": "true"} if merge_schema else {})}
         return self._write(df, table, "overwrite", options)
 
     def overwrite_as_of(self, df: DataFrame, table: str, as_of: date) -> int:
         """Idempotent write of one logical date: the table's `as_of` rows become `df`."""
-        return self.replace_where(df, table, f"as_of = DATE'{as_of.isoformat()}'")
+        return self.replace_where(df, table, f"as_of = DATE'{as_of.isoformat()}'", partition_by=("as_of",))
 
     def replace_batches(self, df: DataFrame, table: str, batch_ids: list[str]) -> int:
         """Idempotent write of ingest batches: the rows of `batch_ids` become `df` (bronze tables

@@ -35,6 +35,9 @@ class Run:
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     inputs: dict[str, int] = field(default_factory=dict)
     outputs: dict[str, int] = field(default_factory=dict)
+    # data files each output's commit added and removed (filled in from Delta when the run is written)
+    files_added: dict[str, int] = field(default_factory=dict)
+    files_removed: dict[str, int] = field(default_factory=dict)
     message: str | None = None
     finished_at: datetime | None = None
     # what the stage hands back to its caller besides the counts (not written to ops/runs)
@@ -57,12 +60,22 @@ class Run:
             dict(self.outputs),
             json.dumps(self.params, sort_keys=True, default=str),
             self.message,
+            dict(self.files_added),
+            dict(self.files_removed),
         )
 
 
 def write_run(lake: Lake, run: Run) -> None:
+    """Append `run` to ops/runs, with the files each of its output commits touched (a table
+    from before those columns gains them)."""
+    for table, version in run.outputs.items():
+        if table not in run.files_added and version is not None:
+            try:
+                run.files_added[table], run.files_removed[table] = lake.files_touched(table, version)
+            except Exception:  # bookkeeping must not fail the run
+                log.warning("no file metrics for %s version %s", table, version)
     df = lake.spark.createDataFrame([run.row()], schemas.RUNS_SCHEMA)
-    lake.append(df, schemas.OPS_RUNS)
+    lake.append(df, schemas.OPS_RUNS, merge_schema=True)
 
 
 @contextmanager

@@ -25,6 +25,7 @@ GOLD_SEGMENT_PROFILES = "gold/segment_profiles"
 GOLD_CUSTOMER_SCORES = "gold/customer_scores"
 OPS_RUNS = "ops/runs"
 OPS_INGEST_LEDGER = "ops/ingest_ledger"
+OPS_CLEAN_BATCHES = "ops/clean_batches"
 OPS_DRIFT = "ops/drift"
 
 # Bronze keeps every source's raw strings under the UCI Online Retail names, whatever its
@@ -63,12 +64,13 @@ SILVER_SCHEMA = T.StructType(
     fields("invoice_no string, stock_code string, description string, quantity int, invoice_ts timestamp, "
            "invoice_date date, unit_price double, line_amount double, customer_id string, country string, "
            "is_return boolean")
-    + LINEAGE_FIELDS
+    + LINEAGE_FIELDS + fields("_record_hash long")
 )
 RUNS_SCHEMA = T.StructType(fields(
     "run_id string, stage string, as_of date, status string, started_at timestamp, finished_at timestamp, "
     "rows_in long, rows_out long, rows_quarantined long, rows_duplicate long, quarantine_reasons map<string,long>, "
-    "inputs map<string,long>, outputs map<string,long>, params string, message string"
+    "inputs map<string,long>, outputs map<string,long>, params string, message string, "
+    "files_added map<string,long>, files_removed map<string,long>"
 ))
 # one row per (landed file as it was when read, batch): a file whose path, size and modification
 # time are here is not read again; a batch counts as ingested only once its row is here
@@ -77,6 +79,9 @@ LEDGER_SCHEMA = T.StructType(fields(
     "path string, size long, modified_us long, batch_id string, status string, rows long, source string, "
     "run_id string, recorded_at timestamp"
 ))
+# the bronze batches silver holds, and the clean parameters and profiles they were classified
+# under: written after silver and its quarantine, so a batch is cleaned only once marked here
+CLEAN_BATCHES_SCHEMA = T.StructType(fields("batch_id string, fingerprint string, run_id string, recorded_at timestamp"))
 SCORES_KEY = ("customer_id", "as_of", "model_version")
 SCORES_SCHEMA = T.StructType(fields(
     "customer_id string, as_of date, churn_probability double, segment int, model_version string, scored_at timestamp"

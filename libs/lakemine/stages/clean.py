@@ -9,15 +9,20 @@ the same rows.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timezone
 
 import pyspark.sql.functions as F
+from delta.tables import DeltaTable
 from pyspark import StorageLevel
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 
 from lakemine.core.config import CleanConfig, Config, StageParams, packaged_defaults
+from lakemine.core.errors import StageError
 from lakemine.core.sources import SourceProfile
 from lakemine.io import schemas
 from lakemine.io.lake import Lake
@@ -68,7 +73,8 @@ def parse_timestamp(col: Column, formats: tuple[str, ...]) -> Column:
 
 
 def dedupe_exact(bronze: DataFrame) -> DataFrame:
-    """One row per distinct raw record: lineage of its first copy and `copies` (>= 1)."""
+    """One row per distinct raw record: lineage of its first copy (the least file, line,
+    batch), `copies` (>= 1) and `_record_hash`, a 64-bit hash of the record."""
     first = F.min(F.struct("_source_file", "_line", "_batch_id"))
     return bronze.groupBy(*schemas.SOURCE_COLUMNS).agg(
         first.alias("_first"), F.count(F.lit(1)).alias("copies")
@@ -78,6 +84,7 @@ def dedupe_exact(bronze: DataFrame) -> DataFrame:
         F.col("_first._line").alias("_line"),
         F.col("_first._batch_id").alias("_batch_id"),
         "copies",
+        F.xxhash64(*schemas.SOURCE_COLUMNS).alias("_record_hash"),
     )
 
 
@@ -187,6 +194,7 @@ def classify(rows: DataFrame, p: CleanParams, profiles: dict[str, SourceProfile]
         "_line",
         "_batch_id",
         "copies",
+        "_record_hash",
     )
 
     def raw(column: str) -> Column:
@@ -262,6 +270,7 @@ def silver_rows(classified: DataFrame) -> DataFrame:
         "_source_file",
         "_line",
         "_batch_id",
+        "_record_hash",
     )
 
 
@@ -278,34 +287,169 @@ def quarantine_rows(classified: DataFrame) -> DataFrame:
     )
 
 
+def _fingerprint(p: CleanParams, profiles: dict[str, SourceProfile]) -> str:
+    """What decides how a bronze row is classified: the clean parameters and the source
+    profiles. Silver built under another fingerprint is rebuilt, not extended."""
+    key = {"clean": {k: v for k, v in dataclasses.asdict(p).items() if k != "as_of"},
+           "profiles": {name: dataclasses.asdict(prof) for name, prof in sorted(profiles.items())}}
+    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _sql_dates(dates: list[date]) -> str:
+    return ", ".join(f"DATE'{d.isoformat()}'" for d in sorted(dates))
+
+
+def _plan(lake: Lake, bronze: DataFrame, fingerprint: str) -> tuple[str, list[str], str]:
+    """(mode, bronze batches to classify, why): "incremental" with the batches silver has not
+    seen, "noop" when there are none, or "full" with every batch, when silver is missing, was
+    built under other parameters or profiles, or holds a batch bronze no longer has (a
+    corrected file superseded it)."""
+    live = sorted(r["_batch_id"] for r in bronze.select("_batch_id").distinct().collect())
+    if not lake.exists(schemas.OPS_CLEAN_BATCHES) or not lake.exists(schemas.SILVER_TRANSACTIONS):
+        return "full", live, "silver is new"
+    silver = lake.read_table(schemas.SILVER_TRANSACTIONS)
+    if "_record_hash" not in silver.columns or lake.partition_columns(schemas.SILVER_TRANSACTIONS) != list(SILVER_PARTITIONS):
+        return "full", live, "silver predates the incremental layout"
+    done = {r["batch_id"]: r["fingerprint"] for r in lake.read_table(schemas.OPS_CLEAN_BATCHES).collect()}
+    if any(f != fingerprint for f in done.values()):
+        return "full", live, "clean parameters or source profiles changed"
+    gone = sorted(set(done) - set(live))
+    if gone:
+        return "full", live, f"{len(gone)} cleaned batch(es) no longer in bronze (superseded by a corrected file)"
+    new = [b for b in live if b not in done]
+    return ("incremental", new, f"{len(new)} new batch(es)") if new else ("noop", [], "no new batches")
+
+
+def _mark_batches(lake: Lake, run: Run, batches: list[str], fingerprint: str, full: bool) -> None:
+    """Record the classified batches in ops/clean_batches: the commit mark, written last."""
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    marks = lake.spark.createDataFrame([(b, fingerprint, run.run_id, now) for b in batches], schemas.CLEAN_BATCHES_SCHEMA)
+    if full:
+        run.outputs[schemas.OPS_CLEAN_BATCHES] = lake.overwrite(marks, schemas.OPS_CLEAN_BATCHES)
+    else:
+        run.outputs[schemas.OPS_CLEAN_BATCHES] = lake.merge_into(marks, schemas.OPS_CLEAN_BATCHES, ["batch_id"])
+
+
+LINEAGE = ("_source_file", "_line", "_batch_id")
+# a silver row's identity: the raw record's hash, checked against the fields it decides
+SILVER_KEY = ("invoice_date", "_record_hash", "invoice_no", "stock_code", "quantity", "unit_price", "customer_id")
+SILVER_PARTITIONS = ("invoice_date",)
+
+
+def _incremental(lake: Lake, run: Run, classified: DataFrame, new: list[str]) -> None:
+    """Add the classified rows of the `new` batches to silver and its quarantine.
+
+    A new row that repeats a record already there is a duplicate. Silver is searched only on
+    the dates the new rows carry (a copy shares its timestamp), and those dates' partitions
+    are rewritten in one commit, the copy with the least (file, line, batch) kept, as a full
+    rebuild keeps it. Rows of `new` batches left by a killed run are replaced, not counted.
+    """
+    fresh = silver_rows(classified).persist(StorageLevel.MEMORY_AND_DISK)
+    quarantined = quarantine_rows(classified).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        dates = [r["invoice_date"] for r in fresh.select("invoice_date").distinct().collect()]
+        not_new = ~F.col("_batch_id").isin(new)
+        silver_changed = False
+        if dates:
+            existing = lake.read_table(schemas.SILVER_TRANSACTIONS).where(
+                F.col("invoice_date").isin(dates)).where(not_new)
+            repeats = fresh.join(existing.select(*SILVER_KEY), list(SILVER_KEY), "left_semi").count()
+            n_fresh = fresh.count()
+            rank = Window.partitionBy(*SILVER_KEY).orderBy(*LINEAGE)
+            kept = (existing.unionByName(fresh).withColumn("_rank", F.row_number().over(rank))
+                    .where(F.col("_rank") == 1).drop("_rank"))
+            silver_changed = True
+        else:
+            repeats = n_fresh = 0
+        old_q = lake.read_table(schemas.SILVER_QUARANTINE).where(not_new)
+        same_record = [quarantined[c].eqNullSafe(old_q[c]) for c in schemas.SOURCE_COLUMNS]
+        cond = same_record[0]
+        for c in same_record[1:]:
+            cond = cond & c
+        q_repeats = quarantined.join(old_q, cond, "left_semi").count()
+        n_quarantined = quarantined.count()
+        run.rows_out = n_fresh - repeats
+        run.rows_quarantined = n_quarantined - q_repeats
+        run.rows_duplicate += repeats + q_repeats
+        conservation_check(run)  # before anything is committed
+
+        if silver_changed:
+            run.outputs[schemas.SILVER_TRANSACTIONS] = lake.replace_where(
+                kept, schemas.SILVER_TRANSACTIONS, f"invoice_date IN ({_sql_dates(dates)})", partition_by=SILVER_PARTITIONS)
+        if n_quarantined:
+            run.outputs[schemas.SILVER_QUARANTINE] = _merge_quarantine(lake, quarantined)
+        run.message = f"incremental: {len(new)} new batch(es), {len(dates)} date(s) of silver rewritten"
+    finally:
+        fresh.unpersist()
+        quarantined.unpersist()
+
+
+def _merge_quarantine(lake: Lake, quarantined: DataFrame) -> int:
+    """Add quarantined records to silver/quarantine; a record already there keeps the copy
+    with the least (file, line, batch). Returns the new version."""
+    same = " AND ".join(f"t.`{c}` <=> s.`{c}`" for c in schemas.SOURCE_COLUMNS)
+    earlier = "struct(s._source_file, s._line, s._batch_id) < struct(t._source_file, t._line, t._batch_id)"
+    (DeltaTable.forPath(lake.spark, lake.path(schemas.SILVER_QUARANTINE)).alias("t")
+     .merge(quarantined.alias("s"), same)
+     .whenMatchedUpdateAll(condition=earlier)
+     .whenNotMatchedInsertAll()
+     .execute())
+    return lake.table_version(schemas.SILVER_QUARANTINE)
+
+
+def _full(lake: Lake, run: Run, classified: DataFrame) -> None:
+    """Rebuild silver (partitioned by invoice date) and its quarantine from all of bronze."""
+    counts = {r["ok"]: int(r["n"]) for r in classified.groupBy(F.col("reason").isNull().alias("ok")).agg(
+        F.count(F.lit(1)).alias("n")).collect()}
+    run.rows_out, run.rows_quarantined = counts.get(True, 0), counts.get(False, 0)
+    conservation_check(run)  # before anything is committed
+    run.outputs[schemas.SILVER_TRANSACTIONS] = lake.overwrite(
+        silver_rows(classified), schemas.SILVER_TRANSACTIONS, partition_by=SILVER_PARTITIONS)
+    run.outputs[schemas.SILVER_QUARANTINE] = lake.overwrite(quarantine_rows(classified), schemas.SILVER_QUARANTINE)
+    written = (lake.rows_written(schemas.SILVER_TRANSACTIONS), lake.rows_written(schemas.SILVER_QUARANTINE))
+    if written != (run.rows_out, run.rows_quarantined):
+        raise StageError(f"clean: wrote {written[0]} silver and {written[1]} quarantine rows, "
+                         f"expected {run.rows_out} and {run.rows_quarantined}")
+
+
 def run(lake: Lake, cfg: Config, p: CleanParams) -> Run:
-    """Rebuild silver/transactions and silver/quarantine from bronze; records ops/runs."""
+    """Classify the bronze batches silver has not seen into silver/transactions and
+    silver/quarantine (all of bronze when silver must be rebuilt, see `_plan`); records
+    ops/runs and marks the batches in ops/clean_batches. The result equals a rebuild from all
+    of bronze."""
     as_of = p.as_of
     version = lake.table_version(schemas.BRONZE_TRANSACTIONS)
+    if version is None:
+        raise StageError(f"table {schemas.BRONZE_TRANSACTIONS} does not exist in lake {lake.root}")
+    fingerprint = _fingerprint(p, cfg.sources)
     params = {"date_formats": list(p.date_formats), "missing_customer": p.missing_customer,
               "outlier_policy": p.outlier_policy, "max_unit_price": p.max_unit_price,
               "max_quantity": p.max_quantity}
     with record_run(lake, STAGE, as_of, params) as run:
         bronze = lake.read_table(schemas.BRONZE_TRANSACTIONS, version=version)
         run.inputs[schemas.BRONZE_TRANSACTIONS] = version
-        classified = clean_transactions(bronze, p, cfg.sources).persist(StorageLevel.MEMORY_AND_DISK)
-        try:
-            totals = classified.agg(
-                F.sum("copies").alias("rows_in"),
-                F.sum(F.col("copies") - 1).alias("dups"),
-            ).first()
-            run.rows_in = int(totals["rows_in"] or 0)
-            run.rows_duplicate = int(totals["dups"] or 0)
-            run.outputs[schemas.SILVER_TRANSACTIONS] = lake.overwrite(silver_rows(classified), schemas.SILVER_TRANSACTIONS)
-            run.rows_out = lake.rows_written(schemas.SILVER_TRANSACTIONS)
-            run.outputs[schemas.SILVER_QUARANTINE] = lake.overwrite(quarantine_rows(classified), schemas.SILVER_QUARANTINE)
-            run.rows_quarantined = lake.rows_written(schemas.SILVER_QUARANTINE)
-            reasons = classified.where(F.col("reason").isNotNull()).groupBy("reason").count().collect()
-            run.quarantine_reasons = {r["reason"]: int(r["count"]) for r in reasons}
-        finally:
-            classified.unpersist()
+        mode, batches, why = _plan(lake, bronze, fingerprint)
+        params.update({"mode": mode, "why": why, "batches": batches})
+        log.info("clean: %s (%s)", mode, why)
+        if mode == "noop":
+            run.status, run.message = "noop", "no new bronze batches; silver unchanged"
+        else:
+            rows = bronze if mode == "full" else bronze.where(F.col("_batch_id").isin(batches))
+            classified = clean_transactions(rows, p, cfg.sources).persist(StorageLevel.MEMORY_AND_DISK)
+            try:
+                totals = classified.agg(F.sum("copies").alias("rows_in"), F.sum(F.col("copies") - 1).alias("dups")).first()
+                run.rows_in = int(totals["rows_in"] or 0)
+                run.rows_duplicate = int(totals["dups"] or 0)
+                if mode == "full":
+                    _full(lake, run, classified)
+                    run.message = f"full rebuild: {why}"
+                else:
+                    _incremental(lake, run, classified, batches)
+                reasons = classified.where(F.col("reason").isNotNull()).groupBy("reason").count().collect()
+                run.quarantine_reasons = {r["reason"]: int(r["count"]) for r in reasons}
+                _mark_batches(lake, run, batches, fingerprint, full=mode == "full")
+            finally:
+                classified.unpersist()
         if run.as_of is None:
-            latest = lake.read_table(schemas.SILVER_TRANSACTIONS).agg(F.max("invoice_date")).first()[0]
-            run.as_of = latest
-        conservation_check(run)
+            run.as_of = lake.read_table(schemas.SILVER_TRANSACTIONS).agg(F.max("invoice_date")).first()[0]
     return run

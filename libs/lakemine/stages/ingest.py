@@ -490,11 +490,13 @@ def run(lake: Lake, cfg: Config, p: IngestParams) -> Run:
             else:
                 chosen[batch] = path
         committed = {r["batch_id"] for r in ledger.where(F.col("batch_id").isin(list(chosen))).select("batch_id").collect()}
-        ledger.unpersist()
         for batch in sorted(committed):
             skipped[shown[chosen.pop(batch)]] = f"already ingested as batch {batch}"
         new = {path: batch for batch, path in chosen.items()}
-        params.update({"batches": {shown[p]: batches[p][0] for p in sorted(batches)}, "skipped": skipped})
+        superseded = _superseded(ledger, by_location, batches, new)
+        ledger.unpersist()
+        params.update({"batches": {shown[p]: batches[p][0] for p in sorted(batches)}, "skipped": skipped,
+                       "superseded": sorted(r["batch_id"] for r in superseded)})
 
         run.rows_in = sum(batches[p][1] for p in new)
         if not new:
@@ -511,23 +513,52 @@ def run(lake: Lake, cfg: Config, p: IngestParams) -> Run:
         rows = rows.join(F.broadcast(batch_map), "_source_file").persist(StorageLevel.MEMORY_AND_DISK)
         good, bad = split_rows(rows, datetime.now(timezone.utc).replace(tzinfo=None))
         batch_ids = sorted(new.values())
+        # a corrected file's earlier batches leave bronze in the same commits that add its new one
+        replaced = batch_ids + sorted({r["batch_id"] for r in superseded} - set(batch_ids))
         try:
-            run.outputs[schemas.BRONZE_TRANSACTIONS] = lake.replace_batches(good, schemas.BRONZE_TRANSACTIONS, batch_ids)
+            run.outputs[schemas.BRONZE_TRANSACTIONS] = lake.replace_batches(good, schemas.BRONZE_TRANSACTIONS, replaced)
             run.rows_out = lake.rows_written(schemas.BRONZE_TRANSACTIONS)
-            run.outputs[schemas.BRONZE_QUARANTINE] = lake.replace_batches(bad, schemas.BRONZE_QUARANTINE, batch_ids)
+            run.outputs[schemas.BRONZE_QUARANTINE] = lake.replace_batches(bad, schemas.BRONZE_QUARANTINE, replaced)
             run.rows_quarantined = lake.rows_written(schemas.BRONZE_QUARANTINE)
             reasons = rows.where(F.col("reason").isNotNull()).groupBy("reason").count().collect()
             run.quarantine_reasons = {r["reason"]: int(r["count"]) for r in reasons}
         finally:
             rows.unpersist()
         conservation_check(run)
-        _record_files(lake, run, by_location, batches, new)
+        _record_files(lake, run, by_location, batches, new, superseded)
+        if superseded:
+            run.message = (f"{len(superseded)} earlier batch(es) of corrected file(s) superseded: "
+                           + ", ".join(sorted({r['path'] for r in superseded})))
         run.result = IngestResult(len(files), batch_ids, skipped)
         return run
 
 
+def _superseded(ledger: DataFrame, by_location: dict[str, RawFile], batches: dict[str, tuple[str, int]],
+                new: dict[str, str]) -> list:
+    """Ledger rows of the batches that this run's new batches replace: a landed file that
+    comes back with new content (a corrected export under the same name) supersedes the
+    batches ingested from it before, unless the file still holds them (a workbook's unchanged
+    sheet) or another landed file does."""
+    mine: dict[str, set[str]] = {}
+    for path, (batch, _) in batches.items():
+        f = by_location.get(_location(path))
+        if f is not None and f.origin is not None:
+            mine.setdefault(f.origin.path, set()).add(batch)
+    changed = sorted({by_location[_location(p)].origin.path for p in new
+                      if by_location.get(_location(p)) is not None and by_location[_location(p)].origin is not None})
+    if not changed:
+        return []
+    rows = ledger.where(F.col("path").isin(changed) & (F.col("status") == "ingested")).collect()
+    candidates = {r["batch_id"] for r in rows if r["batch_id"] not in mine[r["path"]]}
+    if not candidates:
+        return []
+    elsewhere = {r["batch_id"] for r in ledger.where(F.col("batch_id").isin(sorted(candidates))
+                                                     & ~F.col("path").isin(changed)).collect()}
+    return [r for r in rows if r["batch_id"] in candidates - elsewhere]
+
+
 def _record_files(lake: Lake, run: Run, by_location: dict[str, RawFile], batches: dict[str, tuple[str, int]],
-                  new: dict[str, str]) -> None:
+                  new: dict[str, str], superseded: list = ()) -> None:
     """Add this run's files to the ledger: the commit mark of their batches, so written after
     bronze and quarantine. A landed file is recorded with its size and time (then skipped unread
     while they stay the same); a data file of a Delta or metastore table by its path alone."""
@@ -540,6 +571,8 @@ def _record_files(lake: Lake, run: Run, by_location: dict[str, RawFile], batches
             origin.path if origin else path, origin.size if origin else None, origin.modified_us if origin else None,
             batch, "ingested" if path in new else "duplicate", n, f.profile.name if f else None, run.run_id, now,
         ))
+    rows += [(r["path"], r["size"], r["modified_us"], r["batch_id"], "superseded", r["rows"], r["source"], run.run_id, now)
+             for r in superseded]
     if rows:
         df = lake.spark.createDataFrame(rows, schemas.LEDGER_SCHEMA)
         run.outputs[schemas.OPS_INGEST_LEDGER] = lake.merge_into(df, schemas.OPS_INGEST_LEDGER, list(schemas.LEDGER_KEY))
