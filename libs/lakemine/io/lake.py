@@ -130,24 +130,26 @@ class Lake:
         writer.save(self.path(table))
         return self.table_version(table)
 
-    def overwrite(self, df: DataFrame, table: str, partition_by: tuple[str, ...] = ()) -> int:
+    def overwrite(self, df: DataFrame, table: str, partition_by: tuple[str, ...] = (), options: dict | None = None) -> int:
         """Replace the whole table with `df`, partitioned by `partition_by` (a table partitioned
-        otherwise, or with other columns, is replaced schema and all); returns the new version."""
+        otherwise, or with other columns, is replaced schema and all); `options` are Delta's
+        (e.g. userMetadata for the commit). Returns the new version."""
+        options = dict(options or {})
         if partition_by and self.exists(table) and self.partition_columns(table) != list(partition_by):
-            return self._write(df, table, "overwrite", {"overwriteSchema": "true"}, partition_by)
-        return self._write(df, table, "overwrite", None, partition_by)
+            options["overwriteSchema"] = "true"
+        return self._write(df, table, "overwrite", options, partition_by)
 
     def append(self, df: DataFrame, table: str, merge_schema: bool = False) -> int:
         return self._write(df, table, "append", {"mergeSchema": "true"} if merge_schema else None)
 
     def replace_where(self, df: DataFrame, table: str, predicate: str, merge_schema: bool = False,
-                      partition_by: tuple[str, ...] = ()) -> int:
+                      partition_by: tuple[str, ...] = (), options: dict | None = None) -> int:
         """Replace the rows matching `predicate` with `df` (whose rows must all match it);
         `merge_schema` adds `df`'s new columns to the table (older rows read them as null).
         A missing table is created, partitioned by `partition_by`."""
         if not self.exists(table):
-            return self._write(df, table, "overwrite", None, partition_by)
-        options = {"replaceWhere": predicate, **({"mergeSchema": "true"} if merge_schema else {})}
+            return self._write(df, table, "overwrite", options, partition_by)
+        options = {**(options or {}), "replaceWhere": predicate, **({"mergeSchema": "true"} if merge_schema else {})}
         return self._write(df, table, "overwrite", options)
 
     def overwrite_as_of(self, df: DataFrame, table: str, as_of: date) -> int:

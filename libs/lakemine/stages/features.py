@@ -9,13 +9,16 @@ counts and money) are what models use; their parameters go to `gold/feature_scal
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from datetime import date, timedelta
 
 import pyspark.sql.functions as F
+from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, Window
 
+from lakemine.core import storage
 from lakemine.core.config import Config, FeaturesConfig, StageParams
 from lakemine.core.errors import StageError
 from lakemine.io import schemas
@@ -85,43 +88,74 @@ def _category(description):
     return F.upper(F.element_at(F.split(F.trim(F.coalesce(description, F.lit(""))), r"\s+"), -1))
 
 
-def compute_customer_features(silver: DataFrame, p: FeatureParams) -> DataFrame:
-    """RFM and behaviour features per customer from rows dated on or before `p.as_of`."""
+DAYS_SCHEMA = ("customer_id string, invoice_date date, invoices long, basket_items long, value double, "
+               "sale_lines long, return_lines long, items array<string>, category_spend map<string,double>")
+
+
+def customer_days(silver: DataFrame) -> DataFrame:
+    """The customer-day aggregate that every customer feature and label is computed from: per
+    customer and invoice date, the sales invoices, the sum of their distinct items, their value,
+    the sale and return lines, the distinct items bought and the spend per category.
+
+    An invoice counts on the date of its lines (an invoice is one timestamp, so one date)."""
     schemas.require_columns(silver, SILVER_COLUMNS, schemas.SILVER_TRANSACTIONS)
-    as_of = F.lit(p.as_of)
-    hist = silver.where((F.col("invoice_date") <= as_of) & F.col("customer_id").isNotNull())
+    key = ["customer_id", "invoice_date"]
+    hist = silver.where(F.col("customer_id").isNotNull())
     sales = hist.where(~F.col("is_return"))
-
-    invoices = sales.groupBy("customer_id", "invoice_no").agg(
-        F.min("invoice_date").alias("day"),
-        F.countDistinct("stock_code").alias("n_items"),
-        F.sum("line_amount").alias("value"),
+    invoices = sales.groupBy(*key, "invoice_no").agg(
+        F.countDistinct("stock_code").alias("n_items"), F.sum("line_amount").alias("value"))
+    per_day = invoices.groupBy(*key).agg(
+        F.count(F.lit(1)).alias("invoices"), F.sum("n_items").alias("basket_items"), F.sum("value").alias("value"))
+    lines = sales.groupBy(*key).agg(
+        F.count(F.lit(1)).alias("sale_lines"), F.array_sort(F.collect_set("stock_code")).alias("items"))
+    spend = (
+        sales.groupBy(*key, _category(F.col("description")).alias("category")).agg(F.sum("line_amount").alias("spend"))
+        .groupBy(*key).agg(F.map_from_entries(F.array_sort(F.collect_list(F.struct("category", "spend")))).alias("category_spend"))
     )
-    per_customer = invoices.groupBy("customer_id").agg(
-        F.max("day").alias("last_day"),
-        F.min("day").alias("first_day"),
-        F.count(F.lit(1)).alias("frequency"),
-        F.avg("n_items").alias("mean_basket_size"),
-        F.avg("value").alias("mean_basket_value"),
+    returns = hist.where(F.col("is_return")).groupBy(*key).agg(F.count(F.lit(1)).alias("return_lines"))
+    zero = F.lit(0).cast("long")
+    return (
+        per_day.join(lines, key).join(spend, key).join(returns, key, "full")
+        .select(
+            *key,
+            F.coalesce("invoices", zero).alias("invoices"),
+            F.coalesce("basket_items", zero).alias("basket_items"),
+            F.coalesce("value", F.lit(0.0)).alias("value"),
+            F.coalesce("sale_lines", zero).alias("sale_lines"),
+            F.coalesce("return_lines", zero).alias("return_lines"),
+            F.coalesce("items", F.array().cast("array<string>")).alias("items"),
+            F.coalesce("category_spend", F.create_map().cast("map<string,double>")).alias("category_spend"),
+        )
+    )
+
+
+def features_from_days(days: DataFrame, p: FeatureParams) -> DataFrame:
+    """RFM and behaviour features per customer with a sale on or before `p.as_of`, from
+    `customer_days` rows."""
+    as_of = F.lit(p.as_of)
+    hist = days.where(F.col("invoice_date") <= as_of)
+    sale_day = F.when(F.col("invoices") > 0, F.col("invoice_date"))
+    df = hist.groupBy("customer_id").agg(
+        F.max(sale_day).alias("last_day"),
+        F.min(sale_day).alias("first_day"),
+        F.sum("invoices").alias("frequency"),
+        F.sum("basket_items").alias("basket_items"),
         F.sum("value").alias("monetary"),
-    )
-    lines = sales.groupBy("customer_id").agg(
-        F.countDistinct("stock_code").alias("distinct_items"), F.count(F.lit(1)).alias("sale_lines")
-    )
-    returns = hist.where(F.col("is_return")).groupBy("customer_id").agg(F.count(F.lit(1)).alias("return_lines"))
+        F.sum("sale_lines").alias("sale_lines"),
+        F.sum("return_lines").alias("return_lines"),
+        F.size(F.array_distinct(F.flatten(F.collect_list("items")))).alias("distinct_items"),
+    ).where(F.col("frequency") > 0)
 
-    with_cat = sales.withColumn("category", _category(F.col("description")))
+    spend = hist.select("customer_id", F.explode("category_spend").alias("category", "spend"))
     top = (
-        with_cat.groupBy("category").agg(F.sum("line_amount").alias("spend"))
+        spend.groupBy("category").agg(F.sum("spend").alias("spend"))
         .withColumn("rank", F.row_number().over(Window.orderBy(F.desc("spend"), "category")))
         .where(F.col("rank") <= p.top_categories)
         .select("category")
     )
-    top_spend = with_cat.join(F.broadcast(top), "category").groupBy("customer_id").agg(
-        F.sum("line_amount").alias("top_spend")
-    )
+    top_spend = spend.join(F.broadcast(top), "category").groupBy("customer_id").agg(F.sum("spend").alias("top_spend"))
 
-    df = per_customer.join(lines, "customer_id").join(returns, "customer_id", "left").join(top_spend, "customer_id", "left")
+    df = df.join(top_spend, "customer_id", "left")
     freq = F.col("frequency")
     tenure = F.datediff(as_of, F.col("first_day"))
     return df.select(
@@ -131,10 +165,10 @@ def compute_customer_features(silver: DataFrame, p: FeatureParams) -> DataFrame:
         freq.cast("long").alias("frequency"),
         F.round("monetary", 2).alias("monetary"),
         tenure.alias("tenure_days"),
-        F.col("mean_basket_size").cast("double"),
-        F.col("mean_basket_value").cast("double"),
+        (F.col("basket_items") / freq).cast("double").alias("mean_basket_size"),
+        (F.col("monetary") / freq).cast("double").alias("mean_basket_value"),
         F.col("distinct_items").cast("long"),
-        (F.coalesce(F.col("return_lines"), F.lit(0)) / F.col("sale_lines")).alias("return_rate"),
+        (F.col("return_lines") / F.col("sale_lines")).alias("return_rate"),
         F.when(freq > 1, F.datediff(F.col("last_day"), F.col("first_day")) / (freq - 1))
         .otherwise(tenure.cast("double"))
         .alias("mean_days_between"),
@@ -142,6 +176,12 @@ def compute_customer_features(silver: DataFrame, p: FeatureParams) -> DataFrame:
         .otherwise(F.lit(0.0))
         .alias("top_category_share"),
     )
+
+
+def compute_customer_features(silver: DataFrame, p: FeatureParams) -> DataFrame:
+    """RFM and behaviour features per customer from rows dated on or before `p.as_of`
+    (through `customer_days`, as the stage computes them)."""
+    return features_from_days(customer_days(silver), p)
 
 
 def _transformed(name: str):
@@ -184,31 +224,37 @@ def standardize(features: DataFrame) -> tuple[DataFrame, DataFrame]:
     return out, scaler
 
 
-def compute_labels(silver: DataFrame, features: DataFrame, p: FeatureParams) -> DataFrame:
-    """churned = 1 when a featured customer buys nothing in (as_of, as_of + horizon].
+def labels_from_days(days: DataFrame, features: DataFrame, p: FeatureParams, data_end: date | None) -> DataFrame:
+    """churned = 1 when a featured customer buys nothing in (as_of, as_of + horizon], from
+    `customer_days` rows.
 
-    `complete` says whether the data reach the end of the horizon (labels of a recent as_of
-    are not yet known and must not be trained on).
+    `complete` says whether the data (which end on `data_end`) reach the end of the horizon
+    (labels of a recent as_of are not yet known and must not be trained on).
     """
     as_of = F.lit(p.as_of)
     end = F.date_add(as_of, p.horizon_days)
     future = (
-        silver.where(~F.col("is_return") & (F.col("invoice_date") > as_of) & (F.col("invoice_date") <= end))
+        days.where((F.col("invoices") > 0) & (F.col("invoice_date") > as_of) & (F.col("invoice_date") <= end))
         .select("customer_id").distinct().withColumn("bought", F.lit(True))
     )
-    last_day = silver.agg(F.max("invoice_date").alias("data_end"))
+    complete = F.lit(data_end).cast("date") >= end if data_end is not None else F.lit(False)
     return (
         features.select("customer_id", "as_of")
         .join(future, "customer_id", "left")
-        .crossJoin(F.broadcast(last_day))
         .select(
             "customer_id",
             "as_of",
             F.when(F.col("bought"), 0).otherwise(1).cast("int").alias("churned"),
             F.lit(p.horizon_days).alias("horizon_days"),
-            (F.col("data_end") >= end).alias("complete"),
+            complete.alias("complete"),
         )
     )
+
+
+def compute_labels(silver: DataFrame, features: DataFrame, p: FeatureParams) -> DataFrame:
+    """`labels_from_days` for silver rows, whose last date is where the data end."""
+    data_end = silver.agg(F.max("invoice_date")).first()[0]
+    return labels_from_days(customer_days(silver), features, p, data_end)
 
 
 def latest_date(lake: Lake, version: int | None = None) -> date:
@@ -223,41 +269,145 @@ def training_dates(as_of: date, data_start: date, horizon_days: int, snapshots: 
     return sorted(d for d in dates if d >= data_start + timedelta(days=spacing_days))
 
 
+def silver_changes(lake: Lake, since: int, until: int) -> set[date] | None:
+    """The invoice dates whose silver rows changed from version `since` to `until`, read from
+    the Delta log's add and remove actions. None when the log cannot tell, or a commit may have
+    taken rows away: a whole-table overwrite (clean's full rebuild), a delete or merge, an
+    unpartitioned table, a commit file gone."""
+    dates: set[date] = set()
+    log_dir = f"{lake.path(schemas.SILVER_TRANSACTIONS)}/_delta_log"
+    for version in range(since + 1, until + 1):
+        path = f"{log_dir}/{version:020d}.json"
+        if not storage.exists(path):
+            return None
+        for line in storage.read_bytes(path).decode("utf-8").splitlines():
+            action = json.loads(line) if line.strip() else {}
+            info = action.get("commitInfo")
+            if info is not None:
+                kind, mode = info.get("operation"), (info.get("operationParameters") or {}).get("mode")
+                per_date = kind == "WRITE" and (mode == "Append" or "predicate" in (info.get("operationParameters") or {}))
+                if not (per_date or kind == "OPTIMIZE"):
+                    return None
+            for name in ("add", "remove"):
+                change = action.get(name)
+                if change is None or not change.get("dataChange", True):
+                    continue
+                value = (change.get("partitionValues") or {}).get("invoice_date")
+                if value is None:
+                    return None
+                dates.add(date.fromisoformat(value))
+    return dates
+
+
+def _built_from(lake: Lake) -> int | None:
+    """The silver version gold/customer_days was last brought up to (its commit's metadata)."""
+    if not lake.exists(schemas.GOLD_CUSTOMER_DAYS):
+        return None
+    for row in lake.history(schemas.GOLD_CUSTOMER_DAYS).select("userMetadata").limit(50).collect():
+        if row["userMetadata"]:
+            return json.loads(row["userMetadata"]).get("silver_version")
+    return None
+
+
+def _sql_dates(dates) -> str:
+    return ", ".join(f"DATE'{d.isoformat()}'" for d in sorted(dates))
+
+
+def refresh_aggregates(lake: Lake, p: FeatureParams, version: int, as_of: date) -> Run:
+    """Bring gold/baskets and gold/customer_days up to silver `version`, recomputing only the
+    dates silver changed since they were last brought up (`silver_changes`), or all of them
+    when that cannot be told. Baskets of the changed dates are merged in (items united), then
+    the changed dates of customer_days are replaced in one commit that records `version`: the
+    mark, so a run killed between the two redoes both. Records ops/runs."""
+    since = _built_from(lake)
+    changed = silver_changes(lake, since, version) if since is not None and since <= version else None
+    mode = "noop" if since == version else ("full" if changed is None else "incremental")
+    params = {"step": "aggregates", "mode": mode, "silver_since": since, "silver_version": version,
+              "service_codes": list(p.service_codes), "service_pattern": p.service_pattern}
+    with record_run(lake, STAGE, as_of, params) as run:
+        run.inputs[schemas.SILVER_TRANSACTIONS] = version
+        if mode == "noop":
+            run.status, run.message = "noop", f"baskets and customer days already at silver version {version}"
+            return run
+        silver = product_lines(lake.read_table(schemas.SILVER_TRANSACTIONS, version), p.service_codes, p.service_pattern)
+        mark = {"userMetadata": json.dumps({"silver_version": version})}
+        if mode == "full":
+            rows = silver
+            run.outputs[schemas.GOLD_BASKETS] = lake.overwrite(build_baskets(rows), schemas.GOLD_BASKETS)
+            days = customer_days(rows)
+            run.outputs[schemas.GOLD_CUSTOMER_DAYS] = lake.overwrite(
+                days, schemas.GOLD_CUSTOMER_DAYS, partition_by=("invoice_date",), options=mark)
+            run.message = "full: " + ("no earlier build" if since is None else "silver changed beyond dates")
+        else:
+            params["dates"] = [d.isoformat() for d in sorted(changed)]
+            if changed:
+                rows = silver.where(F.col("invoice_date").isin(sorted(changed)))
+                run.outputs[schemas.GOLD_BASKETS] = merge_baskets(lake, build_baskets(rows))
+                days = customer_days(rows)
+                run.outputs[schemas.GOLD_CUSTOMER_DAYS] = lake.replace_where(
+                    days, schemas.GOLD_CUSTOMER_DAYS, f"invoice_date IN ({_sql_dates(changed)})",
+                    partition_by=("invoice_date",), options=mark)
+            # with no changed dates (silver only compacted) nothing is written and the mark stays
+            run.message = f"incremental: {len(changed)} date(s) recomputed"
+        if schemas.GOLD_CUSTOMER_DAYS in run.outputs:
+            run.rows_out = lake.rows_written(schemas.GOLD_CUSTOMER_DAYS)
+    return run
+
+
+def merge_baskets(lake: Lake, baskets: DataFrame) -> int:
+    """Merge baskets into gold/baskets: a new invoice is inserted, a known one gains the new
+    items (an invoice is only ever added to by incremental silver). Returns the new version."""
+    if not lake.exists(schemas.GOLD_BASKETS):
+        return lake.overwrite(baskets, schemas.GOLD_BASKETS)
+    (DeltaTable.forPath(lake.spark, lake.path(schemas.GOLD_BASKETS)).alias("t")
+     .merge(baskets.alias("s"), "t.basket_id = s.basket_id")
+     .whenMatchedUpdate(set={
+         "customer_id": "coalesce(least(t.customer_id, s.customer_id), t.customer_id, s.customer_id)",
+         "invoice_date": "least(t.invoice_date, s.invoice_date)",
+         "items": "array_sort(array_distinct(concat(t.items, s.items)))",
+     })
+     .whenNotMatchedInsertAll()
+     .execute())
+    return lake.table_version(schemas.GOLD_BASKETS)
+
+
 def run(lake: Lake, cfg: Config, p: FeatureParams) -> Run:
-    """Features, scaler and labels for `p.as_of` and for its training snapshots (see
-    `training_dates`: the dates whose churn labels the data now complete, so training always
-    has labelled rows), baskets once. Returns `as_of`'s run; `Run.result` lists every
-    snapshot's run, `as_of`'s last."""
+    """Bring the aggregates up to silver (`refresh_aggregates`), then features, scaler and
+    labels for `p.as_of` and for its training snapshots (see `training_dates`: the dates whose
+    churn labels the data now complete, so training always has labelled rows), all from
+    gold/customer_days. Returns `as_of`'s run; `Run.result` lists every snapshot's run,
+    `as_of`'s last."""
     version = lake.table_version(schemas.SILVER_TRANSACTIONS)
     if version is None:
         raise StageError(f"table {schemas.SILVER_TRANSACTIONS} does not exist in lake {lake.root}: run `lakemine clean` first")
-    as_of = p.as_of or latest_date(lake, version)
-    start = lake.read_table(schemas.SILVER_TRANSACTIONS, version).agg(F.min("invoice_date")).first()[0]
-    earlier = training_dates(as_of, start, p.horizon_days, p.training_snapshots, p.snapshot_spacing_days) if start else []
-    runs = [run_snapshot(lake, dataclasses.replace(p, as_of=d), version, baskets=False) for d in earlier]
-    runs.append(run_snapshot(lake, dataclasses.replace(p, as_of=as_of), version, baskets=True))
+    silver = lake.read_table(schemas.SILVER_TRANSACTIONS, version)
+    span = silver.agg(F.min("invoice_date").alias("start"), F.max("invoice_date").alias("end")).first()
+    as_of = p.as_of or span["end"]
+    refresh_aggregates(lake, p, version, as_of)
+    days_version = lake.table_version(schemas.GOLD_CUSTOMER_DAYS)
+    earlier = training_dates(as_of, span["start"], p.horizon_days, p.training_snapshots, p.snapshot_spacing_days) if span["start"] else []
+    runs = [run_snapshot(lake, dataclasses.replace(p, as_of=d), version, days_version, span["end"]) for d in earlier]
+    runs.append(run_snapshot(lake, dataclasses.replace(p, as_of=as_of), version, days_version, span["end"]))
     runs[-1].result = runs
     return runs[-1]
 
 
-def run_snapshot(lake: Lake, p: FeatureParams, version: int, baskets: bool) -> Run:
-    """Write baskets (all, when `baskets`), and features, scaler and labels for `p.as_of` from
-    silver at `version`; records ops/runs."""
+def run_snapshot(lake: Lake, p: FeatureParams, silver_version: int, days_version: int, data_end: date | None) -> Run:
+    """Write features, scaler and labels for `p.as_of` from gold/customer_days at
+    `days_version` (silver at `silver_version`, whose data end on `data_end`); records ops/runs."""
     as_of = p.as_of
     params = {"horizon_days": p.horizon_days, "top_categories": p.top_categories,
               "service_codes": list(p.service_codes), "service_pattern": p.service_pattern}
     with record_run(lake, STAGE, as_of, params) as run:
-        silver = lake.read_table(schemas.SILVER_TRANSACTIONS, version)
-        run.inputs[schemas.SILVER_TRANSACTIONS] = version
-        run.rows_in = silver.where(F.col("invoice_date") <= F.lit(as_of)).count()
-        silver = product_lines(silver, p.service_codes, p.service_pattern)
-        if baskets:
-            run.outputs[schemas.GOLD_BASKETS] = lake.overwrite(build_baskets(silver), schemas.GOLD_BASKETS)
-        features, scaler = standardize(compute_customer_features(silver, p))
+        days = lake.read_table(schemas.GOLD_CUSTOMER_DAYS, days_version)
+        run.inputs[schemas.SILVER_TRANSACTIONS] = silver_version
+        run.inputs[schemas.GOLD_CUSTOMER_DAYS] = days_version
+        features, scaler = standardize(features_from_days(days, p))
         run.outputs[schemas.GOLD_CUSTOMER_FEATURES] = lake.overwrite_as_of(features, schemas.GOLD_CUSTOMER_FEATURES, as_of)
         run.rows_out = lake.rows_written(schemas.GOLD_CUSTOMER_FEATURES)
+        run.rows_in = days.where(F.col("invoice_date") <= F.lit(as_of)).count()
         run.outputs[schemas.GOLD_FEATURE_SCALER] = lake.overwrite_as_of(scaler, schemas.GOLD_FEATURE_SCALER, as_of)
         written = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES).where(F.col("as_of") == F.lit(as_of))
-        labels = compute_labels(silver, written, p)
+        labels = labels_from_days(days, written, p, data_end)
         run.outputs[schemas.GOLD_LABELS] = lake.overwrite_as_of(labels, schemas.GOLD_LABELS, as_of)
     return run
