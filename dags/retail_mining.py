@@ -57,7 +57,7 @@ with DAG("retail_mining", schedule="@daily", start_date=pendulum.datetime(2010, 
         print(f"{'training' if train else 'not training'}: {why}")
         return "train" if train else "keep_model"
 
-    mined = [stage("fpgrowth"), stage("kmeans")]
+    mined = [stage("fpgrowth", S.fpgrowth_args), stage("kmeans")]
     learned = [stage("train"), EmptyOperator(task_id="keep_model")]
     score = stage("score", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
 

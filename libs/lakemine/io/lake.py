@@ -164,10 +164,12 @@ class Lake:
 
     def merge_into(
         self, df: DataFrame, table: str, keys: list[str], retries: int = 8,
-        update_when: str | None = None, schema=None,
+        update_when: str | None = None, schema=None, target: str | None = None,
     ) -> int:
         """Upsert `df` on `keys`: matched rows updated (only where `update_when` holds, with
-        `t.` the table and `s.` the new rows), new rows inserted.
+        `t.` the table and `s.` the new rows), new rows inserted. `target`, a condition on `t.`
+        that every matching row meets (e.g. its date), lets Delta read only the files that
+        can hold matches.
 
         A missing table is first created empty (with `schema`, default `df`'s), so rows only
         ever arrive through MERGE. Retries on Delta's optimistic-concurrency conflicts, so
@@ -178,7 +180,7 @@ class Lake:
                 if not self.exists(table):
                     empty = self.spark.createDataFrame([], schema or df.schema)
                     self._write(empty, table, "append")
-                condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+                condition = " AND ".join([f"t.`{k}` <=> s.`{k}`" for k in keys] + ([f"({target})"] if target else []))
                 (
                     DeltaTable.forPath(self.spark, self.path(table))
                     .alias("t")

@@ -142,7 +142,7 @@ def run(lake: Lake, cfg: Config, p: ScoreParams) -> Run:
         changed = "NOT (t.churn_probability <=> s.churn_probability) OR NOT (t.segment <=> s.segment)"
         run.outputs[schemas.GOLD_CUSTOMER_SCORES] = lake.merge_into(
             scores, schemas.GOLD_CUSTOMER_SCORES, list(schemas.SCORES_KEY), update_when=changed,
-            schema=schemas.SCORES_SCHEMA,
+            schema=schemas.SCORES_SCHEMA, target=f"t.as_of = DATE'{as_of.isoformat()}'",
         )
         drifts, n = feature_drift(features, meta, p.drift_warn_psi)
         run.rows_in = n

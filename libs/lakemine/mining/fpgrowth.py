@@ -257,6 +257,14 @@ def select_baskets(baskets: DataFrame, as_of: date, window_days: int) -> DataFra
     return baskets.where((day > F.lit(start)) & (day <= F.lit(as_of)))
 
 
+def select_lines(silver: DataFrame, as_of: date, window_days: int) -> DataFrame:
+    """Silver lines dated in the mining window (see `select_baskets`)."""
+    day = F.col("invoice_date")
+    if window_days == 0:
+        return silver.where(day <= F.lit(as_of))
+    return silver.where((day > F.lit(as_of - timedelta(days=window_days))) & (day <= F.lit(as_of)))
+
+
 def run(lake: Lake, cfg: Config, p: MiningParams) -> Run:
     """Mine gold/baskets for `p.as_of`; writes itemsets and rules (replacing that as_of)."""
     spark = lake.spark
@@ -290,7 +298,8 @@ def run(lake: Lake, cfg: Config, p: MiningParams) -> Run:
                 itemsets.select("items", "freq", "support", *stamp), schemas.GOLD_FREQUENT_ITEMSETS, as_of
             )
             run.rows_out = found
-            silver = lake.read_table(schemas.SILVER_TRANSACTIONS, silver_version)
+            # item names as the window's lines give them (silver is partitioned by date: the window's files only)
+            silver = select_lines(lake.read_table(schemas.SILVER_TRANSACTIONS, silver_version), as_of, window_days)
             described = describe_rules(rules.select(*rules.columns, *stamp), item_descriptions(silver))
             run.outputs[schemas.GOLD_ASSOCIATION_RULES] = lake.overwrite_as_of(
                 described, schemas.GOLD_ASSOCIATION_RULES, as_of

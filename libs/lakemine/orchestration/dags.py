@@ -46,6 +46,12 @@ class DagSettings:
     retention_hours: int = 168
     config_file: str | None = None
     source: str | None = None  # the source profile of the landed files; None: detected per file
+    window_days: int = 365     # the baskets FP-growth mines: the last W days (0: all of history)
+
+    @property
+    def fpgrowth_args(self) -> list[str]:
+        """The fpgrowth task's arguments: the mining window, so a day mines a bounded history."""
+        return ["--window-days", str(self.window_days)]
 
     @property
     def ingest_args(self) -> list[str]:
@@ -111,6 +117,7 @@ def dag_settings(config_file: str | None = None, env: dict | None = None) -> Dag
         lake=storage.absolute(cfg.lake, base),
         input=storage.absolute(o.input, base),
         source=o.source,
+        window_days=cfg.fpgrowth.window_days,
         conn_id=o.conn_id,
         jobs=jobs_dir(cfg),
         py_files=str(dist / f"lakemine-{__version__}-py.zip"),
