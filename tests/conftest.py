@@ -4,6 +4,10 @@ fresh lake folder per test."""
 from __future__ import annotations
 
 import os
+import re
+import time
+from collections import defaultdict
+from datetime import date
 
 os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
 from pathlib import Path
@@ -176,3 +180,37 @@ def trained_lake(learn_lake, tmp_path_factory):
     run = train.run(lake, cfg, train.TrainParams.from_config(cfg, backend="horovod", workers=2, epochs=10, batch_size=64,
                                                              patience=3))
     return lake, cfg, run, run.result
+
+
+# generated exports split into one file per day, landed one at a time (incremental runs)
+DATE = re.compile(r",(\d{1,2})/(\d{1,2})/(\d{4}) ")
+
+
+def daily_lines(raw_dir) -> tuple[str, dict[date, list[str]]]:
+    """(header, {day: lines}) of a generated export; a line without a readable date stays with
+    the line before it."""
+    (path,) = sorted(raw_dir.glob("*.csv"))
+    header, *lines = path.read_text().splitlines()
+    days: dict[date, list[str]] = defaultdict(list)
+    day = None
+    for line in lines:
+        m = DATE.search(line)
+        try:
+            day = date(int(m[3]), int(m[1]), int(m[2])) if m else day
+        except ValueError:  # a planted malformed date
+            pass
+        days[day or date(1990, 1, 1)].append(line)
+    days.pop(date(1990, 1, 1), None)
+    return header, dict(sorted(days.items()))
+
+
+def land(folder, name: str, header: str, lines: list[str]) -> None:
+    """Write a file and give it a modification time later than anything landed before."""
+    path = folder / name
+    path.write_text("\n".join([header, *lines]) + "\n")
+    stamp = time.time() + land.count
+    land.count += 10
+    os.utime(path, (stamp, stamp))
+
+
+land.count = 0

@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import zipfile
-from datetime import date, timedelta
+from datetime import date
 
 import pytest
 
@@ -121,30 +121,54 @@ def test_py_files_zip_is_deterministic_and_importable(tmp_path):
 
 
 @pytest.mark.slow
-def test_airflow_dags_test_runs_every_task_through_spark_submit(spark, tmp_path, venv_env):
-    """generate -> `airflow dags test retail_mining <last day>`; every task succeeds (the branch
-    picks `train`, as no model exists), and the gold tables, scores and report exist."""
+def test_airflow_dags_test_runs_every_task_through_spark_submit_on_three_days(spark, tmp_path, venv_env):
+    """generate -> the history up to day 1 landed, `airflow dags test retail_mining` for day 1,
+    then day 2's and day 3's files landed before their runs. Every task succeeds (day 1 picks
+    `train`, as no model exists; days 2 and 3 keep it), and each later day ingests only its new
+    file, cleans only its batch and recomputes the aggregates of its date only."""
     import pyspark.sql.functions as F
 
+    from conftest import daily_lines, land
     from lakemine.io import schemas
     from lakemine.io.lake import Lake
     from lakemine.stages.generate import GenerateParams, generate
 
-    landing, lake_dir = tmp_path / "landing", tmp_path / "lake"
-    manifest = generate(spark, str(landing), GenerateParams.from_config(None, customers=300, days=240, seed=7, dirty_rate=0.005))
-    day = date.fromisoformat(manifest["first_date"]) + timedelta(days=239)
+    raw, landing, lake_dir = tmp_path / "raw", tmp_path / "landing", tmp_path / "lake"
+    generate(spark, str(raw), GenerateParams.from_config(None, customers=300, days=240, seed=7, dirty_rate=0.005))
+    header, by_day = daily_lines(raw)
+    days = list(by_day)[-3:]
+    landing.mkdir()
+    land(landing, "history.csv", header, [line for d, lines in by_day.items() if d <= days[0] for line in lines])
     env = _airflow_env(tmp_path, venv_env, LAKEMINE_LAKE=str(lake_dir), LAKEMINE_ORCHESTRATION__INPUT=str(landing),
-                       LAKEMINE_TRAIN__EPOCHS="3")
+                       LAKEMINE_TRAIN__EPOCHS="3", LAKEMINE_ORCHESTRATION__TRAIN_WEEKDAY=str(days[0].weekday()))
     env["AIRFLOW_CONN_SPARK_DEFAULT"] = json.dumps({"conn_type": "spark", "host": "local[2]"})
-    proc = subprocess.run([f"{REPO}/.venv/bin/airflow", "dags", "test", "retail_mining", day.isoformat()],
-                          capture_output=True, text=True, env=env, timeout=1800)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    with sqlite3.connect(tmp_path / "airflow" / "airflow.db") as db:
-        states = dict(db.execute("select task_id, state from task_instance where dag_id = 'retail_mining'").fetchall())
     expected = {t: "success" for t in ("package", "ingest", "clean", "features", "fpgrowth", "kmeans",
                                        "train_today", "train", "score", "report")}
-    assert states == {**expected, "keep_model": "skipped"}, (proc.stdout + proc.stderr)[-4000:]
+    for i, day in enumerate(days):
+        if i:
+            land(landing, f"day_{day}.csv", header, by_day[day])
+        proc = subprocess.run([f"{REPO}/.venv/bin/airflow", "dags", "test", "retail_mining", day.isoformat()],
+                              capture_output=True, text=True, env=env, timeout=1800)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+        with sqlite3.connect(tmp_path / "airflow" / "airflow.db") as db:
+            (run_id,) = db.execute("select run_id from dag_run where dag_id = 'retail_mining' order by id desc limit 1").fetchone()
+            states = dict(db.execute("select task_id, state from task_instance where dag_id = 'retail_mining' "
+                                     "and run_id = ?", (run_id,)).fetchall())
+        want = {**expected, "keep_model": "skipped"} if i == 0 else {**expected, "train": "skipped", "keep_model": "success"}
+        assert states == want, (day, states, (proc.stdout + proc.stderr)[-4000:])
 
+    lake = Lake.at(spark, str(lake_dir))
+    runs = lake.read_table(schemas.OPS_RUNS).orderBy("started_at").collect()
+    for i, day in enumerate(days[1:], start=1):
+        mine = [r for r in runs if r["as_of"] == day]
+        ingested = [json.loads(r["params"]) for r in mine if r["stage"] == "ingest"]
+        assert [len(set(p["batches"]) - set(p["skipped"])) for p in ingested] == [1], day
+        assert all(p.endswith("(not read)") for p in ingested[0]["skipped"].values())
+        cleaned = [json.loads(r["params"]) for r in mine if r["stage"] == "clean"]
+        assert [(c["mode"], len(c["batches"])) for c in cleaned] == [("incremental", 1)]
+        aggregates = [json.loads(r["params"]) for r in mine if r["stage"] == "features" and "aggregates" in r["params"]]
+        assert [(a["mode"], a["dates"]) for a in aggregates] == [("incremental", [day.isoformat()])]
+    day = days[-1]
     lake = Lake.at(spark, str(lake_dir))
     for table in (schemas.SILVER_TRANSACTIONS, schemas.GOLD_CUSTOMER_FEATURES, schemas.GOLD_ASSOCIATION_RULES,
                   schemas.GOLD_CUSTOMER_SEGMENTS, schemas.GOLD_CUSTOMER_SCORES, schemas.OPS_DRIFT):

@@ -8,56 +8,20 @@ name, and a backfill of old dates after newer ones that repeats lines already la
 from __future__ import annotations
 
 import json
-import os
 import re
-import time
-from collections import defaultdict
 from datetime import date
 
 import pyspark.sql.functions as F
 import pytest
 from pyspark.testing import assertDataFrameEqual
 
-from conftest import clean_lake, ingest_files, run_features
+from conftest import clean_lake, daily_lines, ingest_files, land, run_features
 from lakemine.io import schemas
 from lakemine.io.lake import Lake
 from lakemine.stages import clean
 from lakemine.stages.generate import GenerateParams, generate
 
 pytestmark = pytest.mark.slow
-
-DATE = re.compile(r",(\d{1,2})/(\d{1,2})/(\d{4}) ")
-
-
-def daily_lines(raw_dir) -> tuple[str, dict[date, list[str]]]:
-    """(header, {day: lines}) of a generated export; a line without a readable date stays with
-    the line before it."""
-    (path,) = sorted(raw_dir.glob("*.csv"))
-    header, *lines = path.read_text().splitlines()
-    days: dict[date, list[str]] = defaultdict(list)
-    day = None
-    for line in lines:
-        m = DATE.search(line)
-        try:
-            day = date(int(m[3]), int(m[1]), int(m[2])) if m else day
-        except ValueError:  # a planted malformed date
-            pass
-        days[day or date(1990, 1, 1)].append(line)
-    days.pop(date(1990, 1, 1), None)
-    return header, dict(sorted(days.items()))
-
-
-def land(folder, name: str, header: str, lines: list[str]) -> None:
-    """Write a file and give it a modification time later than anything landed before."""
-    path = folder / name
-    path.write_text("\n".join([header, *lines]) + "\n")
-    stamp = time.time() + land.count
-    land.count += 10
-    os.utime(path, (stamp, stamp))
-
-
-land.count = 0
-
 
 def clean_runs(lake) -> list:
     return lake.read_table(schemas.OPS_RUNS).where("stage = 'clean'").orderBy("started_at").collect()

@@ -287,3 +287,64 @@ def test_a_lake_from_before_the_ledger_gets_one_from_its_bronze(lake, lake_cfg, 
     batch = first.result.new_batches[0]
     assert second.status == "noop" and second.result.skipped == {str(path): f"already ingested as batch {batch}"}
     assert _ledger(lake) == sorted([(f"file:{path}", batch, "ingested", None), (str(path), batch, "duplicate", 1)])
+
+
+KILLER = r"""
+import os, signal, sys
+from delta.tables import DeltaMergeBuilder
+from lakemine.io.lake import Lake
+after, commits = int(sys.argv[1]), [0]
+
+def counted(commit):
+    def wrapper(*args, **kwargs):
+        out = commit(*args, **kwargs)
+        commits[0] += 1
+        if commits[0] == after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+    return wrapper
+
+Lake._write = counted(Lake._write)
+DeltaMergeBuilder.execute = counted(DeltaMergeBuilder.execute)
+from lakemine.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_ingest_killed_9_after_each_commit_in_turn_accounts_for_every_line_once(spark, cfg, tmp_path, venv_env):
+    """Real `kill -9`s of `lakemine ingest`: killed after its 1st commit (the ledger made), then
+    reruns killed after the 1st (bronze), 2nd (quarantine) and 3rd (ledger marks), then one
+    that finishes. Bronze and quarantine then hold every line exactly once, as a run never killed."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from lakemine.io.lake import Lake
+    from lakemine.stages.generate import GenerateParams, generate
+
+    landing = tmp_path / "landing"
+    generate(spark, str(landing), GenerateParams.from_config(cfg, customers=20, days=5, seed=4, dirty_rate=0.1))
+    write_lines(landing / "extra.csv", [HEADER, "536365,85123A,HEART,6,12/1/2010 8:26,2.55,17850,United Kingdom",
+                                        "", "1,2,3", "536366,22633,HAND WARMER,6,12/1/2010 8:28,1.85,17850,United Kingdom"])
+    lines = sum(len(p.read_text().splitlines()) - 1 for p in landing.glob("*.csv"))
+    killed = tmp_path / "killed"
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    for after in (1, 1, 2, 3, 0):
+        proc = subprocess.run([sys.executable, str(script), str(after), "ingest", "--input", str(landing),
+                               "--lake", str(killed)], capture_output=True, text=True, env=venv_env, timeout=300,
+                              cwd=REPO)
+        assert proc.returncode == (-9 if after else 0), proc.stderr[-3000:]
+    lake = Lake.at(spark, str(killed))
+    never = Lake.at(spark, str(tmp_path / "never"))
+    ingest(never, cfg.with_lake(never.root), str(landing))
+    rows = lake.read_table(schemas.BRONZE_TRANSACTIONS).count() + lake.read_table(schemas.BRONZE_QUARANTINE).count()
+    assert rows == lines
+    for table, cols in ((schemas.BRONZE_TRANSACTIONS, BRONZE_COLS + ["_batch_id"]),
+                        (schemas.BRONZE_QUARANTINE, QUARANTINE_COLS + ["_batch_id"])):
+        assertDataFrameEqual(lake.read_table(table).select(*cols), never.read_table(table).select(*cols))
+    ledger = lake.read_table(schemas.OPS_INGEST_LEDGER).where("status = 'ingested'").select("path", "batch_id")
+    assertDataFrameEqual(ledger, never.read_table(schemas.OPS_INGEST_LEDGER).where("status = 'ingested'").select("path", "batch_id"))
+    statuses = [r["status"] for r in lake.read_table(schemas.OPS_RUNS).collect()]
+    assert statuses == ["noop"]  # the killed runs left no record; the last found everything ingested

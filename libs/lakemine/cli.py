@@ -148,7 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "clean", help="bronze into silver/transactions",
                        description="Type, trim and validate bronze rows into silver/transactions; exact duplicate lines "
-                       "are removed and counted; failing rows go to silver/quarantine with a reason code.")
+                       "are removed and counted; failing rows go to silver/quarantine with a reason code. Only the bronze "
+                       "batches silver does not hold yet are read (silver is rewritten on the dates they carry); silver "
+                       "is rebuilt from all of bronze when it is new, the clean settings or source profiles changed, or a "
+                       "corrected file superseded a batch. The summary says which.")
 
     p = _command(sub, "features", help="silver into gold baskets, customer features and labels",
                        description="Build gold/baskets (every sales invoice), and for --as-of: gold/customer_features "

@@ -3,8 +3,9 @@
 `clean_transactions` is the pure transform: trims, parses numbers and dates (formats from
 config), removes exact duplicate lines (counted, not quarantined), marks cancellations as
 returns and routes rows failing validation to quarantine with a stable reason code. The stage
-rebuilds silver from the whole of bronze at a pinned Delta version, so re-running it leaves
-the same rows.
+classifies only the bronze batches silver does not hold yet (`ops/clean_batches`), at a pinned
+bronze version, so re-running it leaves the same rows; the result equals a rebuild from all of
+bronze.
 """
 
 from __future__ import annotations
