@@ -404,8 +404,9 @@ def _full(lake: Lake, run: Run, classified: DataFrame) -> None:
         F.count(F.lit(1)).alias("n")).collect()}
     run.rows_out, run.rows_quarantined = counts.get(True, 0), counts.get(False, 0)
     conservation_check(run)  # before anything is committed
+    # one file per date, not one per date and task
     run.outputs[schemas.SILVER_TRANSACTIONS] = lake.overwrite(
-        silver_rows(classified), schemas.SILVER_TRANSACTIONS, partition_by=SILVER_PARTITIONS)
+        silver_rows(classified).repartition(*SILVER_PARTITIONS), schemas.SILVER_TRANSACTIONS, partition_by=SILVER_PARTITIONS)
     run.outputs[schemas.SILVER_QUARANTINE] = lake.overwrite(quarantine_rows(classified), schemas.SILVER_QUARANTINE)
     written = (lake.rows_written(schemas.SILVER_TRANSACTIONS), lake.rows_written(schemas.SILVER_QUARANTINE))
     if written != (run.rows_out, run.rows_quarantined):
