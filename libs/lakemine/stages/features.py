@@ -334,7 +334,7 @@ def refresh_aggregates(lake: Lake, p: FeatureParams, version: int, as_of: date) 
         if mode == "full":
             rows = silver
             run.outputs[schemas.GOLD_BASKETS] = lake.overwrite(build_baskets(rows), schemas.GOLD_BASKETS)
-            days = customer_days(rows)
+            days = customer_days(rows).repartition("invoice_date")  # one file per date
             run.outputs[schemas.GOLD_CUSTOMER_DAYS] = lake.overwrite(
                 days, schemas.GOLD_CUSTOMER_DAYS, partition_by=("invoice_date",), options=mark)
             run.message = "full: " + ("no earlier build" if since is None else "silver changed beyond dates")
