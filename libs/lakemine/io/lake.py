@@ -156,6 +156,14 @@ class Lake:
         """Idempotent write of one logical date: the table's `as_of` rows become `df`."""
         return self.replace_where(df, table, f"as_of = DATE'{as_of.isoformat()}'", partition_by=("as_of",))
 
+    def replace_dates(self, df: DataFrame, table: str, dates, column: str = "invoice_date",
+                      options: dict | None = None) -> int:
+        """Idempotent write of whole dates: the table's rows whose `column` is one of `dates`
+        become `df`; a missing table is created partitioned by `column`, so a write touches
+        only those dates' files."""
+        listed = ", ".join(f"DATE'{d.isoformat()}'" for d in sorted(dates))
+        return self.replace_where(df, table, f"`{column}` IN ({listed})", partition_by=(column,), options=options)
+
     def replace_batches(self, df: DataFrame, table: str, batch_ids: list[str]) -> int:
         """Idempotent write of ingest batches: the rows of `batch_ids` become `df` (bronze tables
         from before source profiles gain the new source columns)."""

@@ -296,10 +296,6 @@ def _fingerprint(p: CleanParams, profiles: dict[str, SourceProfile]) -> str:
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _sql_dates(dates: list[date]) -> str:
-    return ", ".join(f"DATE'{d.isoformat()}'" for d in sorted(dates))
-
-
 def _plan(lake: Lake, bronze: DataFrame, fingerprint: str) -> tuple[str, list[str], str]:
     """(mode, bronze batches to classify, why): "incremental" with the batches silver has not
     seen, "noop" when there are none, or "full" with every batch, when silver is missing, was
@@ -375,8 +371,7 @@ def _incremental(lake: Lake, run: Run, classified: DataFrame, new: list[str]) ->
         conservation_check(run)  # before anything is committed
 
         if silver_changed:
-            run.outputs[schemas.SILVER_TRANSACTIONS] = lake.replace_where(
-                kept, schemas.SILVER_TRANSACTIONS, f"invoice_date IN ({_sql_dates(dates)})", partition_by=SILVER_PARTITIONS)
+            run.outputs[schemas.SILVER_TRANSACTIONS] = lake.replace_dates(kept, schemas.SILVER_TRANSACTIONS, dates)
         if n_quarantined:
             run.outputs[schemas.SILVER_QUARANTINE] = _merge_quarantine(lake, quarantined)
         run.message = f"incremental: {len(new)} new batch(es), {len(dates)} date(s) of silver rewritten"

@@ -88,10 +88,6 @@ def _category(description):
     return F.upper(F.element_at(F.split(F.trim(F.coalesce(description, F.lit(""))), r"\s+"), -1))
 
 
-DAYS_SCHEMA = ("customer_id string, invoice_date date, invoices long, basket_items long, value double, "
-               "sale_lines long, return_lines long, items array<string>, category_spend map<string,double>")
-
-
 def customer_days(silver: DataFrame) -> DataFrame:
     """The customer-day aggregate that every customer feature and label is computed from: per
     customer and invoice date, the sales invoices, the sum of their distinct items, their value,
@@ -309,10 +305,6 @@ def _built_from(lake: Lake) -> int | None:
     return None
 
 
-def _sql_dates(dates) -> str:
-    return ", ".join(f"DATE'{d.isoformat()}'" for d in sorted(dates))
-
-
 def refresh_aggregates(lake: Lake, p: FeatureParams, version: int, as_of: date) -> Run:
     """Bring gold/baskets and gold/customer_days up to silver `version`, recomputing only the
     dates silver changed since they were last brought up (`silver_changes`), or all of them
@@ -332,9 +324,8 @@ def refresh_aggregates(lake: Lake, p: FeatureParams, version: int, as_of: date) 
         silver = product_lines(lake.read_table(schemas.SILVER_TRANSACTIONS, version), p.service_codes, p.service_pattern)
         mark = {"userMetadata": json.dumps({"silver_version": version})}
         if mode == "full":
-            rows = silver
-            run.outputs[schemas.GOLD_BASKETS] = lake.overwrite(build_baskets(rows), schemas.GOLD_BASKETS)
-            days = customer_days(rows).repartition("invoice_date")  # one file per date
+            run.outputs[schemas.GOLD_BASKETS] = lake.overwrite(build_baskets(silver), schemas.GOLD_BASKETS)
+            days = customer_days(silver).repartition("invoice_date")  # one file per date
             run.outputs[schemas.GOLD_CUSTOMER_DAYS] = lake.overwrite(
                 days, schemas.GOLD_CUSTOMER_DAYS, partition_by=("invoice_date",), options=mark)
             run.message = "full: " + ("no earlier build" if since is None else "silver changed beyond dates")
@@ -344,9 +335,8 @@ def refresh_aggregates(lake: Lake, p: FeatureParams, version: int, as_of: date) 
                 rows = silver.where(F.col("invoice_date").isin(sorted(changed)))
                 run.outputs[schemas.GOLD_BASKETS] = merge_baskets(lake, build_baskets(rows))
                 days = customer_days(rows)
-                run.outputs[schemas.GOLD_CUSTOMER_DAYS] = lake.replace_where(
-                    days, schemas.GOLD_CUSTOMER_DAYS, f"invoice_date IN ({_sql_dates(changed)})",
-                    partition_by=("invoice_date",), options=mark)
+                run.outputs[schemas.GOLD_CUSTOMER_DAYS] = lake.replace_dates(days, schemas.GOLD_CUSTOMER_DAYS, changed,
+                                                                             options=mark)
             # with no changed dates (silver only compacted) nothing is written and the mark stays
             run.message = f"incremental: {len(changed)} date(s) recomputed"
         if schemas.GOLD_CUSTOMER_DAYS in run.outputs:
