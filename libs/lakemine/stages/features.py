@@ -392,11 +392,16 @@ def run_snapshot(lake: Lake, p: FeatureParams, silver_version: int, days_version
         days = lake.read_table(schemas.GOLD_CUSTOMER_DAYS, days_version)
         run.inputs[schemas.SILVER_TRANSACTIONS] = silver_version
         run.inputs[schemas.GOLD_CUSTOMER_DAYS] = days_version
-        features, scaler = standardize(features_from_days(days, p))
-        run.outputs[schemas.GOLD_CUSTOMER_FEATURES] = lake.overwrite_as_of(features, schemas.GOLD_CUSTOMER_FEATURES, as_of)
-        run.rows_out = lake.rows_written(schemas.GOLD_CUSTOMER_FEATURES)
-        run.rows_in = days.where(F.col("invoice_date") <= F.lit(as_of)).count()
-        run.outputs[schemas.GOLD_FEATURE_SCALER] = lake.overwrite_as_of(scaler, schemas.GOLD_FEATURE_SCALER, as_of)
+        # computed once for both writes (the scaler's statistics come from the same rows)
+        raw = features_from_days(days, p).persist()
+        try:
+            features, scaler = standardize(raw)
+            run.outputs[schemas.GOLD_CUSTOMER_FEATURES] = lake.overwrite_as_of(features, schemas.GOLD_CUSTOMER_FEATURES, as_of)
+            run.rows_out = lake.rows_written(schemas.GOLD_CUSTOMER_FEATURES)
+            run.rows_in = days.where(F.col("invoice_date") <= F.lit(as_of)).count()
+            run.outputs[schemas.GOLD_FEATURE_SCALER] = lake.overwrite_as_of(scaler, schemas.GOLD_FEATURE_SCALER, as_of)
+        finally:
+            raw.unpersist()
         written = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES).where(F.col("as_of") == F.lit(as_of))
         labels = labels_from_days(days, written, p, data_end)
         run.outputs[schemas.GOLD_LABELS] = lake.overwrite_as_of(labels, schemas.GOLD_LABELS, as_of)
