@@ -30,6 +30,10 @@ from lakemine.io.lake import Lake
 from lakemine.io.runs import Run, conservation_check, record_run
 
 log = logging.getLogger(__name__)
+# Classified rows are cached on disk only: a MEMORY_AND_DISK block read back from disk is first
+# copied whole into the heap, and at 20 M lines in 8 partitions that block overflows a 4 GiB
+# driver (java.lang.OutOfMemoryError in the history build of bench/daily.py).
+SPILL = StorageLevel.DISK_ONLY
 
 STAGE = "clean"
 
@@ -341,8 +345,8 @@ def _incremental(lake: Lake, run: Run, classified: DataFrame, new: list[str]) ->
     are rewritten in one commit, the copy with the least (file, line, batch) kept, as a full
     rebuild keeps it. Rows of `new` batches left by a killed run are replaced, not counted.
     """
-    fresh = silver_rows(classified).persist(StorageLevel.MEMORY_AND_DISK)
-    quarantined = quarantine_rows(classified).persist(StorageLevel.MEMORY_AND_DISK)
+    fresh = silver_rows(classified).persist(SPILL)
+    quarantined = quarantine_rows(classified).persist(SPILL)
     try:
         dates = [r["invoice_date"] for r in fresh.select("invoice_date").distinct().collect()]
         not_new = ~F.col("_batch_id").isin(new)
@@ -432,7 +436,7 @@ def run(lake: Lake, cfg: Config, p: CleanParams) -> Run:
             run.status, run.message = "noop", "no new bronze batches; silver unchanged"
         else:
             rows = bronze if mode == "full" else bronze.where(F.col("_batch_id").isin(batches))
-            classified = clean_transactions(rows, p, cfg.sources).persist(StorageLevel.MEMORY_AND_DISK)
+            classified = clean_transactions(rows, p, cfg.sources).persist(SPILL)
             try:
                 totals = classified.agg(F.sum("copies").alias("rows_in"), F.sum(F.col("copies") - 1).alias("dups")).first()
                 run.rows_in = int(totals["rows_in"] or 0)
