@@ -159,10 +159,10 @@ class Lake:
     def replace_dates(self, df: DataFrame, table: str, dates, column: str = "invoice_date",
                       options: dict | None = None) -> int:
         """Idempotent write of whole dates: the table's rows whose `column` is one of `dates`
-        become `df`; a missing table is created partitioned by `column`, so a write touches
-        only those dates' files."""
+        become `df`, one file per date; a missing table is created partitioned by `column`, so
+        a write touches only those dates' files."""
         listed = ", ".join(f"DATE'{d.isoformat()}'" for d in sorted(dates))
-        return self.replace_where(df, table, f"`{column}` IN ({listed})", partition_by=(column,), options=options)
+        return self.replace_where(df.repartition(column), table, f"`{column}` IN ({listed})", partition_by=(column,), options=options)
 
     def replace_batches(self, df: DataFrame, table: str, batch_ids: list[str]) -> int:
         """Idempotent write of ingest batches: the rows of `batch_ids` become `df` (bronze tables
