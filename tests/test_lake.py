@@ -45,3 +45,58 @@ def test_reading_a_missing_table_names_it(lake):
     with pytest.raises(StageError, match="table gold/nope does not exist in lake"):
         lake.read_table("gold/nope")
     assert lake.table_version("gold/nope") is None
+
+
+def _another_writer(spark, path: str) -> None:
+    """A commit by someone else (its own commit metadata, as another process would have)."""
+    (spark.createDataFrame([("z", D2, 9.9)], DDL).write.format("delta").mode("append")
+     .option("userMetadata", "another writer").save(path))
+
+
+def test_a_write_returns_the_version_it_made_when_another_writer_commits_right_after(spark, lake, monkeypatch):
+    """A concurrent commit landing between a write and its version lookup (injected here as a
+    real second append straight after the real save) must not be taken for the write's own:
+    lineage and row counts follow the version the write made (issue 16)."""
+    from pyspark.sql.readwriter import DataFrameWriter
+
+    lake.overwrite(spark.createDataFrame([("a", D1, 1.0)], DDL), "gold/c")
+    real_save, injected = DataFrameWriter.save, []
+
+    def save_then_another_writer(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        if not injected:
+            injected.append(True)
+            _another_writer(spark, lake.path("gold/c"))
+
+    monkeypatch.setattr(DataFrameWriter, "save", save_then_another_writer)
+    ours = lake.append(spark.createDataFrame([("b", D1, 2.0), ("c", D1, 3.0)], DDL), "gold/c")
+    monkeypatch.undo()
+    assert injected and lake.table_version("gold/c") == ours + 1
+    assert lake.rows_written("gold/c", ours) == 2
+    assert lake.rows_written("gold/c") == 1  # the latest commit is the other writer's
+    assertDataFrameEqual(lake.read_table("gold/c", ours),
+                         spark.createDataFrame([("a", D1, 1.0), ("b", D1, 2.0), ("c", D1, 3.0)], DDL))
+
+
+def test_a_merge_returns_the_version_it_made_when_another_writer_commits_right_after(spark, lake, monkeypatch):
+    from delta.tables import DeltaMergeBuilder
+
+    keys = ["customer_id", "as_of"]
+    lake.merge_into(spark.createDataFrame([("a", D1, 0.1)], DDL), "gold/m", keys)
+    real_execute, injected = DeltaMergeBuilder.execute, []
+
+    def execute_then_another_writer(self):
+        out = real_execute(self)
+        if not injected:
+            injected.append(True)
+            _another_writer(spark, lake.path("gold/m"))
+        return out
+
+    monkeypatch.setattr(DeltaMergeBuilder, "execute", execute_then_another_writer)
+    ours = lake.merge_into(spark.createDataFrame([("b", D1, 0.2)], DDL), "gold/m", keys)
+    monkeypatch.undo()
+    assert injected and lake.table_version("gold/m") == ours + 1
+    assertDataFrameEqual(lake.read_table("gold/m", ours),
+                         spark.createDataFrame([("a", D1, 0.1), ("b", D1, 0.2)], DDL))
+    # the tag is gone from the session once the merge is done
+    assert spark.conf.get("spark.databricks.delta.commitInfo.userMetadata", None) is None

@@ -6,8 +6,11 @@ the rows of one logical date or batch (Delta `replaceWhere`), `merge_into` upser
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 
@@ -18,6 +21,20 @@ from lakemine.core import storage
 from lakemine.core.errors import StageError
 
 log = logging.getLogger(__name__)
+
+# Delta copies this session setting into the commitInfo.userMetadata of every commit made while
+# it is set (a DataFrame write's own userMetadata option wins over it)
+COMMIT_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+TAGGED_HISTORY = 64  # how far back a write looks for its own commit
+
+
+def _write_tag(user_metadata: str | None) -> str | None:
+    """The write tag a commit's userMetadata carries (None for any other metadata)."""
+    try:
+        meta = json.loads(user_metadata) if user_metadata else None
+    except ValueError:
+        return None
+    return meta.get("write") if isinstance(meta, dict) else None
 
 
 def _sql_string(value: str) -> str:
@@ -95,18 +112,25 @@ class Lake:
         finally:
             self.spark.conf.set(key, previous)
 
-    def rows_written(self, table: str) -> int:
-        """New rows the table's latest commit wrote (Delta's numOutputRows less the rows it
-        copied from files it rewrote), 0 when none."""
-        last = DeltaTable.forPath(self.spark, self.path(table)).history(1).first()
-        metrics = last["operationMetrics"] or {}
+    def _operation_metrics(self, table: str, version: int | None) -> dict:
+        """Delta's operationMetrics of the commit that made `version` (None: the latest)."""
+        delta = DeltaTable.forPath(self.spark, self.path(table))
+        history = delta.history(1) if version is None else delta.history(TAGGED_HISTORY).where(f"version = {int(version)}")
+        rows = history.select("operationMetrics").collect()
+        return dict(rows[0]["operationMetrics"] or {}) if rows else {}
+
+    def rows_written(self, table: str, version: int | None = None) -> int:
+        """New rows the commit that made `version` of the table wrote (default: its latest
+        commit; pass the version a write returned, another writer may have committed since):
+        Delta's numOutputRows less the rows it copied from files it rewrote, 0 when none."""
+        metrics = self._operation_metrics(table, version)
         return int(metrics.get("numOutputRows", 0)) - int(metrics.get("numCopiedRows", 0))
 
     def files_touched(self, table: str, version: int) -> tuple[int, int]:
         """(data files added, data files removed) by the commit that made `version` of `table`,
         from Delta's operation metrics; (0, 0) when it has none."""
-        rows = DeltaTable.forPath(self.spark, self.path(table)).history(8).where(f"version = {int(version)}").collect()
-        metrics = (rows[0]["operationMetrics"] or {}) if rows else {}
+        metrics = self._operation_metrics(table, version)
+
         def first(*names: str) -> int:  # WRITE, MERGE and OPTIMIZE name them differently
             return next((int(metrics[n]) for n in names if n in metrics), 0)
 
@@ -122,13 +146,45 @@ class Lake:
 
     def _write(self, df: DataFrame, table: str, mode: str, options: dict | None = None,
                partition_by: tuple[str, ...] = ()) -> int:
+        """Write `df` and return the version this write created (not the table's latest: a
+        concurrent writer may have committed after it). The commit's userMetadata (JSON, with
+        any the caller gave in `options`) carries a tag that finds it."""
+        options = dict(options or {})
+        tag = uuid.uuid4().hex
+        meta = json.loads(options["userMetadata"]) if options.get("userMetadata") else {}
+        options["userMetadata"] = json.dumps({**meta, "write": tag}, sort_keys=True)
         writer = df.write.format("delta").mode(mode)
-        for key, value in (options or {}).items():
+        for key, value in options.items():
             writer = writer.option(key, value)
         if partition_by:
             writer = writer.partitionBy(*partition_by)
         writer.save(self.path(table))
-        return self.table_version(table)
+        return self.version_of_write(table, tag)
+
+    def version_of_write(self, table: str, tag: str) -> int:
+        """The version of `table` whose commit carries write tag `tag`: the latest commit's
+        when no one committed since (one log file read), else found further back."""
+        delta = DeltaTable.forPath(self.spark, self.path(table))
+        for depth in (1, TAGGED_HISTORY):
+            for row in delta.history(depth).select("version", "userMetadata").collect():
+                if _write_tag(row["userMetadata"]) == tag:
+                    return int(row["version"])
+        raise StageError(f"table {table}: this write's commit ({tag}) is not among its last {TAGGED_HISTORY} versions")
+
+    def commit(self, table: str, action: Callable[[], object]) -> int:
+        """Run `action` (a Delta MERGE, DELETE or UPDATE on `table`) with its commit tagged and
+        return the version it created, as `_write` does for DataFrame writes."""
+        tag = uuid.uuid4().hex
+        previous = self.spark.conf.get(COMMIT_METADATA, None)
+        self.spark.conf.set(COMMIT_METADATA, json.dumps({"write": tag}))
+        try:
+            action()
+        finally:
+            if previous is None:
+                self.spark.conf.unset(COMMIT_METADATA)
+            else:
+                self.spark.conf.set(COMMIT_METADATA, previous)
+        return self.version_of_write(table, tag)
 
     def overwrite(self, df: DataFrame, table: str, partition_by: tuple[str, ...] = (), options: dict | None = None) -> int:
         """Replace the whole table with `df`, partitioned by `partition_by` (a table partitioned
@@ -189,15 +245,14 @@ class Lake:
                     empty = self.spark.createDataFrame([], schema or df.schema)
                     self._write(empty, table, "append")
                 condition = " AND ".join([f"t.`{k}` <=> s.`{k}`" for k in keys] + ([f"({target})"] if target else []))
-                (
+                return self.commit(table, lambda: (
                     DeltaTable.forPath(self.spark, self.path(table))
                     .alias("t")
                     .merge(df.alias("s"), condition)
                     .whenMatchedUpdateAll(condition=update_when)
                     .whenNotMatchedInsertAll()
                     .execute()
-                )
-                return self.table_version(table)
+                ))
             except Exception as exc:  # Delta raises JVM exceptions wrapped by py4j
                 name = type(exc).__name__ + " " + str(exc)[:300]
                 retriable = ("Concurrent", "ProtocolChanged", "DELTA_PROTOCOL_CHANGED", "already exists")

@@ -304,7 +304,8 @@ def run(lake: Lake, cfg: Config, p: MiningParams) -> Run:
             run.outputs[schemas.GOLD_ASSOCIATION_RULES] = lake.overwrite_as_of(
                 described, schemas.GOLD_ASSOCIATION_RULES, as_of
             )
-            run.message = f"{found:,} itemsets, {lake.rows_written(schemas.GOLD_ASSOCIATION_RULES):,} rules from {n:,} baskets"
+            rules_written = lake.rows_written(schemas.GOLD_ASSOCIATION_RULES, run.outputs[schemas.GOLD_ASSOCIATION_RULES])
+            run.message = f"{found:,} itemsets, {rules_written:,} rules from {n:,} baskets"
         finally:
             baskets.unpersist()
     return run

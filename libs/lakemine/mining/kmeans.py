@@ -167,7 +167,7 @@ def run(lake: Lake, cfg: Config, p: KMeansParams) -> Run:
                 "distance", *stamp,
             )
             run.outputs[schemas.GOLD_CUSTOMER_SEGMENTS] = lake.overwrite_as_of(out, schemas.GOLD_CUSTOMER_SEGMENTS, as_of)
-            run.rows_out = lake.rows_written(schemas.GOLD_CUSTOMER_SEGMENTS)
+            run.rows_out = lake.rows_written(schemas.GOLD_CUSTOMER_SEGMENTS, run.outputs[schemas.GOLD_CUSTOMER_SEGMENTS])
             scaler_rows = lake.read_table(schemas.GOLD_FEATURE_SCALER).where(F.col("as_of") == F.lit(as_of)).collect()
             scaler = {r["feature"]: (r["mean"], r["std"]) for r in scaler_rows}
             profiles = profile_segments(segments, model, labels, p.columns, scaler).select(

@@ -389,12 +389,12 @@ def _merge_quarantine(lake: Lake, quarantined: DataFrame) -> int:
     with the least (file, line, batch). Returns the new version."""
     same = " AND ".join(f"t.`{c}` <=> s.`{c}`" for c in schemas.SOURCE_COLUMNS)
     earlier = "struct(s._source_file, s._line, s._batch_id) < struct(t._source_file, t._line, t._batch_id)"
-    (DeltaTable.forPath(lake.spark, lake.path(schemas.SILVER_QUARANTINE)).alias("t")
-     .merge(quarantined.alias("s"), same)
-     .whenMatchedUpdateAll(condition=earlier)
-     .whenNotMatchedInsertAll()
-     .execute())
-    return lake.table_version(schemas.SILVER_QUARANTINE)
+    return lake.commit(schemas.SILVER_QUARANTINE, lambda: (
+        DeltaTable.forPath(lake.spark, lake.path(schemas.SILVER_QUARANTINE)).alias("t")
+        .merge(quarantined.alias("s"), same)
+        .whenMatchedUpdateAll(condition=earlier)
+        .whenNotMatchedInsertAll()
+        .execute()))
 
 
 def _full(lake: Lake, run: Run, classified: DataFrame) -> None:
@@ -407,7 +407,7 @@ def _full(lake: Lake, run: Run, classified: DataFrame) -> None:
     run.outputs[schemas.SILVER_TRANSACTIONS] = lake.overwrite(
         silver_rows(classified).repartition(*SILVER_PARTITIONS), schemas.SILVER_TRANSACTIONS, partition_by=SILVER_PARTITIONS)
     run.outputs[schemas.SILVER_QUARANTINE] = lake.overwrite(quarantine_rows(classified), schemas.SILVER_QUARANTINE)
-    written = (lake.rows_written(schemas.SILVER_TRANSACTIONS), lake.rows_written(schemas.SILVER_QUARANTINE))
+    written = tuple(lake.rows_written(t, run.outputs[t]) for t in (schemas.SILVER_TRANSACTIONS, schemas.SILVER_QUARANTINE))
     if written != (run.rows_out, run.rows_quarantined):
         raise StageError(f"clean: wrote {written[0]} silver and {written[1]} quarantine rows, "
                          f"expected {run.rows_out} and {run.rows_quarantined}")

@@ -340,7 +340,7 @@ def refresh_aggregates(lake: Lake, p: FeatureParams, version: int, as_of: date) 
             # with no changed dates (silver only compacted) nothing is written and the mark stays
             run.message = f"incremental: {len(changed)} date(s) recomputed"
         if schemas.GOLD_CUSTOMER_DAYS in run.outputs:
-            run.rows_out = lake.rows_written(schemas.GOLD_CUSTOMER_DAYS)
+            run.rows_out = lake.rows_written(schemas.GOLD_CUSTOMER_DAYS, run.outputs[schemas.GOLD_CUSTOMER_DAYS])
     return run
 
 
@@ -349,16 +349,16 @@ def merge_baskets(lake: Lake, baskets: DataFrame) -> int:
     items (an invoice is only ever added to by incremental silver). Returns the new version."""
     if not lake.exists(schemas.GOLD_BASKETS):
         return lake.overwrite(baskets, schemas.GOLD_BASKETS)
-    (DeltaTable.forPath(lake.spark, lake.path(schemas.GOLD_BASKETS)).alias("t")
-     .merge(baskets.alias("s"), "t.basket_id = s.basket_id")
-     .whenMatchedUpdate(set={
-         "customer_id": "coalesce(least(t.customer_id, s.customer_id), t.customer_id, s.customer_id)",
-         "invoice_date": "least(t.invoice_date, s.invoice_date)",
-         "items": "array_sort(array_distinct(concat(t.items, s.items)))",
-     })
-     .whenNotMatchedInsertAll()
-     .execute())
-    return lake.table_version(schemas.GOLD_BASKETS)
+    return lake.commit(schemas.GOLD_BASKETS, lambda: (
+        DeltaTable.forPath(lake.spark, lake.path(schemas.GOLD_BASKETS)).alias("t")
+        .merge(baskets.alias("s"), "t.basket_id = s.basket_id")
+        .whenMatchedUpdate(set={
+            "customer_id": "coalesce(least(t.customer_id, s.customer_id), t.customer_id, s.customer_id)",
+            "invoice_date": "least(t.invoice_date, s.invoice_date)",
+            "items": "array_sort(array_distinct(concat(t.items, s.items)))",
+        })
+        .whenNotMatchedInsertAll()
+        .execute()))
 
 
 def run(lake: Lake, cfg: Config, p: FeatureParams) -> Run:
@@ -397,7 +397,7 @@ def run_snapshot(lake: Lake, p: FeatureParams, silver_version: int, days_version
         try:
             features, scaler = standardize(raw)
             run.outputs[schemas.GOLD_CUSTOMER_FEATURES] = lake.overwrite_as_of(features, schemas.GOLD_CUSTOMER_FEATURES, as_of)
-            run.rows_out = lake.rows_written(schemas.GOLD_CUSTOMER_FEATURES)
+            run.rows_out = lake.rows_written(schemas.GOLD_CUSTOMER_FEATURES, run.outputs[schemas.GOLD_CUSTOMER_FEATURES])
             run.rows_in = days.where(F.col("invoice_date") <= F.lit(as_of)).count()
             run.outputs[schemas.GOLD_FEATURE_SCALER] = lake.overwrite_as_of(scaler, schemas.GOLD_FEATURE_SCALER, as_of)
         finally:

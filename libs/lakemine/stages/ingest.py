@@ -517,9 +517,9 @@ def run(lake: Lake, cfg: Config, p: IngestParams) -> Run:
         replaced = batch_ids + sorted({r["batch_id"] for r in superseded} - set(batch_ids))
         try:
             run.outputs[schemas.BRONZE_TRANSACTIONS] = lake.replace_batches(good, schemas.BRONZE_TRANSACTIONS, replaced)
-            run.rows_out = lake.rows_written(schemas.BRONZE_TRANSACTIONS)
+            run.rows_out = lake.rows_written(schemas.BRONZE_TRANSACTIONS, run.outputs[schemas.BRONZE_TRANSACTIONS])
             run.outputs[schemas.BRONZE_QUARANTINE] = lake.replace_batches(bad, schemas.BRONZE_QUARANTINE, replaced)
-            run.rows_quarantined = lake.rows_written(schemas.BRONZE_QUARANTINE)
+            run.rows_quarantined = lake.rows_written(schemas.BRONZE_QUARANTINE, run.outputs[schemas.BRONZE_QUARANTINE])
             reasons = rows.where(F.col("reason").isNotNull()).groupBy("reason").count().collect()
             run.quarantine_reasons = {r["reason"]: int(r["count"]) for r in reasons}
         finally:
