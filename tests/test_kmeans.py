@@ -95,3 +95,16 @@ def test_kmeans_stage_writes_segments_profiles_model_and_is_idempotent(spark, la
     vec = np.array([row[c] for c in SEGMENT_FEATURES])
     assert math.isclose(seg[row["customer_id"]]["distance"], float(np.linalg.norm(vec - own)), rel_tol=1e-9)
     assert set(FEATURES) <= set(profiles.columns)
+
+
+def test_too_few_customers_is_refused_and_the_refusal_is_in_ops_runs(lake, lake_cfg, gold_lake):
+    """A run the stage refuses once started (fewer customers than k) still exits 2, and now
+    leaves its ops/runs row, failed, with the reason (issue 16)."""
+    feats = gold_lake[0].read_table(schemas.GOLD_CUSTOMER_FEATURES)
+    as_of = feats.agg(F.max("as_of")).first()[0]
+    lake.overwrite(feats.where(F.col("as_of") == F.lit(as_of)).orderBy("customer_id").limit(3), schemas.GOLD_CUSTOMER_FEATURES)
+    with pytest.raises(UsageError, match="3 customers at as_of .*: too few for k up to 5"):
+        run_kmeans(lake, lake_cfg, KMeansParams.from_config(lake_cfg, k=5, as_of=as_of))
+    runs = lake.read_table(schemas.OPS_RUNS).where(F.col("stage") == "kmeans").collect()
+    assert [(r["status"], r["as_of"]) for r in runs] == [("failed", as_of)]
+    assert "too few for k up to 5" in runs[0]["message"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any, Iterator
 
-from lakemine.core.errors import StageError, UsageError
+from lakemine.core.errors import InputError, StageError
 from lakemine.io import schemas
 from lakemine.io.lake import Lake
 
@@ -82,13 +82,14 @@ def write_run(lake: Lake, run: Run) -> None:
 def record_run(lake: Lake, stage: str, as_of: date | None, params: dict) -> Iterator[Run]:
     """Yield a Run; on exit append it to ops/runs as succeeded, skipped or failed.
 
-    Unusable input (UsageError) writes nothing, as the contract asks; other failures are
-    recorded with their message and re-raised.
+    Unusable input (InputError) writes nothing, as the contract asks; every other failure,
+    a run the stage refuses (UsageError, e.g. too few customers for k) included, is recorded
+    with its message and re-raised.
     """
     run = Run(stage=stage, as_of=as_of, params=params)
     try:
         yield run
-    except UsageError:
+    except InputError:
         raise
     except Exception as exc:
         run.status = "failed"
