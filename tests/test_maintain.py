@@ -63,3 +63,23 @@ def test_cli_maintain_names_a_missing_table(lake, capsys):
     assert main(["maintain", "--lake", lake.root, "--table", "gold/demo", "--retention-hours", "0"]) == 0
     out = capsys.readouterr().out
     assert "maintain: status=succeeded" in out and "gold/demo" in out
+
+
+def test_vacuum_below_the_safety_default_leaves_the_shared_session_check_on(lake, lake_cfg, monkeypatch):
+    """VACUUM at 0 h turns Delta's retention check off for its own call only: the session every
+    other write in the process shares keeps it on throughout (issue 16)."""
+    from delta.tables import DeltaTable
+
+    key = "spark.databricks.delta.retentionDurationCheck.enabled"
+    real_vacuum, seen = DeltaTable.vacuum, []
+
+    def watching(self, *args):
+        seen.append(lake.spark.conf.get(key, "true"))
+        return real_vacuum(self, *args)
+
+    monkeypatch.setattr(DeltaTable, "vacuum", watching)
+    _many_small_files(lake, "gold/demo", writes=2)
+    files_before, _ = storage.data_files(lake.path("gold/demo"))
+    _, done = maintain(lake, lake_cfg, retention_hours=0)
+    assert seen == ["true"] and lake.spark.conf.get(key, "true") == "true"
+    assert done[0].files_deleted == files_before  # the 0 h VACUUM still ran unchecked

@@ -102,15 +102,13 @@ class Lake:
 
     def vacuum(self, table: str, retention_hours: int) -> None:
         """VACUUM: delete files no version of the last `retention_hours` needs. Below Delta's
-        safety default (168 h) the check is turned off for this call only."""
-        key = "spark.databricks.delta.retentionDurationCheck.enabled"
-        previous = self.spark.conf.get(key, "true")
+        safety default (168 h) the check is turned off in a child session made for this call
+        (its own SQL settings, the same SparkContext), never in the session others share."""
+        spark = self.spark
         if retention_hours < 168:
-            self.spark.conf.set(key, "false")
-        try:
-            DeltaTable.forPath(self.spark, self.path(table)).vacuum(float(retention_hours))
-        finally:
-            self.spark.conf.set(key, previous)
+            spark = self.spark.newSession()
+            spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
+        DeltaTable.forPath(spark, self.path(table)).vacuum(float(retention_hours))
 
     def _operation_metrics(self, table: str, version: int | None) -> dict:
         """Delta's operationMetrics of the commit that made `version` (None: the latest)."""
