@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -259,3 +260,54 @@ def test_package_prints_a_submit_line_that_runs(tmp_path, venv_env, capsys):
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "maintain: status=succeeded" in proc.stdout and "retention 200 h" in proc.stdout, proc.stdout
+
+
+SESSION_PROBE = """
+import json, sys
+from lakemine.core.config import load_config
+from lakemine.io.spark import session
+
+def probe(spark):
+    return {k: spark.conf.get(k, None) for k in ("spark.sql.shuffle.partitions", "spark.ui.enabled")}
+
+cluster = session(load_config(None), submitted=True)  # the packaged defaults: nothing set by the user
+user = session(load_config(sys.argv[1]), submitted=True)  # the user's config sets shuffle partitions
+print("PROBE", json.dumps({"cluster": probe(cluster), "user": probe(user), "shared": probe(cluster)}))
+"""
+
+
+@pytest.mark.slow
+def test_a_submitted_session_keeps_the_cluster_settings_unless_the_user_config_sets_them(tmp_path, venv_env):
+    """Under spark-submit the cluster's spark.sql.shuffle.partitions and spark.ui.enabled stand
+    (lakemine's local defaults 8 and false do not override them); a config that sets shuffle
+    partitions gets them, also when a session already runs, without changing that session."""
+    (tmp_path / "probe.py").write_text(SESSION_PROBE)
+    (tmp_path / "user.yaml").write_text("spark:\n  shuffle_partitions: 5\n")
+    proc = subprocess.run(
+        [*_spark_submit(venv_env, "local[1]"), "--conf", "spark.sql.shuffle.partitions=37", "--conf", "spark.ui.enabled=true",
+         "--conf", "spark.ui.port=0", str(tmp_path / "probe.py"), str(tmp_path / "user.yaml")],
+        capture_output=True, text=True, env=venv_env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    probe = json.loads(proc.stdout.split("PROBE ", 1)[1])
+    assert probe["cluster"] == {"spark.sql.shuffle.partitions": "37", "spark.ui.enabled": "true"}
+    assert probe["user"] == {"spark.sql.shuffle.partitions": "5", "spark.ui.enabled": "true"}
+    assert probe["shared"] == probe["cluster"]
+
+
+def test_a_second_config_in_one_process_gets_its_sql_settings_in_a_child_session(spark, cfg, caplog):
+    """getOrCreate would hand back the running session and drop the new config's settings: the
+    SQL ones now apply to a child session (the shared one keeps its own), static ones differing
+    are named in a warning."""
+    from lakemine.core.config import load_config
+    from lakemine.io.spark import session
+
+    other = load_config(env={"LAKEMINE_SPARK__MASTER": "local[2]", "LAKEMINE_SPARK__SHUFFLE_PARTITIONS": "3",
+                             "LAKEMINE_SPARK__DRIVER_MEMORY": "3g"})
+    with caplog.at_level("WARNING", logger="lakemine.io.spark"):
+        child = session(other)
+    assert child.conf.get("spark.sql.shuffle.partitions") == "3"
+    assert spark.conf.get("spark.sql.shuffle.partitions") == str(cfg.spark.shuffle_partitions)
+    assert child.sparkContext is spark.sparkContext
+    assert "spark.driver.memory=3g (running: 2g)" in caplog.text
+    assert session(cfg) is spark  # same settings: the running session itself

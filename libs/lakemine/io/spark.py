@@ -12,47 +12,108 @@ import sys
 
 from pyspark.sql import SparkSession
 
-from lakemine.core.config import Config
+from lakemine.core.config import Config, packaged_defaults
 from lakemine.orchestration.jars import DELTA_CONF, QUIET_LOG4J, delta_jars
 
 log = logging.getLogger(__name__)
 
 
-def session(cfg: Config, submitted: bool = False, quiet: bool = True) -> SparkSession:
-    """The SparkSession for `cfg`, created once per process.
+def settings(cfg: Config, submitted: bool = False, quiet: bool = True) -> dict[str, str]:
+    """The Spark settings lakemine asks for under `cfg`.
 
-    `submitted=True` is passed by the jobs/ entry points run through spark-submit: the
-    master, memory and jars then come from the spark-submit line, not from the config.
+    Local mode: everything (master, memory, jars, lakemine's tuning for one machine). Under
+    spark-submit (`submitted`) the cluster's own settings (spark-defaults.conf, --conf) stand:
+    lakemine adds the Delta extension and UTC, then only what the user's lakemine config sets
+    (shuffle partitions or the UI changed from the packaged defaults, and `spark.conf`).
     """
-    builder = SparkSession.builder.appName(cfg.spark.app_name)
     conf: dict[str, str] = dict(DELTA_CONF)
-    conf.update(
-        {
-            "spark.sql.shuffle.partitions": str(cfg.spark.shuffle_partitions),
-            "spark.sql.session.timeZone": "UTC",
-            "spark.ui.enabled": str(cfg.spark.ui).lower(),
+    conf["spark.sql.session.timeZone"] = "UTC"  # every date lakemine computes is a UTC date
+    shuffle = {"spark.sql.shuffle.partitions": str(cfg.spark.shuffle_partitions)}
+    ui = {"spark.ui.enabled": str(cfg.spark.ui).lower()}
+    if submitted:
+        defaults = packaged_defaults().spark
+        if cfg.spark.shuffle_partitions != defaults.shuffle_partitions:
+            conf.update(shuffle)
+        if cfg.spark.ui != defaults.ui:
+            conf.update(ui)
+    else:
+        conf.update({
+            **shuffle, **ui,
             "spark.ui.showConsoleProgress": "false",
             "spark.sql.adaptive.enabled": "true",
             "spark.databricks.delta.snapshotPartitions": "2",
-        }
-    )
-    if not submitted:
-        builder = builder.master(cfg.spark.master)
-        conf["spark.driver.memory"] = cfg.spark.driver_memory
-        # local executors are threads of this process: their Python workers must be this
-        # interpreter (with pyfim, torch...), not whatever python3 is first on PATH
-        conf["spark.pyspark.python"] = sys.executable
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+            "spark.master": cfg.spark.master,
+            "spark.driver.memory": cfg.spark.driver_memory,
+            # local executors are threads of this process: their Python workers must be this
+            # interpreter (with pyfim, torch...), not whatever python3 is first on PATH
+            "spark.pyspark.python": sys.executable,
+        })
         if quiet:
             conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={QUIET_LOG4J.as_uri()}"
         if cfg.spark.delta_jars == "packages":
             conf["spark.jars.packages"] = cfg.spark.delta_packages
         else:
             conf["spark.jars"] = ",".join(delta_jars(cfg))
-    conf.update(cfg.spark.conf)
-    for key, value in conf.items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    conf.update({k: str(v) for k, v in cfg.spark.conf.items()})
+    return conf
+
+
+def session(cfg: Config, submitted: bool = False, quiet: bool = True) -> SparkSession:
+    """The SparkSession for `cfg`: created once per process, with `settings(cfg, ...)`.
+
+    `submitted=True` is passed by the jobs/ entry points run through spark-submit: the
+    master, memory and jars then come from the spark-submit line, the tuning from the
+    cluster's settings.
+
+    When a session already runs in this process, its SQL settings are not changed under the
+    callers that share it: a session with different SQL settings (shuffle partitions, ...)
+    gets its own child session on the same SparkContext, and settings that cannot change on
+    a running context (master, memory, jars, UI) are logged as ignored.
+    """
+    conf = settings(cfg, submitted, quiet)
+    if not submitted:
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    running = _running()
+    if running is None:
+        builder = SparkSession.builder.appName(cfg.spark.app_name)
+        for key, value in conf.items():
+            builder = builder.config(key, value)
+        spark = builder.getOrCreate()
+    else:
+        spark = _reuse(running, conf)
     spark.sparkContext.setLogLevel("ERROR" if quiet else cfg.spark.log_level)
     log.debug("spark session %s, master %s", spark.version, spark.sparkContext.master)
     return spark
+
+
+def _running() -> SparkSession | None:
+    """The process's first session (the one getOrCreate hands out), not the thread's active
+    one: running a query makes its session active, a child session included."""
+    first = getattr(SparkSession, "_instantiatedSession", None)
+    if first is not None and first._sc._jsc is not None:
+        return first
+    return SparkSession.getActiveSession()
+
+
+def _reuse(running: SparkSession, conf: dict[str, str]) -> SparkSession:
+    """`running`, or a child session of it with `conf`'s SQL settings where they differ."""
+    context = running.sparkContext.getConf()
+    changed, ignored = {}, []
+    for key, value in conf.items():
+        if running.conf.isModifiable(key):
+            if running.conf.get(key, None) != value:
+                changed[key] = value
+        elif key.startswith("spark.sql."):  # static SQL settings (extensions, catalog)
+            if running.conf.get(key, None) != value:
+                ignored.append(f"{key}={value} (running: {running.conf.get(key, None)})")
+        elif context.get(key, None) != value and not (key.endswith("extraJavaOptions") and value in context.get(key, "")):
+            ignored.append(f"{key}={value} (running: {context.get(key, None)})")
+    if ignored:
+        log.warning("a Spark session already runs in this process; these settings cannot change on it and are "
+                    "ignored: %s", "; ".join(ignored))
+    if not changed:
+        return running
+    child = running.newSession()
+    for key, value in changed.items():
+        child.conf.set(key, value)
+    return child
