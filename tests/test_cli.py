@@ -177,32 +177,6 @@ def test_jobs_run_through_spark_submit(tmp_path, venv_env):
 
 
 @pytest.mark.slow
-def test_mining_jobs_run_through_spark_submit(spark, tmp_path, venv_env):
-    """generate -> ingest -> clean -> features -> fpgrowth -> kmeans, each a spark-submit job."""
-    lake, raw = tmp_path / "lake", tmp_path / "raw"
-    base = _spark_submit(venv_env, "local[2]")
-    steps = [
-        ("generate", ["--out", str(raw), "--customers", "80", "--days", "200", "--seed", "4"]),
-        ("ingest", ["--input", str(raw), "--lake", str(lake)]),
-        ("clean", ["--lake", str(lake)]),
-        ("features", ["--lake", str(lake)]),
-        ("fpgrowth", ["--lake", str(lake), "--min-support", "0.02"]),
-        ("kmeans", ["--lake", str(lake), "--k", "4", "--n-init", "2"]),
-    ]
-    for job, args in steps:
-        proc = subprocess.run([*base, str(REPO / "jobs" / f"{job}.py"), *args],
-                              capture_output=True, text=True, env=venv_env, timeout=300)
-        assert proc.returncode == 0, f"{job}: {proc.stderr[-3000:]}"
-    from lakemine.io.lake import Lake
-
-    check = Lake.at(spark, str(lake))
-    assert check.read_table(schemas.GOLD_CUSTOMER_SEGMENTS).count() == 80
-    assert check.read_table(schemas.GOLD_FREQUENT_ITEMSETS).where("size(items) >= 2").count() > 0
-    stages = {r["stage"] for r in check.read_table(schemas.OPS_RUNS).where("status = 'succeeded'").collect()}
-    assert stages == {"ingest", "clean", "features", "fpgrowth", "kmeans"}
-
-
-@pytest.mark.slow
 def test_learning_jobs_run_through_spark_submit(learn_lake, tmp_path, venv_env):
     """jobs/train.py (Horovod on the submitted session's executors) then jobs/score.py."""
     import pyspark.sql.functions as F
