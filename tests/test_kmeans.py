@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 
 import numpy as np
 import pyspark.sql.functions as F
@@ -9,8 +10,10 @@ from pyspark.testing import assertDataFrameEqual
 from sklearn.cluster import KMeans as SkKMeans
 from sklearn.metrics import adjusted_rand_score
 
+from lakemine.core import storage
 from lakemine.core.errors import UsageError
 from lakemine.io import schemas
+from lakemine.learning.trainset import latest_segment_model
 from lakemine.mining.kmeans import KMeansParams, assemble, choose_k, fit_kmeans
 from lakemine.mining.kmeans import run as run_kmeans
 from lakemine.stages.features import FEATURES, LOG_FEATURES
@@ -82,7 +85,7 @@ def test_kmeans_stage_writes_segments_profiles_model_and_is_idempotent(spark, la
     # the centre in original units is the inverse transform of the model's centre
     from pyspark.ml.clustering import KMeansModel
 
-    model = KMeansModel.load(lake.model_path("kmeans", first.as_of.isoformat()))
+    model = KMeansModel.load(first.result["model_path"])
     scaler = {r["feature"]: r for r in src.read_table(schemas.GOLD_FEATURE_SCALER).where(F.col("as_of") == F.lit(first.as_of)).collect()}
     centre = dict(zip(SEGMENT_FEATURES, model.clusterCenters()[0]))
     for name in ("recency_days", "monetary"):
@@ -108,3 +111,35 @@ def test_too_few_customers_is_refused_and_the_refusal_is_in_ops_runs(lake, lake_
     runs = lake.read_table(schemas.OPS_RUNS).where(F.col("stage") == "kmeans").collect()
     assert [(r["status"], r["as_of"]) for r in runs] == [("failed", as_of)]
     assert "too few for k up to 5" in runs[0]["message"]
+
+
+def _files(folder: str) -> dict[str, bytes]:
+    from pathlib import Path
+
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(Path(folder).rglob("*")) if f.is_file()}
+
+
+def test_a_saved_model_is_never_rewritten_a_refit_saves_a_new_version(lake, lake_cfg, gold_lake):
+    """Re-running k-means for a date used to overwrite models/kmeans/<as_of>, under the churn
+    models that one-hot with it (issue 16). Now: the same fit finds its version, another fit
+    saves a new version beside it, and the newest of the date is the one training picks."""
+    src = gold_lake[0]
+    for table in (schemas.GOLD_CUSTOMER_FEATURES, schemas.GOLD_FEATURE_SCALER):
+        lake.overwrite(src.read_table(table), table)
+    first = run_kmeans(lake, lake_cfg, KMeansParams.from_config(lake_cfg, k=5, n_init=1))
+    v1, path1 = first.result["model_version"], first.result["model_path"]
+    assert v1.startswith(first.as_of.isoformat() + "-") and v1 in first.message
+    saved = _files(path1)
+    again = run_kmeans(lake, lake_cfg, KMeansParams.from_config(lake_cfg, k=5, n_init=1))
+    assert again.result["model_version"] == v1 and _files(path1) == saved
+    other = run_kmeans(lake, lake_cfg, KMeansParams.from_config(lake_cfg, k=3, n_init=1))
+    v2 = other.result["model_version"]
+    assert v2 != v1 and _files(path1) == saved  # the first model's files untouched
+    picked = latest_segment_model(lake, SEGMENT_FEATURES)
+    assert (picked.version, picked.k, picked.path) == (v2, 3, other.result["model_path"])
+    assert latest_segment_model(lake, SEGMENT_FEATURES, first.as_of - timedelta(days=1)) is None
+    # the k=5 fit again: its version, unchanged, becomes the date's latest again
+    run_kmeans(lake, lake_cfg, KMeansParams.from_config(lake_cfg, k=5, n_init=1))
+    assert latest_segment_model(lake, SEGMENT_FEATURES).version == v1
+    assert {k: v for k, v in _files(path1).items() if k != "lakemine.json"} == {k: v for k, v in saved.items() if k != "lakemine.json"}
+    assert storage.read_json(f"{path1}/lakemine.json")["k"] == 5

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
-from datetime import timedelta
+from datetime import date, timedelta
 
 import numpy as np
 import pyspark.sql.functions as F
@@ -117,3 +117,63 @@ def test_drift_flags_a_deliberately_shifted_copy(trained_lake, tmp_path):
     rows = lake.read_table(schemas.OPS_DRIFT).where(F.col("as_of") == shifted_day).collect()
     assert {r["feature"]: r["status"] for r in rows}["recency_days"] == "warn"
     assert len(rows) == len(moved)
+
+
+def test_a_worker_reloads_weights_rewritten_under_the_same_uri(tmp_path):
+    """Python workers are reused: the cache was keyed by URI alone and kept serving weights
+    rewritten since (issue 16). It is keyed by the weights' digest, and a digest that does not
+    match the bytes is refused."""
+    import hashlib
+
+    from lakemine.core.errors import StageError
+    from lakemine.learning.score import _load_model
+
+    arch = {"n_inputs": 3, "hidden": [4], "dropout": 0.0, "batch_norm": False}
+    uri = str(tmp_path / "state_dict.pt")
+
+    def weights(seed: int) -> bytes:
+        torch.manual_seed(seed)
+        buf = io.BytesIO()
+        torch.save(ChurnMLP(3, (4,), 0.0, False).state_dict(), buf)
+        return buf.getvalue()
+
+    x = torch.ones(2, 3)
+    for seed in (1, 2):
+        data = weights(seed)
+        storage.write_bytes(uri, data)
+        expected = ChurnMLP(3, (4,), 0.0, False)
+        expected.load_state_dict(torch.load(io.BytesIO(data), weights_only=True))
+        expected.eval()
+        with torch.no_grad():
+            assert torch.equal(_load_model(uri, arch, hashlib.sha256(data).hexdigest())(x), expected(x))
+    with pytest.raises(StageError, match="its SHA-256 is not the one its model's metadata.json records"):
+        _load_model(uri, arch, hashlib.sha256(weights(1)).hexdigest() + "x")
+
+
+def test_a_backfill_scores_with_the_latest_model_trained_on_or_before_its_date(trained_lake, tmp_path):
+    """Scoring an old date used the latest model, trained on later data (issue 16). Now the
+    latest trained as of that date or earlier, said in the run's message; none: refused."""
+    import json
+    import shutil
+
+    from lakemine.core.errors import UsageError
+    from lakemine.learning.score import model_for
+
+    lake, cfg = copy_lake(*trained_lake[:2], tmp_path / "lake")
+    meta = trained_lake[3]
+    trained_as_of = date.fromisoformat(meta["as_of"])
+    # a second, later model: the same weights under a later snapshot date, trained after the first
+    later = {**meta, "model_version": "later", "as_of": (trained_as_of + timedelta(days=30)).isoformat(),
+             "trained_at": "9999-01-01T00:00:00+00:00"}
+    folder = lake.model_path("churn", "later")
+    shutil.copytree(lake.model_path("churn", meta["model_version"]), folder)
+    (tmp_path / "lake" / "models" / "churn" / "later" / "metadata.json").write_text(json.dumps(later))
+    assert model_for(lake, trained_as_of + timedelta(days=29))[0]["model_version"] == meta["model_version"]
+    assert model_for(lake, trained_as_of + timedelta(days=30))[0]["model_version"] == "later"
+    with pytest.raises(UsageError, match=f"no churn model trained as of {trained_as_of - timedelta(days=1)} or earlier"):
+        model_for(lake, trained_as_of - timedelta(days=1))
+    # a backfill of the training snapshot itself, through the stage
+    scored, _ = run_score(lake, cfg, as_of=trained_as_of)
+    assert f"model {meta['model_version']} (the latest trained as of {trained_as_of} or earlier" in scored.message
+    versions = {r["model_version"] for r in lake.read_table(schemas.GOLD_CUSTOMER_SCORES).collect()}
+    assert versions == {meta["model_version"]}

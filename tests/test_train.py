@@ -3,6 +3,7 @@ checkpoint resumption, and the model folder."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -114,8 +115,14 @@ def test_rerun_with_more_epochs_resumes_from_the_checkpoint(learn_lake, tmp_path
     lake, cfg = copy_lake(*learn_lake, tmp_path / "lake")
     params = dict(backend="horovod", workers=2, patience=100)
     first = train.run(lake, cfg, TrainParams.from_config(cfg, epochs=2, **params)).result
+    first_dir = lake.model_path("churn", first["model_version"])
+    first_files = {name: storage.read_bytes(f"{first_dir}/{name}") for name in ("state_dict.pt", "metadata.json")}
     second = train.run(lake, cfg, TrainParams.from_config(cfg, epochs=4, **params)).result
-    assert second["model_version"] == first["model_version"]
+    # more epochs, other weights: a new version (it used to rewrite the first one's weights, issue 16)
+    assert second["model_version"] != first["model_version"] and second["lineage"] == first["lineage"]
+    assert second["resumed_from"] == first["model_version"]
+    assert {name: storage.read_bytes(f"{first_dir}/{name}") for name in first_files} == first_files
+    assert hashlib.sha256(first_files["state_dict.pt"]).hexdigest() == first["weights_sha256"]
     assert len(second["history"]) == 4
     assert second["history"][:2] == first["history"]  # epochs 1-2 were not trained again
     # the features of one training date rebuilt from the same data: new Delta versions, same rows
@@ -123,7 +130,7 @@ def test_rerun_with_more_epochs_resumes_from_the_checkpoint(learn_lake, tmp_path
     run_features(lake, cfg, date.fromisoformat(first["split"]["train_dates"][0]))
     assert lake.table_version(schemas.GOLD_LABELS) > labels_before
     third = train.run(lake, cfg, TrainParams.from_config(cfg, epochs=4, **params)).result
-    assert third["model_version"] == first["model_version"]  # the version follows the rows, not the versions
+    assert third["model_version"] == second["model_version"]  # the version follows the rows, not the versions
     assert third["history"] == second["history"]  # finished: a re-run trains nothing
     assert third["inputs"][schemas.GOLD_LABELS] == lake.table_version(schemas.GOLD_LABELS)
 

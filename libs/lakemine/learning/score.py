@@ -10,6 +10,7 @@ conflict retries make concurrent runs safe.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from dataclasses import dataclass
@@ -24,38 +25,46 @@ from pyspark.sql.functions import pandas_udf
 
 from lakemine.core import storage
 from lakemine.core.config import Config, ScoreConfig, StageParams
+from lakemine.core.errors import StageError, UsageError
 from lakemine.io import schemas
 from lakemine.io.lake import Lake
 from lakemine.io.runs import Run, deterministic_run_id, record_run
 from lakemine.learning import drift
-from lakemine.learning.train import MODEL_KIND, WEIGHTS, load_metadata
+from lakemine.learning.train import MODEL_KIND, WEIGHTS, load_metadata, model_versions
 from lakemine.learning.trainset import SegmentModel, model_inputs
 from lakemine.stages.features import FEATURES
 
 log = logging.getLogger(__name__)
 
 STAGE = "score"
-_LOADED: dict[str, object] = {}  # weights URI -> model, per Python worker process
+# (weights URI, SHA-256 of the weights) -> model, per Python worker process: Spark reuses its
+# Python workers, so a URI alone would keep serving weights that were rewritten since
+_LOADED: dict[tuple[str, str | None], object] = {}
 
 
-def _load_model(weights_uri: str, architecture: dict):
-    model = _LOADED.get(weights_uri)
+def _load_model(weights_uri: str, architecture: dict, sha256: str | None = None):
+    """The network with the weights at `weights_uri`, cached per process by URI and digest.
+    With `sha256` (recorded in the model's metadata) the bytes read must have that digest."""
+    model = _LOADED.get((weights_uri, sha256))
     if model is None:
         import torch
 
         from lakemine.learning.model import ChurnMLP
 
         torch.set_num_threads(1)  # one Python worker per task slot already
+        data = storage.read_bytes(weights_uri)
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            raise StageError(f"{weights_uri}: its SHA-256 is not the one its model's metadata.json records; "
+                             "the weights were changed after training, retrain the model")
         model = ChurnMLP(architecture["n_inputs"], tuple(architecture["hidden"]), architecture["dropout"],
                          architecture["batch_norm"])
-        state = torch.load(io.BytesIO(storage.read_bytes(weights_uri)), map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
         model.eval()
-        _LOADED[weights_uri] = model
+        _LOADED[(weights_uri, sha256)] = model
     return model
 
 
-def churn_probability_udf(weights_uri: str, architecture: dict, offset: float = 0.0):
+def churn_probability_udf(weights_uri: str, architecture: dict, offset: float = 0.0, sha256: str | None = None):
     """pandas UDF: a struct of the input columns (in model order) -> churn probability,
     sigmoid(network logit + `offset`) (the calibration recorded with the model)."""
 
@@ -63,7 +72,7 @@ def churn_probability_udf(weights_uri: str, architecture: dict, offset: float = 
     def churn_probability(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
         import torch
 
-        model = _load_model(weights_uri, architecture)
+        model = _load_model(weights_uri, architecture, sha256)
         with torch.no_grad():
             for batch in batches:
                 x = torch.from_numpy(batch.to_numpy(dtype=np.float32, copy=True))
@@ -74,11 +83,9 @@ def churn_probability_udf(weights_uri: str, architecture: dict, offset: float = 
 
 def score_features(features: DataFrame, meta: dict, weights_uri: str) -> DataFrame:
     """customer_id, as_of, churn_probability, segment, model_version for every featured row."""
-    seg = meta.get("segment_model")
-    segments = SegmentModel(seg["path"], seg["as_of"], seg["k"], tuple(seg["columns"])) if seg else None
-    data = model_inputs(features, segments)
+    data = model_inputs(features, SegmentModel.recorded(meta.get("segment_model")))
     offset = (meta.get("calibration") or {}).get("logit_offset", 0.0)  # models before calibration: 0
-    udf = churn_probability_udf(weights_uri, meta["architecture"], offset)
+    udf = churn_probability_udf(weights_uri, meta["architecture"], offset, meta.get("weights_sha256"))
     return data.select(
         "customer_id",
         "as_of",
@@ -120,16 +127,39 @@ class ScoreParams(ScoreConfig, StageParams):
     as_of: date | None = None
 
 
+def model_for(lake: Lake, as_of: date, model_version: str | None = None) -> tuple[dict, str]:
+    """The metadata of the model that scores `as_of` and why it was chosen: `model_version`
+    when given, else the latest trained of the models whose snapshot is on or before `as_of`
+    (a backfill never gets a model that learnt from later dates)."""
+    if model_version is not None:
+        meta = load_metadata(lake, model_version)
+        why = "as asked"
+        if meta["as_of"] > as_of.isoformat():
+            why += f"; it was trained as of {meta['as_of']}, after the date it scores"
+            log.warning("model %s was trained as of %s, after %s that it scores", model_version, meta["as_of"], as_of)
+        return meta, why
+    versions = model_versions(lake)
+    if not versions:
+        raise StageError(f"no churn model under {lake.root}/models/{MODEL_KIND}: run `lakemine train` first")
+    usable = [m for m in (load_metadata(lake, v) for v in versions) if m["as_of"] <= as_of.isoformat()]
+    if not usable:
+        earliest = min(load_metadata(lake, v)["as_of"] for v in versions)
+        raise UsageError(f"no churn model trained as of {as_of} or earlier (the earliest is as of {earliest}): "
+                         f"train one with `lakemine train --as-of D` for a date D <= {as_of}, or name one with --model-version")
+    meta = usable[-1]
+    return meta, f"the latest trained as of {as_of} or earlier (as of {meta['as_of']})"
+
+
 def run(lake: Lake, cfg: Config, p: ScoreParams) -> Run:
-    """Score gold/customer_features for `p.as_of` with a churn model; `Run.result` is the
-    list of DriftResult, one per feature."""
-    model_version, as_of = p.model_version, p.as_of
-    meta = load_metadata(lake, model_version)
-    version = meta["model_version"]
+    """Score gold/customer_features for `p.as_of` with a churn model (`model_for`); `Run.result`
+    is the list of DriftResult, one per feature."""
+    as_of = p.as_of
     features_v = lake.table_version(schemas.GOLD_CUSTOMER_FEATURES)
     features_all = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES, features_v)
     if as_of is None:
         as_of = features_all.agg(F.max("as_of")).first()[0]
+    meta, chosen = model_for(lake, as_of, p.model_version)
+    version = meta["model_version"]
     params = {"model_version": version, "drift_warn_psi": p.drift_warn_psi}
     inputs = {schemas.GOLD_CUSTOMER_FEATURES: features_v}
     with record_run(lake, STAGE, as_of, params) as run:
@@ -154,7 +184,7 @@ def run(lake: Lake, cfg: Config, p: ScoreParams) -> Run:
         predicate = f"as_of = DATE'{as_of.isoformat()}' AND model_version = '{version}'"
         run.outputs[schemas.OPS_DRIFT] = lake.replace_where(drift_df, schemas.OPS_DRIFT, predicate)
         warned = [d for d in drifts if d.status == "warn"]
-        run.message = f"{n:,} customers scored with model {version}" + (
+        run.message = f"{n:,} customers scored with model {version} ({chosen})" + (
             "; drift: " + ", ".join(f"{d.feature} PSI {d.psi:.2f}" for d in warned) if warned else "; no feature drift above "
             f"PSI {p.drift_warn_psi}")
         for d in warned:

@@ -18,6 +18,7 @@ set; rank 0 returns the best epoch's weights, which the driver writes with the m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -45,6 +46,7 @@ MODEL_KIND = "churn"
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "state_dict.pt"
 METADATA = "metadata.json"
+RESUMED_FROM = "resumed_from.txt"  # the version whose checkpoint this one started from
 # A small training set still gets this many optimizer steps per epoch: the batch per rank
 # shrinks (not below MIN_BATCH) rather than an epoch being one or two steps.
 MIN_STEPS_PER_EPOCH = 20
@@ -136,6 +138,7 @@ class TrainingData:
 
     as_of: date
     version: str
+    lineage: str  # the version less the epoch budget: models that differ only in epochs share it
     model_dir: str
     tables: dict[str, int]  # the input tables' Delta versions
     segments: SegmentModel | None
@@ -167,6 +170,8 @@ def run(lake: Lake, cfg: Config, p: TrainParams) -> Run:
     tables = _input_versions(lake)
     labels = lake.read_table(schemas.GOLD_LABELS, tables[schemas.GOLD_LABELS])
     as_of = p.as_of if p.as_of is not None else _latest_complete(labels)
+    # the lake's latest k-means model (also for an older as_of: one-shot runs fit k-means on
+    # the last snapshot only); the churn model records its version, so scoring one-hots with it
     segments = latest_segment_model(lake, cfg.kmeans.columns)
     params = {**{k: v for k, v in asdict(p).items() if k not in ("as_of", "spec_out", "verbose")}, "hidden": list(p.hidden)}
     with record_run(lake, STAGE, as_of, params) as run:
@@ -178,8 +183,9 @@ def run(lake: Lake, cfg: Config, p: TrainParams) -> Run:
                 json.dump({**spec, "use_gpu": True}, fh, indent=2)
             run.message = f"model {data.version}: data prepared, worker spec written to {p.spec_out}"
             return run
+        resumed_from = _seed_checkpoint(lake, data, p.epochs)
         results = launch(lake.spark, spec, p.backend, p.workers, p.verbose)
-        meta = _write_model(cfg, p, params, data, spec, results)
+        meta = _write_model(cfg, p, params, data, spec, results, resumed_from)
         run.message = (f"model {data.version}: validation AUC {meta['validation']['auc']:.4f} "
                        f"(baseline {meta['baseline']['auc']:.4f}), best epoch {meta['epochs']['best']} of "
                        f"{meta['epochs']['run']}, {p.backend} x {meta['world_size']}")
@@ -216,7 +222,7 @@ def _prepare_data(lake: Lake, cfg: Config, p: TrainParams, run: Run, tables: dic
     frame, split = training_frame(features, labels, segments, as_of, p.val_fraction, p.seed)
     frame = frame.cache()
     try:
-        version, run.run_id = _model_version(frame, segments, as_of, run.params)
+        version, lineage, run.run_id = _model_version(frame, segments, as_of, run.params)
         model_dir = lake.model_path(MODEL_KIND, version)
         counts = _class_counts(frame, as_of)
         run.rows_in = sum(counts[(part, cls)] for part in ("train", "val") for cls in (0, 1))
@@ -230,22 +236,46 @@ def _prepare_data(lake: Lake, cfg: Config, p: TrainParams, run: Run, tables: dic
         expected, _ = drift.proportions(train_rows, edges)
     finally:
         frame.unpersist()
-    return TrainingData(as_of, version, model_dir, tables, segments, split, inputs, counts, train_url, val_url,
+    return TrainingData(as_of, version, lineage, model_dir, tables, segments, split, inputs, counts, train_url, val_url,
                         baseline, edges, expected, _scaler_rows(lake, tables[schemas.GOLD_FEATURE_SCALER], split))
 
 
-def _model_version(frame, segments: SegmentModel | None, as_of: date, params: dict) -> tuple[str, str]:
-    """The model version and the run id of training `frame` with `params`."""
+def _model_version(frame, segments: SegmentModel | None, as_of: date, params: dict) -> tuple[str, str, str]:
+    """The model version, its lineage and the run id of training `frame` with `params`."""
     # The version follows the training rows' content, not the tables' Delta versions:
     # re-running the features for the same data rewrites the tables but resumes (and
-    # so keeps) the same model, and scoring MERGEs onto the same rows.
+    # so keeps) the same model, and scoring MERGEs onto the same rows. The epoch budget is
+    # part of it (other weights, other version); the lineage leaves it out, so a re-run with
+    # more --epochs starts from the checkpoint of the same lineage's shorter run.
     key = {"data": fingerprint(frame, ["customer_id", "as_of", "split", LABEL, *input_columns(segments)]),
-           "segment_model": segments.as_of if segments else None}
-    # The epoch budget is not part of the version: a re-run with more --epochs continues the
-    # same model from its checkpoint.
+           "segment_model": (segments.version or segments.as_of) if segments else None}
     identity = {k: v for k, v in params.items() if k != "epochs"}
-    version = f"{as_of.isoformat()}-{deterministic_run_id(STAGE, as_of, identity, key)[:8]}"
-    return version, deterministic_run_id(STAGE, as_of, params, key)
+    lineage = deterministic_run_id(STAGE, as_of, identity, key)[:8]
+    version = f"{as_of.isoformat()}-{deterministic_run_id(STAGE, as_of, params, key)[:8]}"
+    return version, lineage, deterministic_run_id(STAGE, as_of, params, key)
+
+
+def _seed_checkpoint(lake: Lake, data: TrainingData, epochs: int) -> str | None:
+    """A new version with no checkpoint of its own starts from the checkpoint of the finished
+    model of its lineage with the most epochs below `epochs` (copied, never shared): the
+    version it resumed from, None when it starts afresh."""
+    own, note = f"{data.model_dir}/{CHECKPOINT}", f"{data.model_dir}/{RESUMED_FROM}"
+    if storage.exists(own):  # this version's own run, killed or finished, goes on from its own
+        return storage.read_bytes(note).decode() if storage.exists(note) else None
+    shorter = [m for m in (_metadata_of(lake, v) for v in model_versions(lake))
+               if m.get("lineage") == data.lineage and m["epochs"]["max"] < epochs
+               and storage.exists(f"{lake.model_path(MODEL_KIND, m['model_version'])}/{CHECKPOINT}")]
+    if not shorter:
+        return None
+    source = max(shorter, key=lambda m: m["epochs"]["max"])["model_version"]
+    storage.write_text(note, source)
+    storage.write_bytes(own, storage.read_bytes(f"{lake.model_path(MODEL_KIND, source)}/{CHECKPOINT}"))
+    log.info("model %s resumes from the checkpoint of %s", data.version, source)
+    return source
+
+
+def _metadata_of(lake: Lake, version: str) -> dict:
+    return storage.read_json(f"{lake.model_path(MODEL_KIND, version)}/{METADATA}")
 
 
 def _class_counts(frame, as_of: date) -> dict[tuple[str, int], int]:
@@ -292,11 +322,12 @@ def _worker_spec(spark, p: TrainParams, params: dict, data: TrainingData) -> dic
 
 
 def _write_model(cfg: Config, p: TrainParams, params: dict, data: TrainingData, spec: dict,
-                 results: list[dict]) -> dict:
+                 results: list[dict], resumed_from: str | None) -> dict:
     """Rank 0's best weights and metadata.json into the model folder; the metadata."""
     chief = next(r for r in results if r["rank"] == 0)
     storage.write_bytes(f"{data.model_dir}/{WEIGHTS}", chief["state"])
     meta = _metadata(cfg, p, params, data, spec, results, chief)
+    meta.update({"resumed_from": resumed_from, "weights_sha256": hashlib.sha256(chief["state"]).hexdigest()})
     storage.write_json(f"{data.model_dir}/{METADATA}", meta)
     return meta
 
@@ -308,13 +339,12 @@ def _metadata(cfg: Config, p: TrainParams, params: dict, data: TrainingData, spe
     best = next(h for h in chief["history"] if h["epoch"] == chief["best_epoch"])
     segments, counts = data.segments, data.counts
     return {
-        "model_version": data.version, "kind": MODEL_KIND, "as_of": data.as_of.isoformat(),
+        "model_version": data.version, "lineage": data.lineage, "kind": MODEL_KIND, "as_of": data.as_of.isoformat(),
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "features": data.inputs, "label": LABEL, "architecture": {
             "class": "lakemine.learning.model.ChurnMLP", "n_inputs": len(data.inputs), "hidden": list(p.hidden),
             "dropout": p.dropout, "batch_norm": p.batch_norm},
-        "segment_model": {"path": segments.path, "as_of": segments.as_of, "k": segments.k,
-                          "columns": list(segments.columns)} if segments else None,
+        "segment_model": segments.record() if segments else None,
         "scaler": data.scaler, "inputs": data.tables, "split": asdict(data.split),
         "rows": {"train": data.n_train, "val": data.n_val, "train_churned": counts[("train", 1)], "val_churned": counts[("val", 1)]},
         "backend": p.backend, "world_size": results[0]["size"], "params": params,

@@ -14,11 +14,10 @@ from datetime import date
 import pyspark.sql.functions as F
 from pyspark.sql import DataFrame
 
-from lakemine.core import storage
 from lakemine.core.errors import StageError
 from lakemine.io import schemas
 from lakemine.io.lake import Lake
-from lakemine.mining.kmeans import assemble
+from lakemine.mining.kmeans import assemble, saved_models
 from lakemine.stages.features import Z_FEATURES
 
 LABEL = "churned"
@@ -32,24 +31,35 @@ class SegmentModel:
     as_of: str
     k: int
     columns: tuple[str, ...]
+    version: str | None = None  # None: recorded by a churn model from before k-means versions
 
     def load(self):
         from pyspark.ml.clustering import KMeansModel
 
         return KMeansModel.load(self.path)
 
+    def record(self) -> dict:
+        """What a churn model's metadata records of it."""
+        return {"path": self.path, "as_of": self.as_of, "version": self.version, "k": self.k, "columns": list(self.columns)}
 
-def latest_segment_model(lake: Lake, columns: tuple[str, ...]) -> SegmentModel | None:
-    """The most recent model under <lake>/models/kmeans/ (fitted on `columns`, the config's
-    kmeans.columns), None when k-means never ran."""
-    dates = [d for d in storage.list_dirs(f"{lake.root}/models/kmeans") if not d.startswith((".", "_"))]
-    if not dates:
+    @classmethod
+    def recorded(cls, meta: dict | None) -> SegmentModel | None:
+        return cls(meta["path"], meta["as_of"], meta["k"], tuple(meta["columns"]), meta.get("version")) if meta else None
+
+
+def latest_segment_model(lake: Lake, columns: tuple[str, ...], as_of: date | None = None) -> SegmentModel | None:
+    """The latest k-means model of the lake (fitted on `columns`, the config's kmeans.columns)
+    for a date on or before `as_of` (None: any date), None when there is none."""
+    models = [m for m in saved_models(lake) if as_of is None or m["as_of"] <= as_of.isoformat()]
+    if not models:
         return None
-    path = lake.model_path("kmeans", dates[-1])
-    from pyspark.ml.clustering import KMeansModel
+    m = models[-1]
+    k = m.get("k")
+    if k is None:  # a model from before versions: its metadata is Spark's alone
+        from pyspark.ml.clustering import KMeansModel
 
-    k = len(KMeansModel.load(path).clusterCenters())
-    return SegmentModel(path, dates[-1], k, tuple(columns))
+        k = len(KMeansModel.load(m["path"]).clusterCenters())
+    return SegmentModel(m["path"], m["as_of"], k, tuple(columns), m["model_version"])
 
 
 def input_columns(segments: SegmentModel | None) -> list[str]:

@@ -1,5 +1,10 @@
 """`lakemine kmeans`: standardized customer features into gold/customer_segments and
-gold/segment_profiles, with the fitted model under <lake>/models/kmeans/<as_of>/.
+gold/segment_profiles, with the fitted model under <lake>/models/kmeans/<as_of>-<digest>/.
+
+A saved model is never rewritten: its version is its date and a digest of its centres, so a
+re-run that fits the same centres finds its model already there, and one that fits other
+centres (new features for that date, other parameters) saves a new version beside it. The
+churn models that one-hot the segment record the version they used.
 
 k is given (`--k`) or chosen by the best silhouette (`ClusteringEvaluator`) over `--k-range`.
 For each k the lowest-cost of `--n-init` k-means|| runs (seeds seed, seed+1, ...) is kept, so a
@@ -8,10 +13,12 @@ re-run gives the same segments.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from dataclasses import asdict, dataclass
-from datetime import date
+from datetime import date, datetime, timezone
 
 import pyspark.sql.functions as F
 from pyspark.ml.clustering import KMeans, KMeansModel
@@ -20,6 +27,7 @@ from pyspark.ml.feature import VectorAssembler
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 
+from lakemine.core import storage
 from lakemine.core.config import Config, KmeansConfig, StageParams
 from lakemine.core.errors import UsageError
 from lakemine.io import schemas
@@ -30,6 +38,8 @@ from lakemine.stages.features import FEATURES, LOG_FEATURES
 log = logging.getLogger(__name__)
 
 STAGE = "kmeans"
+MODEL_KIND = "kmeans"
+MODEL_META = "lakemine.json"  # written last: a model folder without it is incomplete
 @dataclass(frozen=True)
 class KMeansParams(KmeansConfig, StageParams):
     """The kmeans section of the config (k or k_range, seed, n_init, iterations, the
@@ -137,6 +147,55 @@ def profile_segments(
     return segments.sparkSession.createDataFrame(rows, ddl)
 
 
+def model_version(model: KMeansModel, as_of: date, columns: tuple[str, ...]) -> str:
+    """<as_of>-<digest of the columns and the centres (to 9 decimals)>."""
+    centres = [[round(float(x), 9) + 0.0 for x in c] for c in model.clusterCenters()]
+    digest = hashlib.sha256(json.dumps({"columns": list(columns), "centres": centres}).encode()).hexdigest()
+    return f"{as_of.isoformat()}-{digest[:8]}"
+
+
+def save_model(lake: Lake, model: KMeansModel, as_of: date, columns: tuple[str, ...], run_id: str) -> str:
+    """Save `model` under its own version and return the version; a complete model of that
+    version (the same centres) is kept as it is. A folder a killed run left incomplete is
+    written again: nothing refers to a version before its metadata exists."""
+    version = model_version(model, as_of, columns)
+    path = lake.model_path(MODEL_KIND, version)
+    meta = {"model_version": version, "kind": MODEL_KIND, "as_of": as_of.isoformat(), "k": len(model.clusterCenters()),
+            "columns": list(columns), "run_id": run_id, "saved_at": datetime.now(timezone.utc).isoformat(timespec="microseconds")}
+    if not storage.exists(f"{path}/{MODEL_META}"):
+        model.write().overwrite().save(path)
+        storage.write_json(f"{path}/{MODEL_META}", meta)
+    elif [m["model_version"] for m in saved_models(lake) if m["as_of"] == meta["as_of"]][-1] != version:
+        # another version of this date was saved since: this run's (an earlier one's centres again)
+        # becomes the latest of its date, its files untouched
+        storage.write_json(f"{path}/{MODEL_META}", {**storage.read_json(f"{path}/{MODEL_META}"), "saved_at": meta["saved_at"]})
+    return version
+
+
+def saved_models(lake: Lake) -> list[dict]:
+    """The complete k-means models of the lake, oldest first by (as_of, saved_at). Models saved
+    before versions (a folder named by its date alone, no metadata) count as saved at their date."""
+    root = f"{lake.root}/models/{MODEL_KIND}"
+    found = []
+    for name in storage.list_dirs(root):
+        if name.startswith((".", "_")):
+            continue
+        meta = f"{root}/{name}/{MODEL_META}"
+        if storage.exists(meta):
+            found.append({**storage.read_json(meta), "path": f"{root}/{name}"})
+        elif _is_date(name):
+            found.append({"model_version": name, "as_of": name, "saved_at": "", "path": f"{root}/{name}"})
+    return sorted(found, key=lambda m: (m["as_of"], m["saved_at"]))
+
+
+def _is_date(name: str) -> bool:
+    try:
+        date.fromisoformat(name)
+    except ValueError:
+        return False
+    return True
+
+
 def run(lake: Lake, cfg: Config, p: KMeansParams) -> Run:
     """Segment the customers of `p.as_of`; writes segments, profiles and the model."""
     as_of = p.as_of
@@ -156,7 +215,7 @@ def run(lake: Lake, cfg: Config, p: KMeansParams) -> Run:
                 raise UsageError(f"{run.rows_in} customers at as_of {as_of}: too few for k up to {max(p.candidates())}")
             model, scores = choose_k(data, p)
             k = len(model.clusterCenters())
-            model.write().overwrite().save(lake.model_path("kmeans", as_of.isoformat()))
+            saved = save_model(lake, model, as_of, p.columns, run.run_id)
             labels = segment_labels(model, p.columns)
             segments = assign_segments(model, data)
             names = F.array(*[F.lit(x) for x in labels])
@@ -174,7 +233,9 @@ def run(lake: Lake, cfg: Config, p: KMeansParams) -> Run:
                 "*", F.lit(k).alias("k"), F.lit(scores[k]).alias("silhouette"), *stamp
             )
             run.outputs[schemas.GOLD_SEGMENT_PROFILES] = lake.overwrite_as_of(profiles, schemas.GOLD_SEGMENT_PROFILES, as_of)
-            run.message = f"k={k} (silhouette {scores[k]:.3f}); " + ", ".join(f"k={kk}: {s:.3f}" for kk, s in scores.items())
+            run.message = (f"k={k} (silhouette {scores[k]:.3f}), model {saved}; "
+                           + ", ".join(f"k={kk}: {s:.3f}" for kk, s in scores.items()))
+            run.result = {"model_version": saved, "model_path": lake.model_path(MODEL_KIND, saved)}
         finally:
             data.unpersist()
     return run

@@ -150,7 +150,7 @@ def gather(lake: Lake, as_of: date | None = None) -> Report:
     src = _Source(lake)
     as_of = as_of or _default_as_of(src)
     generated_at = datetime.now(timezone.utc)
-    meta = _latest_model(lake)
+    meta = _latest_model(lake, as_of)
     model_version = meta["model_version"] if meta else None
     scores = _scores(src, lake, as_of, model_version)
     quality, segments, rules = _quality(src), _segments(src, as_of), _rules(src, as_of)
@@ -185,9 +185,12 @@ def _default_as_of(src: _Source) -> date:
     return datetime.now(timezone.utc).date()
 
 
-def _latest_model(lake: Lake) -> dict | None:
-    versions = model_versions(lake)
-    return load_metadata(lake, versions[-1]) if versions else None
+def _latest_model(lake: Lake, as_of: date) -> dict | None:
+    """The model scoring picks for `as_of` (the latest trained as of that date or earlier),
+    else the latest; None when none was trained."""
+    models = [load_metadata(lake, v) for v in model_versions(lake)]
+    usable = [m for m in models if m["as_of"] <= as_of.isoformat()]
+    return (usable or models or [None])[-1]
 
 
 def _pick_version(available: list[str], preferred: list[str | None]) -> str:
