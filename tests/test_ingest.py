@@ -192,6 +192,7 @@ def test_parquet_input_in_layout_ii_is_read_as_strings(lake, lake_cfg, tmp_path)
         ("latin1.csv", "Factura,C\xf3digo\n".encode("latin-1"), r"\['Factura', 'C\xf3digo'\] match no source profile"),
         ("fake.parquet", b"PAR1 not really", "unreadable Parquet"),
         ("text.parquet", b"hello", "not a Parquet file"),
+        ("cut.parquet", b"PAR1" + bytes(200), r"unreadable Parquet \(.*is not a Parquet file"),
     ],
 )
 def test_unusable_files_raise_input_error_and_write_nothing(lake, lake_cfg, tmp_path, name, content, message):
@@ -348,3 +349,18 @@ def test_ingest_killed_9_after_each_commit_in_turn_accounts_for_every_line_once(
     assertDataFrameEqual(ledger, never.read_table(schemas.OPS_INGEST_LEDGER).where("status = 'ingested'").select("path", "batch_id"))
     statuses = [r["status"] for r in lake.read_table(schemas.OPS_RUNS).collect()]
     assert statuses == ["noop"]  # the killed runs left no record; the last found everything ingested
+
+
+@pytest.mark.parametrize("path, cause", [
+    ("s3a://no-such-bucket/exports/day.parquet", "S3AFileSystem not found"),  # hadoop-aws not on the classpath
+    ("hdfs://127.0.0.1:1/exports/day.parquet", "Connection refused"),  # the name node is down
+])
+def test_a_storage_failure_reading_parquet_is_not_called_a_bad_file(spark, cfg, path, cause):
+    """Every Spark error reading Parquet was "unreadable Parquet", exit 2, as if the retailer's
+    file were bad (issue 16). A storage failure is a StageError (exit 1, rerun) naming its cause."""
+    from lakemine.core.errors import StageError
+    from lakemine.stages.ingest import inspect_typed
+
+    with pytest.raises(StageError, match=f"{path}: reading it failed, and not for anything in the input.*{cause}") as err:
+        inspect_typed(spark, "parquet", path, 0, cfg.sources, None)
+    assert not isinstance(err.value, InputError) and "\n" not in str(err.value)

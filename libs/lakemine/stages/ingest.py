@@ -37,7 +37,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 
 from lakemine.core import sources, storage
 from lakemine.core.config import Config, IngestConfig, StageParams
-from lakemine.core.errors import InputError
+from lakemine.core.errors import InputError, StageError
 from lakemine.core.sources import SourceProfile
 from lakemine.io import schemas
 from lakemine.io.lake import Lake
@@ -153,14 +153,46 @@ def read_typed(spark: SparkSession, fmt: str, path: str) -> DataFrame:
     return spark.table(path)
 
 
+# Spark's conditions for an input that is not there or not a table, and the texts of a file
+# whose bytes are not Parquet: the user's input is unusable (exit 2)
+INPUT_CONDITIONS = frozenset({"PATH_NOT_FOUND", "DELTA_TABLE_NOT_FOUND", "DELTA_MISSING_DELTA_TABLE",
+                              "TABLE_OR_VIEW_NOT_FOUND", "UNABLE_TO_INFER_SCHEMA", "DELTA_INVALID_FORMAT"})
+INPUT_TEXTS = ("FAILED_READ_FILE.CANNOT_READ_FILE_FOOTER", "is not a Parquet file", "corrupted file")
+# ... unless the cause is the storage itself: network, credentials, permissions, a file system
+# missing from the classpath. Then it is no fault of the file: the stage fails (exit 1), to retry.
+STORAGE_TEXTS = ("java.net.", "UnknownHost", "SocketTimeout", "ConnectTimeout", "Connection refused", "ClassNotFoundException",
+                 "No FileSystem for scheme", "AccessDenied", "Access Denied", "AccessControlException", "Permission denied",
+                 "Forbidden", "Status Code: 403", "credential", "Credential", "SdkClientException", "AmazonS3Exception", "AmazonServiceException",
+                 "StorageException", "Timeout", "timed out", "Interrupted")
+
+
+def _cause(exc: Exception) -> str:
+    """The deepest cause Spark (or py4j) reports, one line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    causes = [ln[len("Caused by: "):] for ln in lines if ln.startswith("Caused by: ")]
+    return (causes[-1] if causes else lines[0] if lines else type(exc).__name__)[:200]
+
+
+def read_error(fmt: str, path: str, exc: Exception) -> Exception:
+    """What failing to read a typed input means: InputError when the input is unusable,
+    StageError naming the cause when the storage failed (the file may be fine)."""
+    condition = exc.getCondition() if hasattr(exc, "getCondition") else None
+    text = "\n".join(ln for ln in str(exc).splitlines() if not ln.strip().startswith("at "))  # no stack frames
+    if condition in INPUT_CONDITIONS or (any(t in text for t in INPUT_TEXTS) and not any(t in text for t in STORAGE_TEXTS)):
+        what = {"parquet": "unreadable Parquet", "delta": "unreadable Delta table", "table": "no readable table"}[fmt]
+        first = text.splitlines()[0] if condition else _cause(exc)
+        return InputError(f"{path}: {what} ({first[:160]})")
+    return StageError(f"{path}: reading it failed, and not for anything in the input as far as Spark tells "
+                      f"(check the storage, access and network, then rerun): {_cause(exc)}")
+
+
 def inspect_typed(spark: SparkSession, fmt: str, path: str, size: int,
                    profiles: dict[str, SourceProfile], source: str | None) -> RawFile:
     """A Parquet file, Delta table path or metastore table: columns come from its schema."""
     try:
         names = read_typed(spark, fmt, path).columns
     except Exception as exc:  # noqa: BLE001 - Spark wraps every footer and catalog problem differently
-        what = {"parquet": "unreadable Parquet", "delta": "unreadable Delta table", "table": "no readable table"}[fmt]
-        raise InputError(f"{path}: {what} ({str(exc).splitlines()[0][:120]})") from None
+        raise read_error(fmt, path, exc) from None
     profile, mapping = sources.choose(profiles, None, path, source, names)
     return RawFile(path, size, fmt, profile, tuple(names), tuple(mapping.items()))
 
