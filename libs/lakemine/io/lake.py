@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 from delta.tables import DeltaTable
@@ -47,6 +47,8 @@ class Lake:
 
     spark: SparkSession
     root: str
+    # (table, version) of writes that made no commit: they wrote nothing on top of that version
+    _unchanged: set = field(default_factory=set, compare=False, repr=False)
 
     @classmethod
     def at(cls, spark: SparkSession, root: str) -> "Lake":
@@ -121,12 +123,16 @@ class Lake:
         """New rows the commit that made `version` of the table wrote (default: its latest
         commit; pass the version a write returned, another writer may have committed since):
         Delta's numOutputRows less the rows it copied from files it rewrote, 0 when none."""
+        if (table, version) in self._unchanged:
+            return 0
         metrics = self._operation_metrics(table, version)
         return int(metrics.get("numOutputRows", 0)) - int(metrics.get("numCopiedRows", 0))
 
     def files_touched(self, table: str, version: int) -> tuple[int, int]:
         """(data files added, data files removed) by the commit that made `version` of `table`,
         from Delta's operation metrics; (0, 0) when it has none."""
+        if (table, version) in self._unchanged:
+            return 0, 0
         metrics = self._operation_metrics(table, version)
 
         def first(*names: str) -> int:  # WRITE, MERGE and OPTIMIZE name them differently
@@ -156,23 +162,30 @@ class Lake:
             writer = writer.option(key, value)
         if partition_by:
             writer = writer.partitionBy(*partition_by)
+        before = self.table_version(table)
         writer.save(self.path(table))
-        return self.version_of_write(table, tag)
+        return self.version_of_write(table, tag, before)
 
-    def version_of_write(self, table: str, tag: str) -> int:
+    def version_of_write(self, table: str, tag: str, before: int | None = None) -> int:
         """The version of `table` whose commit carries write tag `tag`: the latest commit's
-        when no one committed since (one log file read), else found further back."""
+        when no one committed since (one log file read), else found further back. A write that
+        changed nothing (Delta makes no commit for a replaceWhere that neither removes nor adds
+        a row) leaves `before`, the version it wrote against, remembered as adding nothing."""
         delta = DeltaTable.forPath(self.spark, self.path(table))
         for depth in (1, TAGGED_HISTORY):
             for row in delta.history(depth).select("version", "userMetadata").collect():
                 if _write_tag(row["userMetadata"]) == tag:
                     return int(row["version"])
-        raise StageError(f"table {table}: this write's commit ({tag}) is not among its last {TAGGED_HISTORY} versions")
+        if before is None:
+            raise StageError(f"table {table}: this write's commit ({tag}) is not among its last {TAGGED_HISTORY} versions")
+        self._unchanged.add((table, before))
+        return before
 
     def commit(self, table: str, action: Callable[[], object]) -> int:
         """Run `action` (a Delta MERGE, DELETE or UPDATE on `table`) with its commit tagged and
         return the version it created, as `_write` does for DataFrame writes."""
         tag = uuid.uuid4().hex
+        before = self.table_version(table)
         previous = self.spark.conf.get(COMMIT_METADATA, None)
         self.spark.conf.set(COMMIT_METADATA, json.dumps({"write": tag}))
         try:
@@ -182,7 +195,7 @@ class Lake:
                 self.spark.conf.unset(COMMIT_METADATA)
             else:
                 self.spark.conf.set(COMMIT_METADATA, previous)
-        return self.version_of_write(table, tag)
+        return self.version_of_write(table, tag, before)
 
     def overwrite(self, df: DataFrame, table: str, partition_by: tuple[str, ...] = (), options: dict | None = None) -> int:
         """Replace the whole table with `df`, partitioned by `partition_by` (a table partitioned
