@@ -115,6 +115,24 @@ def list_dirs(location: str) -> list[str]:
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
 
+def list_files(location: str) -> list[str]:
+    """Names of the files directly under `location` (none when it does not exist)."""
+    filesystem, path = _resolve(location)
+    if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
+        return []
+    infos = filesystem.get_file_info(pafs.FileSelector(path))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+
+
+def delete(location: str) -> None:
+    """Remove the file at `location`; a missing file is no error."""
+    filesystem, path = _resolve(location)
+    try:
+        filesystem.delete_file(path)
+    except FileNotFoundError:
+        pass
+
+
 def data_files(location: str, suffix: str = ".parquet") -> tuple[int, int]:
     """(count, bytes) of the files ending in `suffix` anywhere under `location` except in
     `_delta_log` (a table's data files on disk, live or not)."""

@@ -5,17 +5,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import socket
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Iterator
 
+from lakemine.core import storage
 from lakemine.core.errors import InputError, StageError
 from lakemine.io import schemas
 from lakemine.io.lake import Lake
 
 log = logging.getLogger(__name__)
+
+ATTEMPTS = "_attempts"  # <lake>/_attempts/<run_id>.json: one marker per stage run in progress
+# a marker from another host (whose processes this one cannot see) counts as abandoned after
+STALE_AFTER = timedelta(hours=24)
 
 
 @dataclass
@@ -78,15 +85,80 @@ def write_run(lake: Lake, run: Run) -> None:
     lake.append(df, schemas.OPS_RUNS, merge_schema=True)
 
 
+def _attempts(lake: Lake) -> str:
+    return f"{lake.root}/{ATTEMPTS}"
+
+
+def _alive(marker: dict) -> bool:
+    """Whether the process that wrote an attempt marker may still run: on this host, its pid
+    with the same start time; on another host, until STALE_AFTER has passed."""
+    if marker.get("host") != socket.gethostname():
+        started = datetime.fromisoformat(marker["started_at"])
+        return datetime.now(timezone.utc) - started < STALE_AFTER
+    return _process_start(marker["pid"]) == marker.get("pid_start")
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process `pid` in clock ticks since boot (None when it does not run):
+    a pid with another start time is a new process that reused the number."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def record_abandoned(lake: Lake) -> list[Run]:
+    """Attempts whose process ended without finishing (killed, out of memory, machine lost)
+    become failed rows of ops/runs, with when they started and what ended them unknown."""
+    found = []
+    for name in storage.list_files(_attempts(lake)):
+        location = f"{_attempts(lake)}/{name}"
+        try:
+            marker = storage.read_json(location)
+        except (OSError, ValueError):  # written by a newer process, or gone meanwhile
+            continue
+        if _alive(marker):
+            continue
+        run = Run(stage=marker["stage"], as_of=date.fromisoformat(marker["as_of"]) if marker.get("as_of") else None,
+                  params=marker.get("params") or {}, run_id=marker["run_id"],
+                  started_at=datetime.fromisoformat(marker["started_at"]), status="failed",
+                  message=f"abandoned: the process (pid {marker['pid']} on {marker['host']}) ended without finishing "
+                          "(killed or lost; finished_at is when this was found); its writes, if any, were committed "
+                          "whole or not at all")
+        write_run(lake, run)
+        storage.delete(location)
+        log.warning("%s for %s: an earlier attempt (run %s) ended without finishing; recorded as failed",
+                    run.stage, run.as_of, run.run_id)
+        found.append(run)
+    return found
+
+
 @contextmanager
 def record_run(lake: Lake, stage: str, as_of: date | None, params: dict) -> Iterator[Run]:
     """Yield a Run; on exit append it to ops/runs as succeeded, skipped or failed.
 
     Unusable input (InputError) writes nothing, as the contract asks; every other failure,
     a run the stage refuses (UsageError, e.g. too few customers for k) included, is recorded
-    with its message and re-raised.
+    with its message and re-raised. A process killed mid-run cannot record itself: an attempt
+    marker under <lake>/_attempts/ lives while it runs, and the next run on the lake records
+    such an attempt as failed (`record_abandoned`).
     """
+    record_abandoned(lake)
     run = Run(stage=stage, as_of=as_of, params=params)
+    marker = f"{_attempts(lake)}/{run.run_id}.json"
+    storage.write_json(marker, {
+        "stage": stage, "as_of": as_of.isoformat() if as_of else None, "params": params, "run_id": run.run_id,
+        "started_at": run.started_at.isoformat(), "host": socket.gethostname(), "pid": os.getpid(),
+        "pid_start": _process_start(os.getpid()),
+    })
+    try:
+        yield from _recorded(lake, run)
+    finally:
+        storage.delete(marker)
+
+
+def _recorded(lake: Lake, run: Run) -> Iterator[Run]:
     try:
         yield run
     except InputError:

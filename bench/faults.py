@@ -1,0 +1,358 @@
+#!/usr/bin/env python
+"""Fault injection: SIGKILL each stage's whole process group at seeded random instants, rerun
+the stage, and compare every table with a run that was never killed (issue 16).
+
+    .venv/bin/python bench/faults.py --trials 20            # every stage, 20 instants each
+    .venv/bin/python bench/faults.py --trials 3 --stages clean features
+
+Set-up (`prepare`): generated raw exports go through every stage once, each stage a
+`python -m lakemine STAGE` process; the lake is copied before and after each stage, and the
+stage's wall time T (JVM start included) is measured. A trial copies the lake from before the
+stage, starts the same command in a new process group, kills the group with SIGKILL after a
+delay drawn uniformly from (0, T) (seeded), reruns the stage to the end and compares the lake
+with the one after the never-killed run:
+
+- every Delta table row for row (as multisets; clock columns and run ids aside), so no row is
+  lost or doubled; key columns without duplicates;
+- ops/runs: exactly one succeeded run of the stage, with the counts of the never-killed run
+  (exact conservation), and any other run of it failed (the killed attempt, recorded as
+  abandoned by the rerun);
+- the model folders: the same k-means and churn versions, the same churn weights.
+
+Results: bench/results/faults.{json,md} (trials, kills that landed after the stage's first
+commit, failures, and lines lost or doubled per stage). tests/test_faults.py runs a few trials
+per stage with the same functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "libs"))
+
+STAGES = ("ingest", "clean", "features", "fpgrowth", "kmeans", "train", "score")
+ARGS = {
+    "ingest": ["--input", "{raw}"],
+    "kmeans": ["--k", "3", "--n-init", "1"],
+    "train": ["--epochs", "3", "--workers", "2", "--batch-size", "64"],
+}
+# clock values and run ids: they differ between two runs that wrote the same rows
+VOLATILE = frozenset({"_ingested_at", "recorded_at", "scored_at", "run_id"})
+# columns that identify a row: no key may appear twice
+KEYS = {
+    "bronze/transactions": ("_batch_id", "_line"),
+    "silver/transactions": ("_batch_id", "_line"),
+    "gold/customer_features": ("customer_id", "as_of"),
+    "gold/customer_segments": ("customer_id", "as_of"),
+    "gold/customer_scores": ("customer_id", "as_of", "model_version"),
+    "ops/clean_batches": ("batch_id",),
+}
+LINE_TABLES = ("bronze/transactions", "bronze/quarantine", "silver/transactions", "silver/quarantine")
+STAGE_ENV = {"LAKEMINE_SPARK__MASTER": "local[2]", "LAKEMINE_SPARK__SHUFFLE_PARTITIONS": "2",
+             "LAKEMINE_SPARK__DRIVER_MEMORY": "1g"}
+
+
+def stage_argv(stage: str, lake: Path, raw: Path) -> list[str]:
+    """`lakemine` arguments of one stage run on `lake`."""
+    return [stage, "--lake", str(lake), *[a.format(raw=raw) for a in ARGS.get(stage, [])]]
+
+
+def stage_env() -> dict:
+    return {**os.environ, **STAGE_ENV, "PYTHONPATH": str(REPO / "libs")}
+
+
+def generate_argv(raw: Path, customers: int, days: int, seed: int) -> list[str]:
+    return ["generate", "--out", str(raw), "--customers", str(customers), "--days", str(days), "--seed", str(seed),
+            "--dirty-rate", "0.02"]
+
+
+def prepare(root: Path, stages: tuple[str, ...], run: Callable[[list[str]], float]) -> dict[str, float]:
+    """For every stage up to the last of `stages`, the lake before it (root/before/STAGE) and
+    after it (root/after/STAGE), from the raw exports under root/raw; `run(ARGV)` runs
+    `lakemine ARGV` to the end and returns its wall time. Returns each stage's."""
+    lake, durations = root / "lake", {}
+    last = max(STAGES.index(s) for s in stages)
+    for stage in STAGES[: last + 1]:
+        _snapshot(lake, root / "before" / stage)
+        durations[stage] = run(stage_argv(stage, lake, root / "raw"))
+        _snapshot(lake, root / "after" / stage)
+    return durations
+
+
+def subprocess_runner(python: str) -> Callable[[list[str]], float]:
+    """`run(ARGV)`: `python -m lakemine ARGV` as its own process, its wall time."""
+    def run(argv: list[str], check: bool = True) -> float:
+        t0 = time.perf_counter()
+        proc = subprocess.run([python, "-m", "lakemine", *argv], env=stage_env(), capture_output=True, text=True,
+                              timeout=1800)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"lakemine {' '.join(argv)} exited {proc.returncode}: {proc.stderr[-2000:]}")
+        return time.perf_counter() - t0
+
+    return run
+
+
+def _snapshot(lake: Path, dest: Path) -> None:
+    shutil.rmtree(dest, ignore_errors=True)
+    if lake.exists():
+        shutil.copytree(lake, dest)
+
+
+def kill_at(argv: list[str], python: str, delay: float) -> bool:
+    """Start `python -m lakemine ARGV` in a new process group and SIGKILL the whole group
+    after `delay` seconds; False when it finished first."""
+    proc = subprocess.Popen([python, "-m", "lakemine", *argv], env=stage_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        proc.wait(timeout=delay)
+        return False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        _reap_group(proc.pid)
+        return True
+
+
+def _reap_group(pgid: int, wait_s: float = 10.0) -> None:
+    """Wait until no process of group `pgid` is left (Spark's Python workers, Horovod ranks)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+
+
+def commits(lake: Path) -> int:
+    """Delta commits in every table of `lake` (files in the _delta_log folders)."""
+    return sum(1 for _ in lake.glob("*/*/_delta_log/*.json")) if lake.exists() else 0
+
+
+def compare(spark, reference: Path, trial: Path, stage: str) -> tuple[list[str], dict[str, int]]:
+    """Differences between the never-killed lake and the trial's ([] when none), and for the
+    line tables the rows the trial has more (+, doubled) or fewer (-, lost) per table."""
+    import pyspark.sql.functions as F
+
+    from lakemine.core import storage
+    from lakemine.io.lake import Lake
+
+    ref, got = Lake.at(spark, str(reference)), Lake.at(spark, str(trial))
+    problems: list[str] = []
+    lines: dict[str, int] = {}
+    tables = sorted(set(ref.tables()) | set(got.tables()))
+    for table in tables:
+        if not (ref.exists(table) and got.exists(table)):
+            problems.append(f"{table}: only in the {'reference' if ref.exists(table) else 'trial'}")
+            continue
+        if _same_log(reference / table, trial / table):
+            continue  # neither run wrote it: both still hold the copy from before the stage
+        a, b = ref.read_table(table), got.read_table(table)
+        if table == "ops/runs":
+            problems += _compare_runs(a, b, stage)
+            continue
+        cols = [_comparable(a.schema[c].dataType, c) for c in a.columns if c not in VOLATILE]
+        a, b = a.select(*cols), b.select(*cols)
+        (n_a, h_a), (n_b, h_b) = _fingerprint(a), _fingerprint(b)
+        if table in LINE_TABLES:
+            lines[table] = n_b - n_a
+        if (n_a, h_a) != (n_b, h_b):
+            missing, extra = a.exceptAll(b).count(), b.exceptAll(a).count()
+            problems.append(f"{table}: {n_b} rows vs {n_a} never killed ({missing} missing, {extra} extra)")
+        key = KEYS.get(table)
+        if key and b.groupBy(*key).count().where(F.col("count") > 1).limit(1).count():
+            problems.append(f"{table}: duplicate keys {key}")
+    for kind in ("kmeans", "churn"):
+        want = _models(storage, reference, kind)
+        have = _models(storage, trial, kind)
+        if want != have:
+            problems.append(f"models/{kind}: versions {sorted(have)} vs {sorted(want)} never killed")
+    return problems, lines
+
+
+def _same_log(a: Path, b: Path) -> bool:
+    """Whether two copies of a table have the same commits, byte for byte."""
+    logs = [sorted(p.name for p in (t / "_delta_log").glob("*.json")) for t in (a, b)]
+    return logs[0] == logs[1] and all((a / "_delta_log" / n).read_bytes() == (b / "_delta_log" / n).read_bytes()
+                                      for n in logs[0])
+
+
+def _fingerprint(df) -> tuple[int, int]:
+    """(rows, sum of the rows' 31-bit hashes): equal for equal multisets of rows, one job."""
+    import pyspark.sql.functions as F
+
+    row = df.agg(F.count(F.lit(1)).alias("n"), F.sum(F.pmod(F.xxhash64(*df.columns), F.lit(2**31))).alias("h")).first()
+    return int(row["n"]), int(row["h"] or 0)
+
+
+def _comparable(kind, name: str):
+    """A column set operations can compare: a map as its entries sorted by key, a double to 9
+    decimals (a sum's last bits follow the order Spark adds its partial sums in)."""
+    import pyspark.sql.functions as F
+    from pyspark.sql.types import DoubleType, MapType
+
+    if isinstance(kind, MapType):
+        entries = F.array_sort(F.map_entries(F.col(name)))
+        if isinstance(kind.valueType, DoubleType):
+            entries = F.transform(entries, lambda e: F.struct(e["key"].alias("key"), F.round(e["value"], 9).alias("value")))
+        return entries.alias(name)
+    if isinstance(kind, DoubleType):
+        return F.round(F.col(name), 9).alias(name)
+    return F.col(name)
+
+
+def _models(storage, lake: Path, kind: str) -> dict[str, str | None]:
+    """Complete model versions of `kind` -> their weights' digest (churn) or None."""
+    root = f"{lake}/models/{kind}"
+    found = {}
+    for name in storage.list_dirs(root):
+        meta = f"{root}/{name}/{'metadata.json' if kind == 'churn' else 'lakemine.json'}"
+        if storage.exists(meta):
+            found[name] = storage.read_json(meta).get("weights_sha256")
+    return found
+
+
+def _compare_runs(a, b, stage: str) -> list[str]:
+    """The stage's succeeded runs (one per date it wrote) with the never-killed run's counts
+    (exact conservation); any other run of it failed, abandoned; other stages' rows as they were."""
+    def done(rows) -> list[tuple]:  # a kill after the last commit leaves the run done: its rerun repeats it
+        return sorted({(str(r["as_of"]), r["rows_in"], r["rows_out"], r["rows_quarantined"], r["rows_duplicate"])
+                       for r in rows if r["stage"] == stage and r["status"] == "succeeded"})
+
+    got = [r for r in b.collect() if r["stage"] == stage]
+    problems = []
+    if done(got) != done(a.collect()):
+        problems.append(f"ops/runs: succeeded {stage} runs (as_of, in, out, quarantined, duplicates) {done(got)}, "
+                        f"never killed {done(a.collect())}")
+    others = [r for r in got if r["status"] not in ("succeeded", "noop", "skipped")]
+    if any(r["status"] != "failed" or not (r["message"] or "").startswith("abandoned") for r in others):
+        problems.append(f"ops/runs: unexpected {stage} rows {[(r['status'], r['message']) for r in others]}")
+    other_stages = sorted((r["stage"], r["status"]) for r in b.collect() if r["stage"] != stage)
+    if other_stages != sorted((r["stage"], r["status"]) for r in a.collect() if r["stage"] != stage):
+        problems.append("ops/runs: the other stages' rows changed")
+    return problems
+
+
+def trial(spark, root: Path, python: str, stage: str, number: int, delay: float,
+          rerun: Callable[[list[str]], float]) -> dict:
+    """One kill: copy the lake from before `stage`, kill the stage after `delay` s, rerun it
+    with `rerun(ARGV)`, compare with the never-killed lake."""
+    import pyspark.sql.functions as F
+
+    from lakemine.io.lake import Lake
+
+    lake = root / "trials" / f"{stage}-{number}"
+    _snapshot(root / "before" / stage, lake)
+    before = commits(lake)
+    killed = kill_at(stage_argv(stage, lake, root / "raw"), python, delay)
+    committed = commits(lake) - before
+    abandoned_marker = any((lake / "_attempts").glob("*.json")) if lake.exists() else False
+    rerun(stage_argv(stage, lake, root / "raw"))
+    problems, lines = compare(spark, root / "after" / stage, lake, stage)
+    abandoned = Lake.at(spark, str(lake)).read_table("ops/runs").where(
+        (F.col("stage") == stage) & (F.col("status") == "failed") & F.col("message").startswith("abandoned")).count()
+    if abandoned != int(abandoned_marker):
+        problems.append(f"ops/runs: {abandoned} abandoned {stage} runs recorded, {int(abandoned_marker)} expected")
+    result = {"stage": stage, "trial": number, "delay_s": round(delay, 2), "killed": killed,
+              "commits_before_kill": committed, "marker_left": abandoned_marker, "problems": problems,
+              "lines": lines}
+    shutil.rmtree(lake, ignore_errors=True)
+    return result
+
+
+def delays(stage: str, duration: float, n: int, seed: int) -> list[float]:
+    """`n` kill instants drawn uniformly from (0, duration), seeded per stage."""
+    rng = random.Random(f"{seed}-{stage}")
+    return sorted(rng.uniform(0.05 * duration, duration) for _ in range(n))
+
+
+def summarize(results: list[dict], durations: dict[str, float]) -> dict[str, dict]:
+    table = {}
+    for stage in dict.fromkeys(r["stage"] for r in results):
+        rs = [r for r in results if r["stage"] == stage]
+        table[stage] = {
+            "stage_s": round(durations[stage], 1), "trials": len(rs), "killed": sum(r["killed"] for r in rs),
+            "killed_after_a_commit": sum(r["killed"] and r["commits_before_kill"] > 0 for r in rs),
+            "abandoned_runs_recorded": sum(r["marker_left"] for r in rs),
+            "failures": sum(bool(r["problems"]) for r in rs),
+            "lines_lost": -sum(min(0, v) for r in rs for v in r["lines"].values()),
+            "lines_doubled": sum(max(0, v) for r in rs for v in r["lines"].values()),
+        }
+    return table
+
+
+def markdown(summary: dict[str, dict], meta: dict) -> str:
+    out = [f"# Fault injection: SIGKILL at random instants, rerun, compare ({meta['date']})", "",
+           f"Data: generated, {meta['customers']} customers x {meta['days']} days (seed {meta['seed']}); "
+           f"{meta['trials']} seeded kill instants per stage, uniform over (0.05 T, T), T the stage's "
+           "never-killed wall time as its own process (JVM start included). "
+           f"Command: `{meta['command']}`. Total {meta['total_s'] / 60:.0f} min.", "",
+           "| stage | T (s) | trials | killed before the end | killed after its first commit | abandoned runs recorded "
+           "| failures | lines lost | lines doubled |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for stage, s in summary.items():
+        out.append(f"| {stage} | {s['stage_s']} | {s['trials']} | {s['killed']} | {s['killed_after_a_commit']} | "
+                   f"{s['abandoned_runs_recorded']} | {s['failures']} | {s['lines_lost']} | {s['lines_doubled']} |")
+    out += ["", "A failure is any difference from the never-killed lake (see bench/faults.py); lines lost and "
+            "doubled are the bronze, silver and quarantine rows the killed-and-rerun lake has fewer or more."]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=20, help="kill instants per stage (default 20)")
+    ap.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    ap.add_argument("--customers", type=int, default=150)
+    ap.add_argument("--days", type=int, default=220, help="days of data; train needs more than the churn horizon (90)")
+    ap.add_argument("--seed", type=int, default=16)
+    ap.add_argument("--work", default=str(REPO / "bench" / "work" / "faults"))
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "faults"))
+    args = ap.parse_args(argv)
+    from datetime import date
+
+    from lakemine.core.config import load_config
+    from lakemine.io.spark import session
+
+    root = Path(args.work)
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    python = sys.executable
+    t0 = time.perf_counter()
+    print(f"faults: preparing {args.customers} customers x {args.days} days through every stage ...", flush=True)
+    runner = subprocess_runner(python)
+    runner(generate_argv(root / "raw", args.customers, args.days, args.seed))
+    durations = prepare(root, tuple(args.stages), runner)
+    print("faults: never-killed stage times " + ", ".join(f"{s} {t:.1f} s" for s, t in durations.items()), flush=True)
+    spark = session(load_config(None, env=STAGE_ENV))
+    results = []
+    for stage in args.stages:
+        for i, delay in enumerate(delays(stage, durations[stage], args.trials, args.seed)):
+            r = trial(spark, root, python, stage, i, delay, runner)
+            results.append(r)
+            status = "ok" if not r["problems"] else "FAILED: " + "; ".join(r["problems"])
+            print(f"faults: {stage} #{i + 1}/{args.trials} kill at {delay:.1f} s "
+                  f"({'killed' if r['killed'] else 'finished first'}, {r['commits_before_kill']} commits before) {status}",
+                  flush=True)
+        summary = summarize(results, durations)
+        meta = {"date": date.today().isoformat(), "customers": args.customers, "days": args.days, "seed": args.seed,
+                "trials": args.trials, "command": "bench/faults.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                "total_s": time.perf_counter() - t0}
+        Path(args.out + ".json").write_text(json.dumps({"meta": meta, "durations": durations, "summary": summary,
+                                                       "trials": results}, indent=2, default=str))
+        Path(args.out + ".md").write_text(markdown(summary, meta))
+    print(markdown(summarize(results, durations), meta))
+    return 1 if any(r["problems"] for r in results) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""A stage killed at a random instant (SIGKILL to its whole process group) and rerun leaves
+the lake of a run never killed: bench/faults.py's harness, a few seeded instants per stage
+(the bench runs 20 or more per stage, train and score included)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+from lakemine.cli import main
+
+sys.path.insert(0, str(REPO / "bench"))
+import faults  # noqa: E402 - bench/faults.py, the harness
+
+SUITE_STAGES = ("ingest", "clean", "features", "fpgrowth", "kmeans")
+TRIALS = {"ingest": 2, "clean": 2, "features": 2, "fpgrowth": 1, "kmeans": 1}  # the last two commit once
+
+pytestmark = pytest.mark.slow
+
+
+def run_here(argv: list[str]) -> float:
+    """`lakemine ARGV` in this process (the suite's Spark session) with the killed runs'
+    configuration; its wall time."""
+    saved = {k: os.environ.get(k) for k in faults.STAGE_ENV}
+    os.environ.update(faults.STAGE_ENV)
+    t0 = time.perf_counter()
+    try:
+        assert main(argv) == 0
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """The lakes before and after each stage, built in this process (the bench runs every stage
+    as its own process). A stage's T is its time here plus the time a stage process takes to
+    start Python and Spark, measured once."""
+    root = tmp_path_factory.mktemp("faults")
+    run_here(faults.generate_argv(root / "raw", customers=40, days=120, seed=5))
+    start = faults.subprocess_runner(sys.executable)(["kmeans", "--lake", str(root / "empty"), "--k", "2"], check=False)
+    durations = {stage: start + t for stage, t in faults.prepare(root, SUITE_STAGES, run_here).items()}
+    return root, durations
+
+
+@pytest.mark.parametrize("stage", SUITE_STAGES)
+def test_a_stage_killed_at_random_instants_and_rerun_equals_a_run_never_killed(spark, prepared, stage):
+    root, durations = prepared
+    for i, delay in enumerate(faults.delays(stage, durations[stage], TRIALS[stage], seed=5)):
+        result = faults.trial(spark, root, sys.executable, stage, i, delay, run_here)
+        assert result["problems"] == [], f"{stage} killed at {delay:.1f} s: " + "; ".join(result["problems"])
+        assert all(v == 0 for v in result["lines"].values()), result
