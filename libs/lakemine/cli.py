@@ -569,6 +569,15 @@ def main(argv: list[str] | None = None, submitted: bool = False) -> int:
         print(f"lakemine {stage}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI promises no bare traceback
+        from lakemine.io.lake import conflict
+
+        clash = conflict(exc)
+        if clash:
+            print(f"lakemine {stage}: failed: another run committed to the same table first ({clash}); every commit "
+                  "of this run is whole or absent, rerun it", file=sys.stderr)
+            if args.verbose:
+                raise
+            return 1
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         print(f"lakemine {stage}: failed: {type(exc).__name__}: {first} (run with --verbose for details)", file=sys.stderr)
         if args.verbose:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -35,6 +36,26 @@ def _write_tag(user_metadata: str | None) -> str | None:
     except ValueError:
         return None
     return meta.get("write") if isinstance(meta, dict) else None
+
+
+# Delta's optimistic-concurrency failures: another writer committed first, this commit was not made
+CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
+             "ConcurrentTransactionException", "ConcurrentWriteException", "MetadataChangedException",
+             "ProtocolChangedException", "DELTA_CONCURRENT_", "DELTA_METADATA_CHANGED", "DELTA_PROTOCOL_CHANGED")
+
+
+def conflict(exc: BaseException) -> str | None:
+    """One line naming the Delta write conflict `exc` is ("ConcurrentAppendException: Files
+    were added ..."), None when it is none."""
+    text = f"{type(exc).__name__}: {exc}"
+    found = re.search(r"(\w+Exception): (?:\[\w+\] )?(?:\w+Exception: )?([^\n]*)", text[text.find("[DELTA_"):]
+                      if "[DELTA_" in text else text)
+    if not any(c in text for c in CONFLICTS):
+        return None
+    if found is None or not any(c in found.group(1) for c in CONFLICTS):
+        return text.splitlines()[0][:200]
+    sentence = found.group(2).split(". ")[0].rstrip(".")
+    return f"Delta {found.group(1)}: {sentence}"[:240]
 
 
 def _sql_string(value: str) -> str:
