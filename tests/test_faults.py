@@ -58,3 +58,33 @@ def test_a_stage_killed_at_random_instants_and_rerun_equals_a_run_never_killed(s
         result = faults.trial(spark, root, sys.executable, stage, i, delay, run_here)
         assert result["problems"] == [], f"{stage} killed at {delay:.1f} s: " + "; ".join(result["problems"])
         assert all(v == 0 for v in result["lines"].values()), result
+
+
+def test_an_attempt_whose_process_is_gone_is_recorded_once_and_a_live_one_is_left(lake):
+    """The markers record_run leaves while a stage runs: one of a process that ended (here a
+    finished child) becomes one failed, abandoned row, however many runs look; one of a
+    running process (this one) stays."""
+    import json
+    import socket
+    import subprocess
+
+    from lakemine.io import schemas
+    from lakemine.io.runs import ATTEMPTS, _process_start, record_abandoned
+
+    folder = os.path.join(lake.root, ATTEMPTS)
+    os.makedirs(folder)
+    base = {"stage": "clean", "as_of": "2011-12-09", "params": {}, "started_at": "2026-12-01T00:00:00+00:00",
+            "host": socket.gethostname()}
+    child = subprocess.Popen(["true"])  # noqa: S607 - a process that has ended
+    child.wait()
+    dead_pid = child.pid
+    with open(os.path.join(folder, "dead.json"), "w") as fh:
+        json.dump({**base, "run_id": "dead", "pid": dead_pid, "pid_start": "1"}, fh)
+    with open(os.path.join(folder, "live.json"), "w") as fh:
+        json.dump({**base, "run_id": "live", "pid": os.getpid(), "pid_start": _process_start(os.getpid())}, fh)
+    assert [r.run_id for r in record_abandoned(lake)] == ["dead"]
+    assert record_abandoned(lake) == []
+    rows = lake.read_table(schemas.OPS_RUNS).collect()
+    assert [(r["run_id"], r["status"], r["stage"]) for r in rows] == [("dead", "failed", "clean")]
+    assert rows[0]["message"].startswith(f"abandoned: the process (pid {dead_pid} on ")
+    assert sorted(os.listdir(folder)) == ["live.json"]

@@ -124,6 +124,17 @@ def list_files(location: str) -> list[str]:
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
 
 
+def move(source: str, dest: str) -> bool:
+    """Rename `source` to `dest` (same file system); False when `source` is gone (on a local
+    or HDFS lake the rename is atomic: of two processes moving one file, one gets False)."""
+    filesystem, path = _resolve(source)
+    try:
+        filesystem.move(path, _resolve(dest)[1])
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def delete(location: str) -> None:
     """Remove the file at `location`; a missing file is no error."""
     filesystem, path = _resolve(location)

@@ -95,7 +95,15 @@ def _alive(marker: dict) -> bool:
     if marker.get("host") != socket.gethostname():
         started = datetime.fromisoformat(marker["started_at"])
         return datetime.now(timezone.utc) - started < STALE_AFTER
-    return _process_start(marker["pid"]) == marker.get("pid_start")
+    if marker.get("pid_start") is None:  # no /proc here: whether the pid runs at all
+        try:
+            os.kill(marker["pid"], 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # runs, as another user
+            return True
+        return True
+    return _process_start(marker["pid"]) == marker["pid_start"]
 
 
 def _process_start(pid: int) -> str | None:
@@ -113,12 +121,17 @@ def record_abandoned(lake: Lake) -> list[Run]:
     become failed rows of ops/runs, with when they started and what ended them unknown."""
     found = []
     for name in storage.list_files(_attempts(lake)):
+        if name.startswith(".") or not name.endswith(".json"):  # being recorded by another run
+            continue
         location = f"{_attempts(lake)}/{name}"
         try:
             marker = storage.read_json(location)
         except (OSError, ValueError):  # written by a newer process, or gone meanwhile
             continue
         if _alive(marker):
+            continue
+        claimed = f"{_attempts(lake)}/.claimed-{uuid.uuid4().hex}"
+        if not storage.move(location, claimed):  # another run found it first and records it
             continue
         run = Run(stage=marker["stage"], as_of=date.fromisoformat(marker["as_of"]) if marker.get("as_of") else None,
                   params=marker.get("params") or {}, run_id=marker["run_id"],
@@ -127,7 +140,7 @@ def record_abandoned(lake: Lake) -> list[Run]:
                           "(killed or lost; finished_at is when this was found); its writes, if any, were committed "
                           "whole or not at all")
         write_run(lake, run)
-        storage.delete(location)
+        storage.delete(claimed)
         log.warning("%s for %s: an earlier attempt (run %s) ended without finishing; recorded as failed",
                     run.stage, run.as_of, run.run_id)
         found.append(run)
