@@ -98,6 +98,25 @@ def head_bytes(location: str, n: int = 65536, decompress: bool = False) -> bytes
         return src.read(n)
 
 
+def read_to_end(location: str, decompress: bool = False, chunk: int = 2**22) -> int:
+    """Read a file to its end without keeping it (with `decompress`, its content decompressed
+    as its name says); its length. Raises what the reader raises on a corrupt or cut file."""
+    import bz2
+    import gzip
+
+    filesystem, path = _resolve(location)
+    # Python's own decoders: they check a stream's end marker and checksum (pyarrow's bz2
+    # reader takes a stream cut before its end marker as complete)
+    openers = {"gz": lambda raw: gzip.GzipFile(fileobj=raw), "bz2": bz2.BZ2File}
+    opener = openers.get(path.rsplit(".", 1)[-1].lower()) if decompress else None
+    total = 0
+    with filesystem.open_input_stream(path, compression=None) as raw:
+        src = opener(raw) if opener else raw
+        while block := src.read(chunk):
+            total += len(block)
+    return total
+
+
 def write_json(location: str, obj) -> None:
     write_bytes(location, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 

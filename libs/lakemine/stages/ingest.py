@@ -68,13 +68,18 @@ class RawFile:
 
 def _decompressed_head(info: storage.FileInfo) -> bytes:
     """The first bytes of a CSV file's text: gzip (.gz) and bzip2 (.bz2) files, which Spark reads
-    decompressed, are decompressed here too."""
+    decompressed, are decompressed here too, to their end: one cut short (a transfer that
+    stopped) would otherwise fail Spark's read halfway, after the other files were read."""
     compressed = info.name.lower().endswith((".gz", ".bz2"))
+    kind = info.name.rsplit(".", 1)[-1]
     try:
-        return storage.head_bytes(info.path, SNIFF_BYTES, decompress=compressed)
-    except OSError as exc:
-        kind = info.name.rsplit(".", 1)[-1]
-        raise InputError(f"{info.path}: not a readable .{kind} file ({str(exc).splitlines()[0][:80]})") from None
+        head = storage.head_bytes(info.path, SNIFF_BYTES, decompress=compressed)
+        if compressed:
+            storage.read_to_end(info.path, decompress=True)
+    except (OSError, EOFError, ValueError) as exc:
+        why = (str(exc).splitlines() or [type(exc).__name__])[0][:80]
+        raise InputError(f"{info.path}: not a readable .{kind} file, corrupt or truncated ({why})") from None
+    return head
 
 
 def first_line(head: bytes, where: str) -> bytes:
