@@ -40,6 +40,7 @@ for dag_id, dag in bag.dags.items():
             "py_files": getattr(t, "py_files", None), "retries": t.retries,
             "backoff": t.retry_exponential_backoff, "timeout": t.execution_timeout.total_seconds(),
             "outlets": [a.uri for a in t.outlets], "trigger_rule": getattr(t.trigger_rule, "value", str(t.trigger_rule)),
+            "conf": getattr(t, "conf", None),
         }
     out["dags"][dag_id] = {"schedule": str(dag.schedule), "catchup": dag.catchup,
                            "start": dag.start_date.isoformat(), "tasks": tasks}
@@ -85,6 +86,8 @@ def test_dag_files_parse_without_lookups_or_heavy_imports(tmp_path, venv_env):
         assert t["args"][:4] == ["--lake", str(tmp_path / "lake"), "--as-of", "{{ ds }}"], stage
         assert t["py_files"].endswith(".zip") and t["retries"] == 2 and t["backoff"] and t["timeout"] == 3600
         assert t["outlets"] and all(u.startswith(lake_uri + "/") for u in t["outlets"]), stage
+        # the local connection of scripts/airflow-env.sh brings local tuning, not Spark's cluster defaults
+        assert t["conf"]["spark.sql.shuffle.partitions"] == "8" and t["conf"]["spark.ui.enabled"] == "false", stage
     assert lake_uri + "/gold/customer_scores" in tasks["score"]["outlets"]
     assert tasks["ingest"]["args"][4] == "--input" and tasks["ingest"]["args"][6:] == ["--source", "online_retail_ii"]
     maintenance = parsed["dags"]["lake_maintenance"]
