@@ -9,7 +9,7 @@ import pytest
 from pyspark.testing import assertDataFrameEqual
 
 from lakemine.io import schemas
-from lakemine.mining.fpgrowth import MiningParams, TooManyItemsets, min_count, mine
+from lakemine.mining.fpgrowth import MiningParams, TooManyItemsets, describe_rules, item_descriptions, min_count, mine, support_cut
 from lakemine.mining.fpgrowth import run as run_fpgrowth
 
 SEED_BASKETS = [
@@ -122,6 +122,32 @@ def test_too_many_itemsets_names_the_support_to_use(mining_lake):
     with pytest.raises(TooManyItemsets, match=r"exceed --max-itemsets 10 at support 0.01; raise --min-support to at least 0\.0"):
         run_fpgrowth(lake, cfg, MiningParams.from_config(cfg, min_support=0.01, max_itemsets=10))
     assert not lake.exists(schemas.GOLD_FREQUENT_ITEMSETS)
+
+
+def test_rules_get_each_items_most_frequent_description_by_joins(spark):
+    """Descriptions in antecedent order, the most frequent per item (ties: the greatest), ""
+    for an item that has none."""
+    lines = [("A", "red cup"), ("A", "red cup"), ("A", "Red Cup"), ("B", "plate"), ("B", "dish"), ("C", None),
+             ("D", "fork")]
+    silver = spark.createDataFrame(lines, "stock_code string, description string")
+    rules = spark.createDataFrame([(["B", "A"], ["D"], 0.5), (["C"], ["A"], 0.25), (["A", "D"], ["E"], 0.1)],
+                                  "antecedent array<string>, consequent array<string>, support double")
+    got = describe_rules(rules, item_descriptions(silver))
+    assert got.columns == ["antecedent", "consequent", "support", "antecedent_descriptions", "consequent_description"]
+    assert sorted(tuple(map(lambda v: tuple(v) if isinstance(v, list) else v, r)) for r in got.collect()) == [
+        (("A", "D"), ("E",), 0.1, ("red cup", "fork"), ""),
+        (("B", "A"), ("D",), 0.5, ("plate", "red cup"), "fork"),
+        (("C",), ("A",), 0.25, ("",), "red cup"),
+    ]
+
+
+def test_the_support_cut_is_the_freq_of_the_itemset_past_the_limit(spark):
+    rng = random.Random(3)
+    freqs = [rng.randint(1, 40) for _ in range(500)]
+    itemsets = spark.createDataFrame([([str(i)], f) for i, f in enumerate(freqs)], "items array<string>, freq long")
+    ranked = sorted(freqs, reverse=True)
+    for keep in (0, 1, 10, 137, 499):
+        assert support_cut(itemsets, keep) == ranked[keep], keep
 
 
 def test_window_days_limits_the_baskets(mining_lake):

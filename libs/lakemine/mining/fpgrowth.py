@@ -23,7 +23,7 @@ from datetime import date, timedelta
 
 import pandas as pd
 import pyspark.sql.functions as F
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Window
 
 from lakemine.core.config import Config, FpgrowthConfig, StageParams
 from lakemine.core.errors import StageError
@@ -227,25 +227,47 @@ def mine(baskets: DataFrame, n_baskets: int, p: MiningParams, default_groups: in
 
 
 def item_descriptions(silver: DataFrame) -> DataFrame:
-    """One row holding `descriptions`: map stock_code -> its most frequent description."""
+    """stock_code, description: each item's most frequent description (ties: the greatest)."""
     counted = (
         silver.where(F.col("description").isNotNull())
         .groupBy("stock_code", "description").count()
-        .groupBy("stock_code")
-        .agg(F.max_by("description", F.struct("count", F.col("description"))).alias("description"))
     )
-    return counted.agg(
-        F.map_from_entries(F.collect_list(F.struct("stock_code", "description"))).alias("descriptions")
-    )
+    return counted.groupBy("stock_code").agg(
+        F.max_by("description", F.struct("count", F.col("description"))).alias("description"))
 
 
 def describe_rules(rules: DataFrame, descriptions: DataFrame) -> DataFrame:
-    d = F.col("descriptions")
-    return rules.crossJoin(F.broadcast(descriptions)).select(
-        *rules.columns,
-        F.transform("antecedent", lambda x: F.coalesce(F.element_at(d, x), F.lit(""))).alias("antecedent_descriptions"),
-        F.coalesce(F.element_at(d, F.col("consequent")[0]), F.lit("")).alias("consequent_description"),
+    """`rules` with antecedent_descriptions (in antecedent order) and consequent_description,
+    "" for an item without one. Joined on stock_code like any two tables, so no map of every
+    item's name is built on the driver or broadcast (it grows with the catalogue)."""
+    key = ["antecedent", "consequent"]
+    named = F.struct("pos", F.coalesce(F.col("description"), F.lit("")).alias("name"))
+    antecedents = (
+        rules.select(*key, F.posexplode("antecedent").alias("pos", "stock_code"))
+        .join(descriptions, "stock_code", "left")
+        .groupBy(*key)
+        .agg(F.transform(F.array_sort(F.collect_list(named)), lambda x: x["name"]).alias("antecedent_descriptions"))
     )
+    consequents = descriptions.select(F.col("stock_code").alias("_code"), F.col("description").alias("_name"))
+    return (
+        rules.join(antecedents, key, "left")
+        .join(consequents, F.col("consequent")[0] == F.col("_code"), "left")
+        .select(
+            *rules.columns,
+            F.coalesce("antecedent_descriptions", F.array().cast("array<string>")).alias("antecedent_descriptions"),
+            F.coalesce(F.col("_name"), F.lit("")).alias("consequent_description"),
+        )
+    )
+
+
+def support_cut(itemsets: DataFrame, keep: int) -> int:
+    """The freq of the (keep + 1)-th most frequent itemset: the largest freq that more than
+    `keep` itemsets reach. From the counts per freq value (summed in freq order on an
+    executor), so one number, not `keep` itemsets, comes to the driver."""
+    per_freq = itemsets.groupBy("freq").agg(F.count(F.lit(1)).alias("n"))
+    order = Window.orderBy(F.desc("freq")).rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    reached = per_freq.withColumn("reached", F.sum("n").over(order))
+    return int(reached.where(F.col("reached") > keep).agg(F.max("freq")).first()[0])
 
 
 def select_baskets(baskets: DataFrame, as_of: date, window_days: int) -> DataFrame:
@@ -288,7 +310,7 @@ def run(lake: Lake, cfg: Config, p: MiningParams) -> Run:
             itemsets = itemsets.cache()
             found = itemsets.count()
             if found > p.max_itemsets:
-                cut = itemsets.orderBy(F.desc("freq")).select("freq").limit(p.max_itemsets + 1).collect()[-1]["freq"]
+                cut = support_cut(itemsets, p.max_itemsets)
                 raise TooManyItemsets(
                     f"{found:,} frequent itemsets exceed --max-itemsets {p.max_itemsets:,} at support "
                     f"{p.min_support}; raise --min-support to at least {(cut + 1) / n:.6f}"
