@@ -9,7 +9,15 @@ import pytest
 from pyspark.testing import assertDataFrameEqual
 
 from lakemine.io import schemas
-from lakemine.mining.fpgrowth import MiningParams, TooManyItemsets, describe_rules, item_descriptions, min_count, mine, support_cut
+from lakemine.mining.fpgrowth import (
+    MiningParams,
+    TooManyItemsets,
+    describe_rules,
+    item_descriptions,
+    min_count,
+    mine,
+    support_cut,
+)
 from lakemine.mining.fpgrowth import run as run_fpgrowth
 
 SEED_BASKETS = [

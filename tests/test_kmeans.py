@@ -14,7 +14,8 @@ from lakemine.core import storage
 from lakemine.core.errors import UsageError
 from lakemine.io import schemas
 from lakemine.learning.trainset import latest_segment_model
-from lakemine.mining.kmeans import KMeansParams, assemble, choose_k, fit_kmeans
+from lakemine.mining import lloyd
+from lakemine.mining.kmeans import KMeansParams, assemble, choose_k, customers, fit_kmeans
 from lakemine.mining.kmeans import run as run_kmeans
 from lakemine.stages.features import FEATURES, LOG_FEATURES
 
@@ -55,6 +56,44 @@ def test_silhouette_chooses_the_k_of_well_separated_blobs(spark):
     model, scores = choose_k(assemble(df, ("a", "b")), KMeansParams.from_config(None, k_range=(2, 6), columns=("a", "b")))
     assert len(model.clusterCenters()) == 4
     assert max(scores, key=scores.get) == 4 and set(scores) == {2, 3, 4, 5, 6}
+
+
+def test_the_silhouette_is_the_one_sparks_evaluator_computes(spark):
+    """lloyd.silhouette (numpy, on the sample) against ClusteringEvaluator on the same points and
+    centres, with a cluster of one point among them."""
+    from pyspark.ml.evaluation import ClusteringEvaluator
+
+    rng = np.random.default_rng(4)
+    x = np.vstack([rng.normal(c, 0.8, size=(60, 3)) for c in ((0, 0, 0), (4, 0, 1), (0, 5, 2))] + [[[20.0, 20.0, 20.0]]])
+    centres = np.array([[0, 0, 0], [4, 0, 1], [0, 5, 2], [20, 20, 20]], dtype=float)
+    labels = lloyd.squared_distances(x, centres).argmin(1)
+    df = spark.createDataFrame([(f"c{i}", *map(float, row), int(label)) for i, (row, label) in enumerate(zip(x, labels))],
+                               "customer_id string, a double, b double, c double, prediction int")
+    expected = ClusteringEvaluator(featuresCol="features", predictionCol="prediction").evaluate(assemble(df, ("a", "b", "c")))
+    assert math.isclose(lloyd.silhouette(x, centres), expected, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_above_the_sample_size_the_fit_is_refined_on_every_customer(gold_lake):
+    """With a sample smaller than the customers, the k chosen on the sample is refined by Lloyd
+    steps over all of them in Spark: same cost as scikit-learn within 1%, the same centres on a
+    re-run, the sample drawn the same way."""
+    data = assemble(_features(gold_lake), SEGMENT_FEATURES).cache()
+    x = np.array(data.select(*SEGMENT_FEATURES).toPandas(), dtype=float)
+    p = KMeansParams.from_config(None, sample_size=150)
+    c = customers(data, p)
+    assert c.n == len(x) > 150 and len(c.sample) == 150 and not c.complete
+    assert np.array_equal(customers(data, p).sample, c.sample)
+    model = fit_kmeans(data, 5, p)
+    assert model.summary.numIter >= 1 and model.summary.sample_size == 150
+    sk_cost = SkKMeans(n_clusters=5, n_init=10, random_state=0).fit(x).inertia_
+    assert abs(model.summary.trainingCost - sk_cost) / sk_cost <= 0.01, (model.summary.trainingCost, sk_cost)
+    centres = np.array(model.clusterCenters())
+    own = lloyd.squared_distances(x, centres).min(1).sum()
+    assert math.isclose(own, model.summary.trainingCost, rel_tol=1e-9)  # the cost is that of the centres returned
+    assert np.array_equal(np.array(fit_kmeans(data, 5, p).clusterCenters()), centres)
+    chosen, scores = choose_k(data, KMeansParams.from_config(None, sample_size=150, k_range=(2, 6)))
+    assert set(scores) == {2, 3, 4, 5, 6} and len(chosen.clusterCenters()) == max(scores, key=scores.get)
+    data.unpersist()
 
 
 def test_bad_k_choices_are_usage_errors():

@@ -180,15 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--groups", type=_int, help="item groups for pfp (default: 2 x Spark parallelism)")
 
     p = _command(sub, "kmeans", help="customer features into segments",
-                       description="K-means (k-means|| init, seeded) on the standardized features of --as-of; k given by "
-                       "--k or chosen by the best silhouette over --k-range. Writes gold/customer_segments, "
+                       description="K-means (seeded k-means++ and Lloyd) on the standardized features of --as-of; k given by "
+                       "--k or chosen by the best silhouette over --k-range, on a sample of at most kmeans.sample_size "
+                       "customers; the chosen k refined on every customer in Spark. Writes gold/customer_segments, "
                        "gold/segment_profiles (centres in original units, readable labels) and the model.")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--k", type=_int, help="number of segments")
     km = d.kmeans
     group.add_argument("--k-range", type=_range, metavar="LO-HI", help="candidate k (default from config: %d-%d)" % km.k_range)
     p.add_argument("--seed", type=_int, help=f"K-means seed (default from config: {km.seed})")
-    p.add_argument("--n-init", type=_int, help=f"k-means|| runs per k, the lowest cost kept (default from config: {km.n_init})")
+    p.add_argument("--n-init", type=_int, help=f"k-means++ runs per k, the lowest cost kept (default from config: {km.n_init})")
 
     p = _command(sub, "train", help="features and labels into a churn model (Petastorm -> Horovod or TorchDistributor)",
                        description="Build the training set (standardized features + labels + segment one-hot; earlier "

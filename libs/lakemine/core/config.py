@@ -51,7 +51,7 @@ FeaturesConfig = _section("FeaturesConfig", "horizon_days: int; training_snapsho
 FpgrowthConfig = _section("FpgrowthConfig", "min_support: float; min_confidence: float; window_days: int; "
                           "max_itemsets: int; max_length: int | None; engine: str; groups: int | None")
 KmeansConfig = _section("KmeansConfig", "k: int | None; k_range: tuple[int, ...]; seed: int; n_init: int; "
-                        "max_iter: int; tol: float; columns: tuple[str, ...]")
+                        "max_iter: int; tol: float; sample_size: int; columns: tuple[str, ...]")
 TrainConfig = _section("TrainConfig", "backend: str; workers: int; epochs: int; batch_size: int; learning_rate: float; "
                        "warmup_epochs: int; patience: int; cache_rows: int; hidden: tuple[int, ...]; dropout: float; "
                        "batch_norm: bool; val_fraction: float; seed: int")
@@ -104,7 +104,7 @@ _POSITIVE = {
     "features.snapshot_spacing_days",
     "features.top_categories",
     "fpgrowth.max_itemsets", "fpgrowth.max_length", "fpgrowth.groups",
-    "kmeans.n_init", "kmeans.max_iter", "kmeans.tol",
+    "kmeans.n_init", "kmeans.max_iter", "kmeans.tol", "kmeans.sample_size",
     "orchestration.retry_delay_minutes",
     "orchestration.max_retry_delay_minutes",
     "orchestration.task_timeout_minutes",

@@ -6,9 +6,13 @@ re-run that fits the same centres finds its model already there, and one that fi
 centres (new features for that date, other parameters) saves a new version beside it. The
 churn models that one-hot the segment record the version they used.
 
-k is given (`--k`) or chosen by the best silhouette (`ClusteringEvaluator`) over `--k-range`.
-For each k the lowest-cost of `--n-init` k-means|| runs (seeds seed, seed+1, ...) is kept, so a
-re-run gives the same segments.
+k is given (`--k`) or chosen by the best silhouette (squared Euclidean, as Spark's
+`ClusteringEvaluator`) over `--k-range`. The candidates are fitted and scored on a sample of at
+most `kmeans.sample_size` customers on the driver (every customer when they are that few), drawn
+by a seeded hash of customer_id: for each k the lowest-cost of `--n-init` seeded k-means++ and
+Lloyd runs (mining/lloyd.py). The chosen k is then refined by Lloyd steps over every customer in
+Spark, one job per step over cached float64 blocks, so a re-run gives the same segments and
+nothing on the driver grows with the customers.
 """
 
 from __future__ import annotations
@@ -20,19 +24,21 @@ import math
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timezone
 
+import numpy as np
 import pyspark.sql.functions as F
-from pyspark.ml.clustering import KMeans, KMeansModel
-from pyspark.ml.evaluation import ClusteringEvaluator
+from pyspark import StorageLevel
+from pyspark.ml.clustering import KMeansModel
 from pyspark.ml.feature import VectorAssembler
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 
 from lakemine.core import storage
 from lakemine.core.config import Config, KmeansConfig, StageParams
-from lakemine.core.errors import UsageError
+from lakemine.core.errors import StageError, UsageError
 from lakemine.io import schemas
 from lakemine.io.lake import Lake
 from lakemine.io.runs import Run, deterministic_run_id, record_run
+from lakemine.mining import lloyd
 from lakemine.stages.features import FEATURES, LOG_FEATURES
 
 log = logging.getLogger(__name__)
@@ -60,28 +66,177 @@ def assemble(features: DataFrame, columns: tuple[str, ...]) -> DataFrame:
     return VectorAssembler(inputCols=list(columns), outputCol="features").transform(features)
 
 
-def fit_kmeans(data: DataFrame, k: int, p: KMeansParams) -> KMeansModel:
-    """The lowest-cost of `p.n_init` k-means|| runs seeded seed, seed+1, ... (one init can stall
-    in a poor local optimum)."""
-    best = None
-    for i in range(p.n_init):
-        model = KMeans(k=k, seed=p.seed + i, maxIter=p.max_iter, tol=p.tol, initMode="k-means||").fit(data)
-        if best is None or model.summary.trainingCost < best.summary.trainingCost:
-            best = model
-    return best
+@dataclass(frozen=True)
+class FitSummary:
+    """What a fit reports: the cost on every customer (Spark's `trainingCost`), the Lloyd steps
+    run over all customers in Spark (0 when the sample held every customer) and the sample size."""
+
+    trainingCost: float  # noqa: N815 - the name Spark's KMeansSummary gives it
+    numIter: int  # noqa: N815
+    sample_size: int
 
 
-def choose_k(data: DataFrame, p: KMeansParams) -> tuple[KMeansModel, dict[int, float]]:
-    """The model with the best silhouette among the candidate k, and every k's silhouette."""
-    evaluator = ClusteringEvaluator(featuresCol="features", predictionCol="prediction")
-    best, scores = None, {}
+class FittedKMeans(KMeansModel):
+    """Spark's KMeansModel (applied, saved and loaded as any) holding lakemine's centres."""
+
+    def __init__(self, java_model, summary: FitSummary) -> None:
+        super().__init__(java_model)
+        self._fit = summary
+
+    @property
+    def summary(self) -> FitSummary:
+        return self._fit
+
+    @property
+    def hasSummary(self) -> bool:  # noqa: N802 - Spark's name
+        return True
+
+
+@dataclass(frozen=True)
+class Customers:
+    """The customers to cluster: the DataFrame, their count, and a sample of at most
+    `sample_size` of them on the driver (all of them when they are that few), drawn by a
+    seeded hash of customer_id so a re-run draws the same."""
+
+    data: DataFrame
+    columns: tuple[str, ...]
+    n: int
+    sample: np.ndarray
+
+    @property
+    def complete(self) -> bool:
+        return len(self.sample) == self.n
+
+
+def customers(data: DataFrame, p: KMeansParams, n: int | None = None) -> Customers:
+    cols = [F.col(c).cast("double").alias(c) for c in p.columns]
+    n = data.count() if n is None else n
+    h = F.xxhash64(F.col("customer_id").cast("string"), F.lit(p.seed)).alias("_h")
+    rows = data.select(F.col("customer_id").cast("string").alias("customer_id"), *cols, h)
+    if n > p.sample_size:  # a little more than needed, then the lowest hashes
+        rows = rows.where(F.pmod("_h", F.lit(1 << 30)) < F.lit(int(min(1.0, 1.2 * p.sample_size / n) * (1 << 30))))
+    table = rows.toArrow()
+    if n > p.sample_size:  # the sample: the lowest hashes
+        table = table.sort_by([("_h", "ascending"), ("customer_id", "ascending")]).slice(0, p.sample_size)
+    else:  # every customer, in customer_id order
+        table = table.sort_by("customer_id")
+    x = np.column_stack([table.column(c).to_numpy(zero_copy_only=False) for c in p.columns]).astype(np.float64)
+    if x.size and np.isnan(x).any():
+        raise StageError(f"{schemas.GOLD_CUSTOMER_FEATURES}: null or NaN in the k-means columns {list(p.columns)}; "
+                         "rerun `lakemine features` for this date")
+    return Customers(data, tuple(p.columns), n, x.reshape(len(table), len(p.columns)))
+
+
+def _blocks(c: Customers) -> DataFrame:
+    """Every customer's columns packed into float64 blocks (one binary value per Arrow batch),
+    cached, one partition per core: each Lloyd step reads them without row conversion."""
+    width = len(c.columns)
+
+    def pack(batches):
+        import numpy as np
+        import pyarrow as pa
+
+        for b in batches:
+            if b.num_rows:
+                x = np.column_stack([b.column(i).to_numpy(zero_copy_only=False) for i in range(width)]).astype(np.float64)
+                yield pa.RecordBatch.from_arrays([pa.array([x.tobytes()], pa.binary())], ["x"])
+
+    spark = c.data.sparkSession
+    cols = [F.col(x).cast("double") for x in c.columns]
+    blocks = c.data.select(*cols).mapInArrow(pack, "x binary").coalesce(spark.sparkContext.defaultParallelism)
+    return blocks.persist(StorageLevel.MEMORY_AND_DISK)
+
+
+def _step(blocks: DataFrame, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """One Lloyd step over every customer: per partition the sums, counts and cost of its
+    blocks (lloyd.step_sums), one small row each, added up here."""
+    k, width = centres.shape
+
+    def partial(batches):
+        import numpy as np
+        import pyarrow as pa
+
+        from lakemine.mining import lloyd as ll
+
+        sums, counts, cost = np.zeros((k, width)), np.zeros(k), 0.0
+        for b in batches:
+            for blob in b.column(0).to_pylist():
+                s, n, e = ll.step_sums(np.frombuffer(blob, dtype=np.float64).reshape(-1, width), centres)
+                sums += s
+                counts += n
+                cost += e
+        out = np.concatenate([sums.ravel(), counts, [cost]])
+        yield pa.RecordBatch.from_arrays([pa.array([out.tobytes()], pa.binary())], ["stats"])
+
+    total = np.zeros(k * width + k + 1)
+    for row in blocks.mapInArrow(partial, "stats binary").collect():
+        total += np.frombuffer(row["stats"], dtype=np.float64)
+    return total[:k * width].reshape(k, width), total[k * width:-1], float(total[-1])
+
+
+def refine(c: Customers, centres: np.ndarray, p: KMeansParams) -> tuple[np.ndarray, float, int]:
+    """Lloyd steps over every customer in Spark, from the sample's centres, until no centre
+    moves more than `tol` or `max_iter`; the centres of the last step, their cost, the steps."""
+    blocks = _blocks(c)
+    try:
+        for it in range(1, p.max_iter + 1):
+            sums, counts, cost = _step(blocks, centres)
+            moved, move = lloyd.update(centres, sums, counts)
+            if move <= p.tol or it == p.max_iter:
+                return centres, cost, it
+            centres = moved
+    finally:
+        blocks.unpersist()
+
+
+def _model(spark, centres: np.ndarray, summary: FitSummary) -> FittedKMeans:
+    """Spark's KMeansModel with these centres (through its JVM constructors), k set."""
+    jvm, gateway = spark._jvm, spark.sparkContext._gateway
+    vectors = gateway.new_array(jvm.org.apache.spark.mllib.linalg.Vector, len(centres))
+    for i, centre in enumerate(centres):
+        values = gateway.new_array(jvm.double, len(centre))
+        for j, v in enumerate(centre):
+            values[j] = float(v)
+        vectors[i] = jvm.org.apache.spark.mllib.linalg.Vectors.dense(values)
+    digest = hashlib.sha256(np.ascontiguousarray(centres).tobytes()).hexdigest()[:12]
+    java = jvm.org.apache.spark.ml.clustering.KMeansModel(f"KMeans_{digest}", jvm.org.apache.spark.mllib.clustering.KMeansModel(vectors))
+    model = FittedKMeans(java, summary)
+    model._set(k=len(centres))
+    return model
+
+
+def fit_kmeans(data: DataFrame, k: int, p: KMeansParams, c: Customers | None = None) -> FittedKMeans:
+    """k-means of the customers in `data`: the lowest-cost of `p.n_init` seeded k-means++ runs
+    on the sample (seeds seed, seed+1, ...), then, when the sample is not every customer, Lloyd
+    steps over all of them in Spark from those centres."""
+    c = c or customers(data, p)
+    centres, cost = lloyd.fit(c.sample, k, p.n_init, p.seed, p.max_iter, p.tol)
+    steps = 0
+    if not c.complete:
+        centres, cost, steps = refine(c, centres, p)
+    return _model(data.sparkSession, centres, FitSummary(cost, steps, len(c.sample)))
+
+
+def choose_k(data: DataFrame, p: KMeansParams, n: int | None = None) -> tuple[FittedKMeans, dict[int, float]]:
+    """The model of the k with the best silhouette, and every candidate's silhouette. Each
+    candidate is fitted and scored on the sample (every customer when they are at most
+    `sample_size`); only the chosen k is then refined on all customers."""
+    c = customers(data, p, n)
+    if len(p.candidates()) == 1:
+        k = p.candidates()[0]
+        model = fit_kmeans(data, k, p, c)
+        return model, {k: lloyd.silhouette(c.sample, np.array(model.clusterCenters()))}
+    scores, fits = {}, {}
     for k in p.candidates():
-        model = fit_kmeans(data, k, p)
-        scores[k] = float(evaluator.evaluate(model.transform(data)))
+        fits[k] = lloyd.fit(c.sample, k, p.n_init, p.seed, p.max_iter, p.tol)
+        scores[k] = lloyd.silhouette(c.sample, fits[k][0])
         log.info("k=%d silhouette=%.4f", k, scores[k])
-        if best is None or scores[k] > scores[best[0]]:
-            best = (k, model)
-    return best[1], scores
+    best = max(scores, key=lambda k: (scores[k], -k))
+    centres, cost = fits[best]
+    steps = 0
+    if not c.complete:
+        centres, cost, steps = refine(c, centres, p)
+    return _model(data.sparkSession, centres, FitSummary(cost, steps, len(c.sample))), scores
 
 
 def assign_segments(model: KMeansModel, data: DataFrame) -> DataFrame:
@@ -213,7 +368,7 @@ def run(lake: Lake, cfg: Config, p: KMeansParams) -> Run:
             run.rows_in = data.count()
             if run.rows_in < max(p.candidates()):
                 raise UsageError(f"{run.rows_in} customers at as_of {as_of}: too few for k up to {max(p.candidates())}")
-            model, scores = choose_k(data, p)
+            model, scores = choose_k(data, p, run.rows_in)
             k = len(model.clusterCenters())
             saved = save_model(lake, model, as_of, p.columns, run.run_id)
             labels = segment_labels(model, p.columns)
