@@ -58,11 +58,22 @@ def say(text: str) -> None:
 # ------------------------------------------------------------------------- running a process
 
 
-def run_tracked(cmd: list[str], log_path: Path, stages: tuple[str, ...], who: str) -> dict:
+class MemoryLimit(RuntimeError):
+    """The process tree passed run_tracked's `limit_bytes` and was killed."""
+
+    def __init__(self, cmd: list[str], peak: int, limit: int, wall: float, marks: list) -> None:
+        super().__init__(f"{cmd[0]}: resident memory of the process tree passed {limit / 2**30:.1f} GiB, stopped")
+        self.peak, self.limit, self.wall, self.marks = peak, limit, wall, marks
+
+
+def run_tracked(cmd: list[str], log_path: Path, stages: tuple[str, ...], who: str, env: dict | None = None,
+                limit_bytes: int | None = None) -> dict:
     """Run cmd with a memory sampler over its process tree and stage marks from its progress
-    lines. Returns wall seconds, samples [(t, bytes)], marks [(t, stage)], stage messages and stdout."""
+    lines. Returns wall seconds, samples [(t, bytes)], marks [(t, stage)], stage messages and stdout.
+    With `limit_bytes`, a tree whose resident memory passes it is killed (MemoryLimit raised)."""
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1, env=env)
+    over: list[int] = []
     samples: list[tuple[float, int]] = []
     marks: list[tuple[float, str]] = []
     messages: dict[str, list[str]] = {}
@@ -86,6 +97,14 @@ def run_tracked(cmd: list[str], log_path: Path, stages: tuple[str, ...], who: st
                 except psutil.Error:
                     pass
             samples.append((time.monotonic() - t0, rss))
+            if limit_bytes is not None and rss > limit_bytes:
+                over.append(rss)
+                for p in reversed(procs):
+                    try:
+                        p.kill()
+                    except psutil.Error:
+                        pass
+                break
             done.wait(SAMPLE_SECS)
 
     def read_stdout() -> None:
@@ -109,6 +128,8 @@ def run_tracked(cmd: list[str], log_path: Path, stages: tuple[str, ...], who: st
     done.set()
     for t in threads:
         t.join()
+    if over:
+        raise MemoryLimit(cmd, max(r for _, r in samples), limit_bytes, wall, marks)
     if proc.returncode != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); log {log_path}:\n{tail}")
@@ -376,6 +397,17 @@ def write_markdown(path: Path, meta: dict, results: list[dict], png_name: str) -
     return text
 
 
+def log_axes(ax, title: str, ylabel: str) -> None:
+    """A log-log panel against raw lines, titled, gridded, with its legend."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("raw lines")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def write_plot(path: Path, results: list[dict]) -> None:
     import matplotlib
 
@@ -393,13 +425,7 @@ def write_plot(path: Path, results: list[dict]) -> None:
         ax1.plot(xs, [m["stages_total_secs"] for m in ms], "s--", color=colours[who], label=f"{who}: stages ingest–score")
         ax3.plot(xs, [m["overall_peak_mib"] for m in ms], "o-", color=colours[who], label=who)
     for ax, title, ylabel in ((ax1, "wall time against lines", "seconds"), (ax3, "peak resident memory against lines", "MiB")):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("raw lines")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        log_axes(ax, title, ylabel)
     cmap = plt.get_cmap("tab10")
     width, pos, ticks, labels = 0.38, 0, [], []
     phases = ("startup",) + LAKEMINE_STAGES

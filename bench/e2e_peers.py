@@ -34,7 +34,6 @@ import io
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import time
@@ -47,24 +46,20 @@ import fim  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from peer_common import FEATURES, LOG_FEATURES, RAW_COLUMNS, RAW_COLUMNS_II, TOP_CATEGORIES, strptime_format  # noqa: E402,F401
 from sklearn.cluster import KMeans  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from lakemine.config import load_config  # noqa: E402
-from lakemine.model import ChurnMLP  # noqa: E402
+from lakemine.core.config import load_config  # noqa: E402
+from lakemine.learning.model import ChurnMLP  # noqa: E402
 
 # mirrors of lakemine constants (bench/e2e.py asserts they are equal)
-RAW_COLUMNS = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country")
-RAW_COLUMNS_II = ("Invoice", "StockCode", "Description", "Quantity", "InvoiceDate", "Price", "Customer ID", "Country")
-REASONS = ("missing_invoice", "missing_stock_code", "bad_date", "bad_number", "missing_customer", "negative_quantity",
-           "zero_quantity", "bad_return", "bad_price", "extreme_price", "extreme_quantity")
+# unknown_source: rows of a file no source profile maps; the peers read the UCI layouts only
+REASONS = ("unknown_source", "missing_invoice", "missing_stock_code", "bad_date", "bad_number", "missing_customer",
+           "negative_quantity", "zero_quantity", "bad_return", "bad_price", "extreme_price", "extreme_quantity")
 MIN_YEAR, MAX_YEAR = 1990, 2100
-FEATURES = ("recency_days", "frequency", "monetary", "tenure_days", "mean_basket_size", "mean_basket_value",
-            "distinct_items", "return_rate", "mean_days_between", "top_category_share")
-LOG_FEATURES = frozenset({"frequency", "monetary", "mean_basket_size", "mean_basket_value", "distinct_items"})
 Z_FEATURES = tuple(f"z_{f}" for f in FEATURES)
-TOP_CATEGORIES = 5
 SEGMENT_FEATURES = ("z_recency_days", "z_frequency", "z_monetary", "z_tenure_days", "z_mean_basket_size")
 K_RANGE = (2, 8)  # what `lakemine run` passes to the kmeans stage
 N_INIT, KMEANS_SEED, KMEANS_MAX_ITER, KMEANS_TOL = 5, 42, 100, 1e-6
@@ -139,16 +134,6 @@ def ingest(files: list[Path], out: Path) -> tuple[pd.DataFrame, dict]:
 
 
 # ----------------------------------------------------------------------------------- clean
-
-
-def strptime_format(spark_pattern: str) -> str:
-    """A Spark datetime pattern (as in clean.date_formats) as a strptime format."""
-    tokens = {"yyyy": "%Y", "yy": "%y", "MM": "%m", "M": "%m", "dd": "%d", "d": "%d", "HH": "%H", "H": "%H",
-              "mm": "%M", "ss": "%S", "XXX": "%z", "Z": "%z"}
-    out = []
-    for tok in re.findall(r"'[^']*'|yyyy|yy|MM|M|dd|d|HH|H|mm|ss|XXX|Z|.", spark_pattern):
-        out.append(tok.strip("'") if tok.startswith("'") else tokens.get(tok, tok))
-    return "".join(out)
 
 
 def parse_timestamps(s: pd.Series, formats: tuple[str, ...]) -> pd.Series:
@@ -230,6 +215,7 @@ def clean(bronze: pd.DataFrame, cfg, out: Path) -> tuple[pd.DataFrame, dict]:
 
 def build_baskets(sales: pd.DataFrame) -> pd.DataFrame:
     """One row per sales invoice: basket_id, customer_id, invoice_date, items (distinct, sorted)."""
+    sales = sales.assign(customer_id=sales["customer_id"].astype("string"))  # min skips a missing customer
     head = sales.groupby("invoice_no", sort=True).agg(customer_id=("customer_id", "min"),
                                                        invoice_date=("invoice_date", "min"))
     pairs = sales[["invoice_no", "stock_code"]].drop_duplicates().sort_values(["invoice_no", "stock_code"])
@@ -602,6 +588,8 @@ def main() -> int:
     ap.add_argument("--result", required=True, help="JSON file for timings and counts")
     ap.add_argument("--epochs", type=int, help="train exactly this many epochs (default: the config's maximum "
                     "with the same early stopping as lakemine)")
+    ap.add_argument("--until", choices=("features", "score"), default="score",
+                    help="stop after this stage (bench/scale.py compares ingest -> features)")
     args = ap.parse_args()
 
     cfg = load_config()
@@ -630,6 +618,10 @@ def main() -> int:
     feats = timed("features", features_stage, silver, cfg, out)
     step("features", f"{feats['counts']['customers_latest']:,} customers as of {feats['as_of'].date()}; "
          f"snapshots {feats['counts']['as_of']}")
+    if args.until == "features":
+        Path(args.result).write_text(json.dumps({"stages": timings, "counts": {
+            "ingest": ingested, "clean": cleaned, "features": feats["counts"]}}, indent=2, default=str))
+        return 0
     step("fpgrowth", "pyfim fpgrowth")
     mined = timed("fpgrowth", fpgrowth_stage, silver, feats["baskets"], feats["as_of"], out)
     step("fpgrowth", f"{mined['itemsets']:,} itemsets, {mined['rules']:,} rules from {mined['baskets']:,} baskets")

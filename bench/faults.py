@@ -4,6 +4,7 @@ the stage, and compare every table with a run that was never killed (issue 16).
 
     .venv/bin/python bench/faults.py --trials 20            # every stage, 20 instants each
     .venv/bin/python bench/faults.py --trials 3 --stages clean features
+    .venv/bin/python bench/faults.py --trials 20 --stages train score --merge    # added to the results
 
 Set-up (`prepare`): generated raw exports go through every stage once, each stage a
 `python -m lakemine STAGE` process; the lake is copied before and after each stage, and the
@@ -317,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=16)
     ap.add_argument("--work", default=str(REPO / "bench" / "work" / "faults"))
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "faults"))
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the trials of other stages already in <out>.json (same data and seed): the stages "
+                         "can be run in parts, e.g. --stages train score --merge")
     args = ap.parse_args(argv)
     from datetime import date
 
@@ -334,7 +338,17 @@ def main(argv: list[str] | None = None) -> int:
     durations = prepare(root, tuple(args.stages), runner)
     print("faults: never-killed stage times " + ", ".join(f"{s} {t:.1f} s" for s, t in durations.items()), flush=True)
     spark = session(load_config(None, env=STAGE_ENV))
-    results = []
+    results, earlier = [], {"trials": [], "durations": {}, "commands": [], "total_s": 0.0}
+    if args.merge and Path(args.out + ".json").exists():
+        kept = json.loads(Path(args.out + ".json").read_text())
+        same = {k: kept["meta"][k] for k in ("customers", "days", "seed", "trials")}
+        if same != {"customers": args.customers, "days": args.days, "seed": args.seed, "trials": args.trials}:
+            raise SystemExit(f"--merge: {args.out}.json was run with {same}; run these stages with the same")
+        earlier = {"trials": [t for t in kept["trials"] if t["stage"] not in args.stages],
+                   "durations": {s: t for s, t in kept["durations"].items() if s not in args.stages},
+                   "commands": kept["meta"].get("commands", [kept["meta"]["command"]]),
+                   "total_s": kept["meta"]["total_s"]}
+    command = "bench/faults.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for stage in args.stages:
         for i, delay in enumerate(delays(stage, durations[stage], args.trials, args.seed)):
             r = trial(spark, root, python, stage, i, delay, runner)
@@ -343,14 +357,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"faults: {stage} #{i + 1}/{args.trials} kill at {delay:.1f} s "
                   f"({'killed' if r['killed'] else 'finished first'}, {r['commits_before_kill']} commits before) {status}",
                   flush=True)
-        summary = summarize(results, durations)
+        everything = sorted(earlier["trials"] + results, key=lambda t: STAGES.index(t["stage"]))
+        times = {**durations, **earlier["durations"]}  # a stage run earlier keeps its own T
+        summary = summarize(everything, times)
+        commands = [*earlier["commands"], command]
         meta = {"date": date.today().isoformat(), "customers": args.customers, "days": args.days, "seed": args.seed,
-                "trials": args.trials, "command": "bench/faults.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                "total_s": time.perf_counter() - t0}
-        Path(args.out + ".json").write_text(json.dumps({"meta": meta, "durations": durations, "summary": summary,
-                                                       "trials": results}, indent=2, default=str))
+                "trials": args.trials, "command": " and ".join(commands), "commands": commands,
+                "total_s": earlier["total_s"] + time.perf_counter() - t0}
+        Path(args.out + ".json").write_text(json.dumps({"meta": meta, "durations": times, "summary": summary,
+                                                       "trials": everything}, indent=2, default=str))
         Path(args.out + ".md").write_text(markdown(summary, meta))
-    print(markdown(summarize(results, durations), meta))
+    print(markdown(summary, meta))
     return 1 if any(r["problems"] for r in results) else 0
 
 
