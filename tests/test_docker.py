@@ -158,7 +158,7 @@ def test_setup_layer_sees_every_file_the_setup_reads(steps):
         assert made or any(path.startswith(f"{root}/{where}/") for path in copied.values()), where
 
 
-def test_paths_inside_the_image_are_where_setup_puts_them(steps, compose):
+def test_paths_inside_the_image_are_where_setup_puts_them(steps, compose, tmp_path):
     import pyspark
 
     root, env = workdir(steps), image_env(steps)
@@ -174,9 +174,19 @@ def test_paths_inside_the_image_are_where_setup_puts_them(steps, compose):
     # connection that compose sets
     airflow_cmd = compose["services"]["airflow"]["command"]
     assert airflow_cmd[:2] == ["bash", "-c"] and airflow_cmd[2].startswith("source scripts/airflow-env.sh && ")
-    script = (REPO / "scripts" / "airflow-env.sh").read_text()
-    for kept in ("AIRFLOW_HOME", "AIRFLOW_CONN_SPARK_DEFAULT"):
-        assert f'export {kept}="${{{kept}:-' in script
+    set_by_compose = {k: str(v) for k, v in compose["services"]["airflow"]["environment"].items()
+                      if k in ("AIRFLOW_HOME", "AIRFLOW_CONN_SPARK_DEFAULT")}
+    assert set(set_by_compose) == {"AIRFLOW_HOME", "AIRFLOW_CONN_SPARK_DEFAULT"}
+    home = tmp_path / "airflow"
+    home.mkdir()
+    (home / "airflow.db").touch()  # an existing metadata database: the script migrates nothing
+    env = {"PATH": "/usr/bin:/bin", **set_by_compose, "AIRFLOW_HOME": str(home)}
+    shown = subprocess.run(["bash", "-c", "source scripts/airflow-env.sh && env -0"], cwd=REPO, env=env,
+                           capture_output=True, timeout=60, check=True).stdout.decode()
+    after = dict(item.split("=", 1) for item in shown.split("\0") if "=" in item)
+    assert after["AIRFLOW_HOME"] == str(home)
+    assert after["AIRFLOW_CONN_SPARK_DEFAULT"] == set_by_compose["AIRFLOW_CONN_SPARK_DEFAULT"]
+    assert "LAKEMINE_ORCHESTRATION__SPARK_CONF" not in after  # the cluster keeps its own Spark settings
 
 
 def test_compose_runs_three_services_of_the_one_image_with_one_lake(steps, compose):
