@@ -95,7 +95,7 @@ def spark_env(events: Path) -> dict:
 def spilled(events: Path) -> dict:
     """MiB Spark's tasks spilled (memory and disk), summed over the event logs in `events`."""
     mem = disk = 0
-    for f in events.iterdir():
+    for f in (f for f in events.rglob("*") if f.is_file()):  # Spark 4 writes a folder of rolling files per app
         with open(f, encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 if line.startswith('{"Event":"SparkListenerTaskEnd"'):
