@@ -36,7 +36,6 @@ from peer_common import FEATURES, LOG_FEATURES, RAW_COLUMNS, RAW_COLUMNS_II, TOP
 from lakemine.core.config import load_config  # noqa: E402
 
 
-
 def step(stage: str, text: str) -> None:
     print(f"[{time.monotonic() - T0:6.1f}s] {stage:<8} {text}", file=sys.stderr, flush=True)
 

@@ -5,13 +5,16 @@ the lake of a run never killed: bench/faults.py's harness, a few seeded instants
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
+from datetime import date
 
 import pytest
 
 from conftest import REPO
 from lakemine.cli import main
+from lakemine.core import storage
 
 sys.path.insert(0, str(REPO / "bench"))
 import faults  # noqa: E402 - bench/faults.py, the harness
@@ -57,23 +60,7 @@ def test_a_stage_killed_at_random_instants_and_rerun_equals_a_run_never_killed(s
     for i, delay in enumerate(faults.delays(stage, durations[stage], TRIALS[stage], seed=5)):
         result = faults.trial(spark, root, sys.executable, stage, i, delay, run_here)
         assert all(v == 0 for v in result["lines"].values()), result
-        if _lost_counts_only(result["problems"]):
-            pytest.xfail(f"known defect, issue 16: {stage} killed at {delay:.1f} s after its last data commit and before "
-                         "its ops/runs row; every table is right but the rerun is a noop and the run's counts never "
-                         "reach ops/runs (" + result["problems"][0] + ")")
         assert result["problems"] == [], f"{stage} killed at {delay:.1f} s: " + "; ".join(result["problems"])
-
-
-def _lost_counts_only(problems: list[str]) -> bool:
-    """The one known difference (bench/results/faults.md): a succeeded ops/runs row missing, none
-    added or changed, nothing else different."""
-    import ast
-
-    if len(problems) != 1 or not problems[0].startswith("ops/runs: succeeded "):
-        return False
-    got, never = problems[0].split(") [", 1)[1].split("], never killed [")
-    got, never = ast.literal_eval("[" + got + "]"), ast.literal_eval("[" + never.rstrip("]") + "]")
-    return set(got) < set(never)
 
 
 def test_an_attempt_whose_process_is_gone_is_recorded_once_and_a_live_one_is_left(lake):
@@ -81,7 +68,6 @@ def test_an_attempt_whose_process_is_gone_is_recorded_once_and_a_live_one_is_lef
     finished child) becomes one failed, abandoned row, however many runs look; one of a
     running process (this one) stays."""
     import json
-    import socket
     import subprocess
 
     from lakemine.io import schemas
@@ -104,3 +90,46 @@ def test_an_attempt_whose_process_is_gone_is_recorded_once_and_a_live_one_is_lef
     assert [(r["run_id"], r["status"], r["stage"]) for r in rows] == [("dead", "failed", "clean")]
     assert rows[0]["message"].startswith(f"abandoned: the process (pid {dead_pid} on ")
     assert sorted(os.listdir(folder)) == ["live.json"]
+
+
+def test_a_run_killed_after_its_sealed_last_commit_is_recorded_done_once(lake):
+    """A stage killed after its last commit (its rerun a noop) and before its ops/runs row: the
+    next run records it with the counts it sealed and that commit's version; one killed before
+    the sealed commit is abandoned; one killed after writing its own row is not recorded again."""
+    import subprocess
+
+    from lakemine.io import schemas
+    from lakemine.io.runs import ATTEMPTS, RECORDED_LATE, Run, record_abandoned, seal, write_run
+
+    folder = os.path.join(lake.root, ATTEMPTS)
+    child = subprocess.Popen(["true"])  # noqa: S607 - a process that has ended
+    child.wait()
+
+    def attempt(run_id: str) -> Run:
+        run = Run(stage="clean", as_of=date(2011, 12, 9), params={"mode": "incremental"}, run_id=run_id)
+        run.marker = os.path.join(folder, f"{run_id}.json")
+        storage.write_json(run.marker, {"stage": run.stage, "as_of": "2011-12-09", "params": run.params,
+                                        "run_id": run_id, "started_at": run.started_at.isoformat(),
+                                        "host": socket.gethostname(), "pid": child.pid, "pid_start": "1"})
+        run.rows_in, run.rows_out, run.rows_quarantined, run.rows_duplicate = 10, 7, 2, 1
+        run.quarantine_reasons = {"bad_quantity": 2}
+        return run
+
+    marks = lake.spark.createDataFrame([("b1",)], "batch_id string")
+    committed = attempt("committed")
+    version = lake.overwrite(marks, schemas.OPS_CLEAN_BATCHES, tag=seal(committed, schemas.OPS_CLEAN_BATCHES))
+    seal(attempt("uncommitted"), schemas.OPS_CLEAN_BATCHES)  # killed before its commit
+    recorded = attempt("recorded")
+    write_run(lake, recorded)  # killed after its own row, before removing its marker
+
+    found = {r.run_id: r for r in record_abandoned(lake)}
+    assert sorted(found) == ["committed", "uncommitted"] and record_abandoned(lake) == []
+    rows = {r["run_id"]: r for r in lake.read_table(schemas.OPS_RUNS).collect()}
+    assert sorted(rows) == ["committed", "recorded", "uncommitted"]
+    done = rows["committed"]
+    assert (done["status"], done["rows_in"], done["rows_out"], done["rows_quarantined"], done["rows_duplicate"]) == \
+        ("succeeded", 10, 7, 2, 1)
+    assert done["quarantine_reasons"] == {"bad_quantity": 2} and done["outputs"] == {schemas.OPS_CLEAN_BATCHES: version}
+    assert RECORDED_LATE in done["message"] and done["as_of"] == date(2011, 12, 9)
+    assert rows["uncommitted"]["status"] == "failed" and rows["uncommitted"]["message"].startswith("abandoned")
+    assert os.listdir(folder) == []

@@ -170,12 +170,12 @@ class Lake:
         return list(detail["partitionColumns"])
 
     def _write(self, df: DataFrame, table: str, mode: str, options: dict | None = None,
-               partition_by: tuple[str, ...] = ()) -> int:
+               partition_by: tuple[str, ...] = (), tag: str | None = None) -> int:
         """Write `df` and return the version this write created (not the table's latest: a
         concurrent writer may have committed after it). The commit's userMetadata (JSON, with
-        any the caller gave in `options`) carries a tag that finds it."""
+        any the caller gave in `options`) carries a tag that finds it: `tag`, or a new one."""
         options = dict(options or {})
-        tag = uuid.uuid4().hex
+        tag = tag or uuid.uuid4().hex
         meta = json.loads(options["userMetadata"]) if options.get("userMetadata") else {}
         options["userMetadata"] = json.dumps({**meta, "write": tag}, sort_keys=True)
         writer = df.write.format("delta").mode(mode)
@@ -202,10 +202,10 @@ class Lake:
         self._unchanged.add((table, before))
         return before
 
-    def commit(self, table: str, action: Callable[[], object]) -> int:
-        """Run `action` (a Delta MERGE, DELETE or UPDATE on `table`) with its commit tagged and
-        return the version it created, as `_write` does for DataFrame writes."""
-        tag = uuid.uuid4().hex
+    def commit(self, table: str, action: Callable[[], object], tag: str | None = None) -> int:
+        """Run `action` (a Delta MERGE, DELETE or UPDATE on `table`) with its commit tagged
+        (`tag`, or a new one) and return the version it created, as `_write` does."""
+        tag = tag or uuid.uuid4().hex
         before = self.table_version(table)
         previous = self.spark.conf.get(COMMIT_METADATA, None)
         self.spark.conf.set(COMMIT_METADATA, json.dumps({"write": tag}))
@@ -218,39 +218,41 @@ class Lake:
                 self.spark.conf.set(COMMIT_METADATA, previous)
         return self.version_of_write(table, tag, before)
 
-    def overwrite(self, df: DataFrame, table: str, partition_by: tuple[str, ...] = (), options: dict | None = None) -> int:
+    def overwrite(self, df: DataFrame, table: str, partition_by: tuple[str, ...] = (), options: dict | None = None,
+                  tag: str | None = None) -> int:
         """Replace the whole table with `df`, partitioned by `partition_by` (a table partitioned
         otherwise, or with other columns, is replaced schema and all); `options` are Delta's
         (e.g. userMetadata for the commit). Returns the new version."""
         options = dict(options or {})
         if partition_by and self.exists(table) and self.partition_columns(table) != list(partition_by):
             options["overwriteSchema"] = "true"
-        return self._write(df, table, "overwrite", options, partition_by)
+        return self._write(df, table, "overwrite", options, partition_by, tag)
 
     def append(self, df: DataFrame, table: str, merge_schema: bool = False) -> int:
         return self._write(df, table, "append", {"mergeSchema": "true"} if merge_schema else None)
 
     def replace_where(self, df: DataFrame, table: str, predicate: str, merge_schema: bool = False,
-                      partition_by: tuple[str, ...] = (), options: dict | None = None) -> int:
+                      partition_by: tuple[str, ...] = (), options: dict | None = None, tag: str | None = None) -> int:
         """Replace the rows matching `predicate` with `df` (whose rows must all match it);
         `merge_schema` adds `df`'s new columns to the table (older rows read them as null).
         A missing table is created, partitioned by `partition_by`."""
         if not self.exists(table):
-            return self._write(df, table, "overwrite", options, partition_by)
+            return self._write(df, table, "overwrite", options, partition_by, tag)
         options = {**(options or {}), "replaceWhere": predicate, **({"mergeSchema": "true"} if merge_schema else {})}
-        return self._write(df, table, "overwrite", options)
+        return self._write(df, table, "overwrite", options, tag=tag)
 
     def overwrite_as_of(self, df: DataFrame, table: str, as_of: date) -> int:
         """Idempotent write of one logical date: the table's `as_of` rows become `df`."""
         return self.replace_where(df, table, f"as_of = DATE'{as_of.isoformat()}'", partition_by=("as_of",))
 
     def replace_dates(self, df: DataFrame, table: str, dates, column: str = "invoice_date",
-                      options: dict | None = None) -> int:
+                      options: dict | None = None, tag: str | None = None) -> int:
         """Idempotent write of whole dates: the table's rows whose `column` is one of `dates`
         become `df`, one file per date; a missing table is created partitioned by `column`, so
         a write touches only those dates' files."""
         listed = ", ".join(f"DATE'{d.isoformat()}'" for d in sorted(dates))
-        return self.replace_where(df.repartition(column), table, f"`{column}` IN ({listed})", partition_by=(column,), options=options)
+        return self.replace_where(df.repartition(column), table, f"`{column}` IN ({listed})", partition_by=(column,), options=options,
+                                  tag=tag)
 
     def replace_batches(self, df: DataFrame, table: str, batch_ids: list[str]) -> int:
         """Idempotent write of ingest batches: the rows of `batch_ids` become `df` (bronze tables
@@ -260,7 +262,7 @@ class Lake:
 
     def merge_into(
         self, df: DataFrame, table: str, keys: list[str], retries: int = 8,
-        update_when: str | None = None, schema=None, target: str | None = None,
+        update_when: str | None = None, schema=None, target: str | None = None, tag: str | None = None,
     ) -> int:
         """Upsert `df` on `keys`: matched rows updated (only where `update_when` holds, with
         `t.` the table and `s.` the new rows), new rows inserted. `target`, a condition on `t.`
@@ -284,7 +286,7 @@ class Lake:
                     .whenMatchedUpdateAll(condition=update_when)
                     .whenNotMatchedInsertAll()
                     .execute()
-                ))
+                ), tag)
             except Exception as exc:  # Delta raises JVM exceptions wrapped by py4j
                 name = type(exc).__name__ + " " + str(exc)[:300]
                 retriable = ("Concurrent", "ProtocolChanged", "DELTA_PROTOCOL_CHANGED", "already exists")

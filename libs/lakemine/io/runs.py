@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 ATTEMPTS = "_attempts"  # <lake>/_attempts/<run_id>.json: one marker per stage run in progress
 # a marker from another host (whose processes this one cannot see) counts as abandoned after
 STALE_AFTER = timedelta(hours=24)
+# in the message of a run that ended after its sealed last commit and was recorded by the next
+RECORDED_LATE = "recorded by the next run on the lake"
 
 
 @dataclass
@@ -49,6 +51,8 @@ class Run:
     finished_at: datetime | None = None
     # what the stage hands back to its caller besides the counts (not written to ops/runs)
     result: Any = None
+    # its attempt marker under <lake>/_attempts/ while it runs (see record_run, seal)
+    marker: str | None = field(default=None, repr=False, compare=False)
 
     def row(self) -> tuple:
         return (
@@ -70,6 +74,21 @@ class Run:
             dict(self.files_added),
             dict(self.files_removed),
         )
+
+
+    def record(self) -> dict:
+        """The fields ops/runs gets, as JSON (see `seal`)."""
+        return {"stage": self.stage, "as_of": self.as_of.isoformat() if self.as_of else None, "params": self.params,
+                "run_id": self.run_id, "started_at": self.started_at.isoformat(), "status": self.status,
+                "rows_in": self.rows_in, "rows_out": self.rows_out, "rows_quarantined": self.rows_quarantined,
+                "rows_duplicate": self.rows_duplicate, "quarantine_reasons": dict(self.quarantine_reasons),
+                "inputs": dict(self.inputs), "outputs": dict(self.outputs), "message": self.message}
+
+    @classmethod
+    def from_record(cls, record: dict) -> Run:
+        fields = {**record, "as_of": date.fromisoformat(record["as_of"]) if record.get("as_of") else None,
+                  "started_at": datetime.fromisoformat(record["started_at"])}
+        return cls(**fields)
 
 
 def write_run(lake: Lake, run: Run) -> None:
@@ -118,7 +137,9 @@ def _process_start(pid: int) -> str | None:
 
 def record_abandoned(lake: Lake) -> list[Run]:
     """Attempts whose process ended without finishing (killed, out of memory, machine lost)
-    become failed rows of ops/runs, with when they started and what ended them unknown."""
+    become rows of ops/runs: failed, with when they started and what ended them unknown; or,
+    when the process ended after its sealed last commit (`seal`), succeeded with the counts it
+    sealed, since its rerun has nothing left to do and would not record them."""
     found = []
     for name in storage.list_files(_attempts(lake)):
         if name.startswith(".") or not name.endswith(".json"):  # being recorded by another run
@@ -133,18 +154,69 @@ def record_abandoned(lake: Lake) -> list[Run]:
         claimed = f"{_attempts(lake)}/.claimed-{uuid.uuid4().hex}"
         if not storage.move(location, claimed):  # another run found it first and records it
             continue
-        run = Run(stage=marker["stage"], as_of=date.fromisoformat(marker["as_of"]) if marker.get("as_of") else None,
-                  params=marker.get("params") or {}, run_id=marker["run_id"],
-                  started_at=datetime.fromisoformat(marker["started_at"]), status="failed",
-                  message=f"abandoned: the process (pid {marker['pid']} on {marker['host']}) ended without finishing "
-                          "(killed or lost; finished_at is when this was found); its writes, if any, were committed "
-                          "whole or not at all")
+        if _in_ops_runs(lake, marker):  # killed after writing its own row, before removing the marker
+            storage.delete(claimed)
+            continue
+        run = _completed(lake, marker.get("sealed")) or Run(
+            stage=marker["stage"], as_of=date.fromisoformat(marker["as_of"]) if marker.get("as_of") else None,
+            params=marker.get("params") or {}, run_id=marker["run_id"],
+            started_at=datetime.fromisoformat(marker["started_at"]), status="failed",
+            message=f"abandoned: the process (pid {marker['pid']} on {marker['host']}) ended without finishing "
+                    "(killed or lost; finished_at is when this was found); its writes, if any, were committed "
+                    "whole or not at all")
         write_run(lake, run)
         storage.delete(claimed)
-        log.warning("%s for %s: an earlier attempt (run %s) ended without finishing; recorded as failed",
-                    run.stage, run.as_of, run.run_id)
+        log.warning("%s for %s: an earlier attempt (run %s) ended without recording itself; recorded as %s",
+                    run.stage, run.as_of, run.run_id, "abandoned" if run.status == "failed" else run.status)
         found.append(run)
     return found
+
+
+def _in_ops_runs(lake: Lake, marker: dict) -> bool:
+    """Whether the marker's run already has its ops/runs row (the pair stage, start time
+    finds it even when the stage gave its run a deterministic id after the marker was written)."""
+    if not lake.exists(schemas.OPS_RUNS):
+        return False
+    started = datetime.fromisoformat(marker["started_at"]).replace(tzinfo=None)
+    rows = lake.read_table(schemas.OPS_RUNS).where(f"stage = '{marker['stage']}'").select("run_id", "started_at").collect()
+    return any(r["run_id"] == marker["run_id"] or r["started_at"] == started for r in rows)
+
+
+def _completed(lake: Lake, sealed: dict | None) -> Run | None:
+    """The sealed run, when its last commit is in the lake; None when it never was made."""
+    if not sealed:
+        return None
+    table = sealed["table"]
+    try:
+        version = lake.version_of_write(table, sealed["tag"])
+    except Exception:  # not committed (or the table not even created): the run did not finish
+        return None
+    run = Run.from_record(sealed["run"])
+    run.outputs[table] = version
+    if sealed.get("rows_out_of_commit"):
+        run.rows_out = lake.rows_written(table, version)
+    note = (f"{RECORDED_LATE}: the process ended after its last commit, before writing this row "
+            "(finished_at is when this was found)")
+    run.message = f"{run.message}; {note}" if run.message else note
+    return run
+
+
+def seal(run: Run, table: str, rows_out_of_commit: bool = False) -> str:
+    """Call just before a stage's last data commit, after which a rerun finds nothing to do
+    (a noop): the attempt marker gets the run as it will be recorded and the tag that commit
+    must carry (returned: pass it to the Lake write as `tag`). A process killed after that
+    commit and before its ops/runs row is then recorded by the next run as it would have
+    recorded itself, not as abandoned with its counts lost. `rows_out_of_commit`: the run's
+    rows_out are the rows that commit writes (read from it)."""
+    tag = uuid.uuid4().hex
+    if run.marker is not None:
+        marker = storage.read_json(run.marker)
+        record = run.record()
+        if record["status"] == "running":
+            record["status"] = "succeeded"
+        marker["sealed"] = {"table": table, "tag": tag, "rows_out_of_commit": rows_out_of_commit, "run": record}
+        storage.write_json(run.marker, marker)
+    return tag
 
 
 @contextmanager
@@ -159,7 +231,7 @@ def record_run(lake: Lake, stage: str, as_of: date | None, params: dict) -> Iter
     """
     record_abandoned(lake)
     run = Run(stage=stage, as_of=as_of, params=params)
-    marker = f"{_attempts(lake)}/{run.run_id}.json"
+    marker = run.marker = f"{_attempts(lake)}/{run.run_id}.json"
     storage.write_json(marker, {
         "stage": stage, "as_of": as_of.isoformat() if as_of else None, "params": params, "run_id": run.run_id,
         "started_at": run.started_at.isoformat(), "host": socket.gethostname(), "pid": os.getpid(),

@@ -27,7 +27,7 @@ from lakemine.core.errors import StageError
 from lakemine.core.sources import SourceProfile
 from lakemine.io import schemas
 from lakemine.io.lake import Lake
-from lakemine.io.runs import Run, conservation_check, record_run
+from lakemine.io.runs import Run, conservation_check, record_run, seal
 
 log = logging.getLogger(__name__)
 # Classified rows are cached on disk only: a MEMORY_AND_DISK block read back from disk is first
@@ -322,13 +322,15 @@ def _plan(lake: Lake, bronze: DataFrame, fingerprint: str) -> tuple[str, list[st
 
 
 def _mark_batches(lake: Lake, run: Run, batches: list[str], fingerprint: str, full: bool) -> None:
-    """Record the classified batches in ops/clean_batches: the commit mark, written last."""
+    """Record the classified batches in ops/clean_batches: the commit mark, written last and
+    sealed (a run killed after it is recorded by the next as it would have recorded itself)."""
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     marks = lake.spark.createDataFrame([(b, fingerprint, run.run_id, now) for b in batches], schemas.CLEAN_BATCHES_SCHEMA)
+    tag = seal(run, schemas.OPS_CLEAN_BATCHES)
     if full:
-        run.outputs[schemas.OPS_CLEAN_BATCHES] = lake.overwrite(marks, schemas.OPS_CLEAN_BATCHES)
+        run.outputs[schemas.OPS_CLEAN_BATCHES] = lake.overwrite(marks, schemas.OPS_CLEAN_BATCHES, tag=tag)
     else:
-        run.outputs[schemas.OPS_CLEAN_BATCHES] = lake.merge_into(marks, schemas.OPS_CLEAN_BATCHES, ["batch_id"])
+        run.outputs[schemas.OPS_CLEAN_BATCHES] = lake.merge_into(marks, schemas.OPS_CLEAN_BATCHES, ["batch_id"], tag=tag)
 
 
 LINEAGE = ("_source_file", "_line", "_batch_id")
@@ -448,9 +450,13 @@ def run(lake: Lake, cfg: Config, p: CleanParams) -> Run:
                     _incremental(lake, run, classified, batches)
                 reasons = classified.where(F.col("reason").isNotNull()).groupBy("reason").count().collect()
                 run.quarantine_reasons = {r["reason"]: int(r["count"]) for r in reasons}
+                run.as_of = run.as_of or _last_date(lake)
                 _mark_batches(lake, run, batches, fingerprint, full=mode == "full")
             finally:
                 classified.unpersist()
-        if run.as_of is None:
-            run.as_of = lake.read_table(schemas.SILVER_TRANSACTIONS).agg(F.max("invoice_date")).first()[0]
+        run.as_of = run.as_of or _last_date(lake)
     return run
+
+
+def _last_date(lake: Lake) -> date | None:
+    return lake.read_table(schemas.SILVER_TRANSACTIONS).agg(F.max("invoice_date")).first()[0]

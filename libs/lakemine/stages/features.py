@@ -23,7 +23,7 @@ from lakemine.core.config import Config, FeaturesConfig, StageParams
 from lakemine.core.errors import StageError
 from lakemine.io import schemas
 from lakemine.io.lake import Lake
-from lakemine.io.runs import Run, record_run
+from lakemine.io.runs import Run, record_run, seal
 
 log = logging.getLogger(__name__)
 
@@ -323,22 +323,26 @@ def refresh_aggregates(lake: Lake, p: FeatureParams, version: int, as_of: date) 
             return run
         silver = product_lines(lake.read_table(schemas.SILVER_TRANSACTIONS, version), p.service_codes, p.service_pattern)
         mark = {"userMetadata": json.dumps({"silver_version": version})}
+        # the customer_days commit, the mark, is the run's last: sealed, so a run killed after it
+        # (whose rerun is a noop) is recorded by the next as it would have recorded itself
         if mode == "full":
             run.outputs[schemas.GOLD_BASKETS] = lake.overwrite(build_baskets(silver), schemas.GOLD_BASKETS)
             days = customer_days(silver).repartition("invoice_date")  # one file per date
-            run.outputs[schemas.GOLD_CUSTOMER_DAYS] = lake.overwrite(
-                days, schemas.GOLD_CUSTOMER_DAYS, partition_by=("invoice_date",), options=mark)
             run.message = "full: " + ("no earlier build" if since is None else "silver changed beyond dates")
+            run.outputs[schemas.GOLD_CUSTOMER_DAYS] = lake.overwrite(
+                days, schemas.GOLD_CUSTOMER_DAYS, partition_by=("invoice_date",), options=mark,
+                tag=seal(run, schemas.GOLD_CUSTOMER_DAYS, rows_out_of_commit=True))
         else:
             params["dates"] = [d.isoformat() for d in sorted(changed)]
+            # with no changed dates (silver only compacted) nothing is written and the mark stays
+            run.message = f"incremental: {len(changed)} date(s) recomputed"
             if changed:
                 rows = silver.where(F.col("invoice_date").isin(sorted(changed)))
                 run.outputs[schemas.GOLD_BASKETS] = merge_baskets(lake, build_baskets(rows))
                 days = customer_days(rows)
-                run.outputs[schemas.GOLD_CUSTOMER_DAYS] = lake.replace_dates(days, schemas.GOLD_CUSTOMER_DAYS, changed,
-                                                                             options=mark)
-            # with no changed dates (silver only compacted) nothing is written and the mark stays
-            run.message = f"incremental: {len(changed)} date(s) recomputed"
+                run.outputs[schemas.GOLD_CUSTOMER_DAYS] = lake.replace_dates(
+                    days, schemas.GOLD_CUSTOMER_DAYS, changed, options=mark,
+                    tag=seal(run, schemas.GOLD_CUSTOMER_DAYS, rows_out_of_commit=True))
         if schemas.GOLD_CUSTOMER_DAYS in run.outputs:
             run.rows_out = lake.rows_written(schemas.GOLD_CUSTOMER_DAYS, run.outputs[schemas.GOLD_CUSTOMER_DAYS])
     return run

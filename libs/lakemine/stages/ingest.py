@@ -41,7 +41,7 @@ from lakemine.core.errors import InputError, StageError
 from lakemine.core.sources import SourceProfile
 from lakemine.io import schemas
 from lakemine.io.lake import Lake
-from lakemine.io.runs import Run, conservation_check, record_run
+from lakemine.io.runs import Run, conservation_check, record_run, seal
 
 log = logging.getLogger(__name__)
 
@@ -537,9 +537,9 @@ def run(lake: Lake, cfg: Config, p: IngestParams) -> Run:
 
         run.rows_in = sum(batches[p][1] for p in new)
         if not new:
-            _record_files(lake, run, by_location, batches, new)
             run.status = "noop"
             run.message = f"{len(skipped)} file(s) already ingested; nothing written"
+            _record_files(lake, run, by_location, batches, new)
             run.result = IngestResult(len(files), [], skipped)
             return run
 
@@ -562,10 +562,10 @@ def run(lake: Lake, cfg: Config, p: IngestParams) -> Run:
         finally:
             rows.unpersist()
         conservation_check(run)
-        _record_files(lake, run, by_location, batches, new, superseded)
         if superseded:
             run.message = (f"{len(superseded)} earlier batch(es) of corrected file(s) superseded: "
                            + ", ".join(sorted({r['path'] for r in superseded})))
+        _record_files(lake, run, by_location, batches, new, superseded)
         run.result = IngestResult(len(files), batch_ids, skipped)
         return run
 
@@ -597,7 +597,8 @@ def _superseded(ledger: DataFrame, by_location: dict[str, RawFile], batches: dic
 def _record_files(lake: Lake, run: Run, by_location: dict[str, RawFile], batches: dict[str, tuple[str, int]],
                   new: dict[str, str], superseded: list = ()) -> None:
     """Add this run's files to the ledger: the commit mark of their batches, so written after
-    bronze and quarantine. A landed file is recorded with its size and time (then skipped unread
+    bronze and quarantine, and the run's last commit (sealed: a run killed after it is recorded
+    by the next as it would have recorded itself). A landed file is recorded with its size and time (then skipped unread
     while they stay the same); a data file of a Delta or metastore table by its path alone."""
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     rows = []
@@ -612,5 +613,6 @@ def _record_files(lake: Lake, run: Run, by_location: dict[str, RawFile], batches
              for r in superseded]
     if rows:
         df = lake.spark.createDataFrame(rows, schemas.LEDGER_SCHEMA)
-        run.outputs[schemas.OPS_INGEST_LEDGER] = lake.merge_into(df, schemas.OPS_INGEST_LEDGER, list(schemas.LEDGER_KEY))
+        run.outputs[schemas.OPS_INGEST_LEDGER] = lake.merge_into(df, schemas.OPS_INGEST_LEDGER, list(schemas.LEDGER_KEY),
+                                                                 tag=seal(run, schemas.OPS_INGEST_LEDGER))
 
