@@ -226,15 +226,23 @@ def _models(storage, lake: Path, kind: str) -> dict[str, str | None]:
 
 def _compare_runs(a, b, stage: str) -> list[str]:
     """The stage's succeeded runs (one per date it wrote) with the never-killed run's counts
-    (exact conservation); any other run of it failed, abandoned; other stages' rows as they were."""
-    def done(rows) -> list[tuple]:  # a kill after the last commit leaves the run done: its rerun repeats it
-        return sorted({(str(r["as_of"]), r["rows_in"], r["rows_out"], r["rows_quarantined"], r["rows_duplicate"])
-                       for r in rows if r["stage"] == stage and r["status"] == "succeeded"})
+    (exact conservation); any other run of it failed, abandoned; other stages' rows as they were.
+    A run whose rerun is a noop (ingest, clean, the features aggregates step) appears exactly
+    as often as never killed; runs a rerun repeats (features snapshots, the later stages) may
+    appear twice, the killed one having finished its writes."""
+    def once(r) -> bool:
+        return stage in ("ingest", "clean") or '"step": "aggregates"' in (r["params"] or "")
+
+    def done(rows) -> list[tuple]:
+        rows = [r for r in rows if r["stage"] == stage and r["status"] == "succeeded"]
+        counts = [(str(r["as_of"]), r["rows_in"], r["rows_out"], r["rows_quarantined"], r["rows_duplicate"], once(r))
+                  for r in rows]
+        return sorted([c for c in counts if c[-1]] + sorted(set(c for c in counts if not c[-1])))
 
     got = [r for r in b.collect() if r["stage"] == stage]
     problems = []
     if done(got) != done(a.collect()):
-        problems.append(f"ops/runs: succeeded {stage} runs (as_of, in, out, quarantined, duplicates) {done(got)}, "
+        problems.append(f"ops/runs: succeeded {stage} runs (as_of, in, out, quarantined, duplicates, once) {done(got)}, "
                         f"never killed {done(a.collect())}")
     others = [r for r in got if r["status"] not in ("succeeded", "noop", "skipped")]
     if any(r["status"] != "failed" or not (r["message"] or "").startswith("abandoned") for r in others):
@@ -245,35 +253,87 @@ def _compare_runs(a, b, stage: str) -> list[str]:
     return problems
 
 
+def left_attempts(lake: Path) -> list[dict]:
+    """The attempt markers a killed run left, each with whether its sealed last commit (if it
+    sealed one) is in its table, found by the tag in the Delta log files themselves."""
+    found = []
+    for path in sorted((lake / "_attempts").glob("*.json")) if lake.exists() else []:
+        if path.name.startswith("."):
+            continue
+        marker = json.loads(path.read_text())
+        sealed = marker.get("sealed")
+        logs = (lake / sealed["table"] / "_delta_log").glob("*.json") if sealed else []
+        found.append({"run_id": marker["run_id"], "started_at": marker["started_at"],
+                      "sealed_run_id": sealed["run"]["run_id"] if sealed else None,
+                      "committed": any(sealed["tag"] in log.read_text() for log in logs)})
+    return found
+
+
+def _check_attempts(left: list[dict], before: list, after: list) -> tuple[list[str], int]:
+    """Each attempt the killed run left is recorded once by the rerun: as done (its sealed
+    last commit made) or as abandoned (not made); not again when it had written its own row.
+    Returns the problems and the attempts recorded as done."""
+    from datetime import datetime
+
+    from lakemine.io.runs import RECORDED_LATE
+
+    def late(r) -> bool:
+        return RECORDED_LATE in (r["message"] or "")
+
+    def abandoned(r) -> bool:
+        return r["status"] == "failed" and (r["message"] or "").startswith("abandoned")
+
+    problems, done = [], 0
+    expected = [m for m in left if not any(
+        r["run_id"] == m["run_id"] or r["started_at"] == datetime.fromisoformat(m["started_at"]).replace(tzinfo=None)
+        for r in before)]  # else killed after writing its row, before removing its marker
+    for m in expected:
+        if m["committed"]:
+            rows = [r for r in after if r["run_id"] == m["sealed_run_id"] and late(r)]
+            ok = len(rows) == 1 and rows[0]["status"] in ("succeeded", "noop")
+            done += 1
+        else:
+            rows = [r for r in after if r["run_id"] == m["run_id"]]
+            ok = len(rows) == 1 and abandoned(rows[0])
+        if not ok:
+            want = "done, recorded late" if m["committed"] else "abandoned"
+            problems.append(f"ops/runs: the killed attempt {m['run_id']} should be recorded once as {want}, "
+                            f"found {[(r['status'], r['message']) for r in rows]}")
+    new_late = sum(map(late, after)) - sum(map(late, before))
+    new_abandoned = sum(map(abandoned, after)) - sum(map(abandoned, before))
+    if new_late + new_abandoned != len(expected):
+        problems.append(f"ops/runs: the rerun recorded {new_abandoned} abandoned and {new_late} late attempts, "
+                        f"{len(expected)} expected in all")
+    return problems, done
+
+
 def trial(spark, root: Path, python: str, stage: str, number: int, delay: float,
           rerun: Callable[[list[str]], float]) -> dict:
     """One kill: copy the lake from before `stage`, kill the stage after `delay` s, rerun it
     with `rerun(ARGV)`, compare with the never-killed lake."""
-    import pyspark.sql.functions as F
-
     from lakemine.io.lake import Lake
-    from lakemine.io.runs import RECORDED_LATE
 
     lake = root / "trials" / f"{stage}-{number}"
     _snapshot(root / "before" / stage, lake)
     before = commits(lake)
     killed = kill_at(stage_argv(stage, lake, root / "raw"), python, delay)
     committed = commits(lake) - before
-    abandoned_marker = any((lake / "_attempts").glob("*.json")) if lake.exists() else False
+    left = left_attempts(lake)
+    runs_before = _runs(spark, Lake, lake)
     rerun(stage_argv(stage, lake, root / "raw"))
     problems, lines = compare(spark, root / "after" / stage, lake, stage)
-    runs = Lake.at(spark, str(lake)).read_table("ops/runs").where(F.col("stage") == stage)
-    abandoned = runs.where((F.col("status") == "failed") & F.col("message").startswith("abandoned")).count()
-    # killed after its sealed last commit: recorded by the rerun as it would have recorded itself
-    done = runs.where(F.col("status").isin("succeeded", "noop") & F.col("message").contains(RECORDED_LATE)).count()
-    if abandoned + done != int(abandoned_marker):
-        problems.append(f"ops/runs: {abandoned} abandoned and {done} completed {stage} attempts recorded by the rerun, "
-                        f"{int(abandoned_marker)} expected in all")
+    attempt_problems, done = _check_attempts(left, runs_before, _runs(spark, Lake, lake))
     result = {"stage": stage, "trial": number, "delay_s": round(delay, 2), "killed": killed,
-              "commits_before_kill": committed, "marker_left": abandoned_marker, "recorded_done": done,
-              "problems": problems, "lines": lines}
+              "commits_before_kill": committed, "marker_left": bool(left), "recorded_done": done,
+              "problems": problems + attempt_problems, "lines": lines}
     shutil.rmtree(lake, ignore_errors=True)
     return result
+
+
+def _runs(spark, lake_class, lake: Path) -> list:
+    """Every ops/runs row of `lake` ([] before the table exists)."""
+    at = lake_class.at(spark, str(lake))
+    return at.read_table("ops/runs").collect() if at.exists("ops/runs") else []
 
 
 def delays(stage: str, duration: float, n: int, seed: int) -> list[float]:

@@ -118,18 +118,39 @@ def test_a_run_killed_after_its_sealed_last_commit_is_recorded_done_once(lake):
     marks = lake.spark.createDataFrame([("b1",)], "batch_id string")
     committed = attempt("committed")
     version = lake.overwrite(marks, schemas.OPS_CLEAN_BATCHES, tag=seal(committed, schemas.OPS_CLEAN_BATCHES))
+    counted = attempt("counted")  # its rows_out are what its last commit wrote
+    lake.overwrite(lake.spark.range(3), "gold/counted", tag=seal(counted, "gold/counted", rows_out_of_commit=True))
     seal(attempt("uncommitted"), schemas.OPS_CLEAN_BATCHES)  # killed before its commit
+    seal(attempt("never_made"), "gold/never_made")  # killed before its commit created the table
     recorded = attempt("recorded")
     write_run(lake, recorded)  # killed after its own row, before removing its marker
+    # a claim whose claimer died before recording it
+    claim = "~".join((".claimed", socket.gethostname(), str(child.pid), "1", "0", "x")) + ".json"
+    os.rename(attempt("reclaimed").marker, os.path.join(folder, claim))
 
     found = {r.run_id: r for r in record_abandoned(lake)}
-    assert sorted(found) == ["committed", "uncommitted"] and record_abandoned(lake) == []
+    assert sorted(found) == ["committed", "counted", "never_made", "reclaimed", "uncommitted"]
+    assert record_abandoned(lake) == []
     rows = {r["run_id"]: r for r in lake.read_table(schemas.OPS_RUNS).collect()}
-    assert sorted(rows) == ["committed", "recorded", "uncommitted"]
+    assert sorted(rows) == ["committed", "counted", "never_made", "reclaimed", "recorded", "uncommitted"]
     done = rows["committed"]
     assert (done["status"], done["rows_in"], done["rows_out"], done["rows_quarantined"], done["rows_duplicate"]) == \
         ("succeeded", 10, 7, 2, 1)
     assert done["quarantine_reasons"] == {"bad_quantity": 2} and done["outputs"] == {schemas.OPS_CLEAN_BATCHES: version}
     assert RECORDED_LATE in done["message"] and done["as_of"] == date(2011, 12, 9)
-    assert rows["uncommitted"]["status"] == "failed" and rows["uncommitted"]["message"].startswith("abandoned")
+    assert rows["counted"]["status"] == "succeeded" and rows["counted"]["rows_out"] == 3
+    for name in ("uncommitted", "never_made", "reclaimed"):
+        assert rows[name]["status"] == "failed" and rows[name]["message"].startswith("abandoned"), name
     assert os.listdir(folder) == []
+
+
+def test_an_interrupted_run_keeps_its_marker_for_the_next_to_record(lake):
+    """A run ended by something other than an error it can record (Ctrl-C) writes no row and
+    leaves its marker: the next run, in another process, records it."""
+    from lakemine.io import schemas
+    from lakemine.io.runs import ATTEMPTS, record_run
+
+    with pytest.raises(KeyboardInterrupt), record_run(lake, "clean", date(2011, 12, 9), {}):
+        raise KeyboardInterrupt
+    assert not lake.exists(schemas.OPS_RUNS)
+    assert len(os.listdir(os.path.join(lake.root, ATTEMPTS))) == 1

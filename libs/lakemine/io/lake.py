@@ -187,14 +187,16 @@ class Lake:
         writer.save(self.path(table))
         return self.version_of_write(table, tag, before)
 
-    def version_of_write(self, table: str, tag: str, before: int | None = None) -> int:
+    def version_of_write(self, table: str, tag: str, before: int | None = None, full_history: bool = False) -> int:
         """The version of `table` whose commit carries write tag `tag`: the latest commit's
-        when no one committed since (one log file read), else found further back. A write that
-        changed nothing (Delta makes no commit for a replaceWhere that neither removes nor adds
-        a row) leaves `before`, the version it wrote against, remembered as adding nothing."""
+        when no one committed since (one log file read), else found further back (among the
+        last TAGGED_HISTORY commits, or all with `full_history`). A write that changed nothing
+        (Delta makes no commit for a replaceWhere that neither removes nor adds a row) leaves
+        `before`, the version it wrote against, remembered as adding nothing."""
         delta = DeltaTable.forPath(self.spark, self.path(table))
-        for depth in (1, TAGGED_HISTORY):
-            for row in delta.history(depth).select("version", "userMetadata").collect():
+        for depth in (1, None if full_history else TAGGED_HISTORY):
+            history = delta.history(depth) if depth else delta.history()
+            for row in history.select("version", "userMetadata").collect():
                 if _write_tag(row["userMetadata"]) == tag:
                     return int(row["version"])
         if before is None:

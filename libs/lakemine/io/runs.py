@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -86,7 +87,8 @@ class Run:
 
     @classmethod
     def from_record(cls, record: dict) -> Run:
-        fields = {**record, "as_of": date.fromisoformat(record["as_of"]) if record.get("as_of") else None,
+        known = {f.name for f in dataclasses.fields(cls)}
+        fields = {**{k: v for k, v in record.items() if k in known}, "as_of": date.fromisoformat(record["as_of"]) if record.get("as_of") else None,
                   "started_at": datetime.fromisoformat(record["started_at"])}
         return cls(**fields)
 
@@ -139,37 +141,63 @@ def record_abandoned(lake: Lake) -> list[Run]:
     """Attempts whose process ended without finishing (killed, out of memory, machine lost)
     become rows of ops/runs: failed, with when they started and what ended them unknown; or,
     when the process ended after its sealed last commit (`seal`), succeeded with the counts it
-    sealed, since its rerun has nothing left to do and would not record them."""
+    sealed, since its rerun has nothing left to do and would not record them.
+
+    A marker is claimed by renaming it to `.claimed~HOST~PID~PID_START~EPOCH~ID.json`, so of two
+    runs one records it; a claim whose claimer died before recording it is claimed again."""
     found = []
     for name in storage.list_files(_attempts(lake)):
-        if name.startswith(".") or not name.endswith(".json"):  # being recorded by another run
+        if not name.endswith(".json") or name.startswith(".tmp"):
             continue
         location = f"{_attempts(lake)}/{name}"
+        claimer = _claimer(name)
+        if name.startswith(".") and (claimer is None or _alive(claimer)):  # being recorded by another run
+            continue
         try:
             marker = storage.read_json(location)
         except (OSError, ValueError):  # written by a newer process, or gone meanwhile
             continue
-        if _alive(marker):
+        if claimer is None and _alive(marker):
             continue
-        claimed = f"{_attempts(lake)}/.claimed-{uuid.uuid4().hex}"
+        claimed = f"{_attempts(lake)}/{_claim_name()}"
         if not storage.move(location, claimed):  # another run found it first and records it
             continue
-        if _in_ops_runs(lake, marker):  # killed after writing its own row, before removing the marker
-            storage.delete(claimed)
-            continue
-        run = _completed(lake, marker.get("sealed")) or Run(
-            stage=marker["stage"], as_of=date.fromisoformat(marker["as_of"]) if marker.get("as_of") else None,
-            params=marker.get("params") or {}, run_id=marker["run_id"],
-            started_at=datetime.fromisoformat(marker["started_at"]), status="failed",
-            message=f"abandoned: the process (pid {marker['pid']} on {marker['host']}) ended without finishing "
-                    "(killed or lost; finished_at is when this was found); its writes, if any, were committed "
-                    "whole or not at all")
-        write_run(lake, run)
+        try:
+            run = None if _in_ops_runs(lake, marker) else (_completed(lake, marker.get("sealed")) or _abandoned(marker))
+            if run is not None:  # else killed after writing its own row, before removing the marker
+                write_run(lake, run)
+        except BaseException:  # not recorded: put it back for the next run
+            storage.move(claimed, location)
+            raise
         storage.delete(claimed)
-        log.warning("%s for %s: an earlier attempt (run %s) ended without recording itself; recorded as %s",
-                    run.stage, run.as_of, run.run_id, "abandoned" if run.status == "failed" else run.status)
-        found.append(run)
+        if run is not None:
+            log.warning("%s for %s: an earlier attempt (run %s) ended without recording itself; recorded as %s",
+                        run.stage, run.as_of, run.run_id, "abandoned" if run.status == "failed" else run.status)
+            found.append(run)
     return found
+
+
+def _claim_name() -> str:
+    return "~".join((".claimed", socket.gethostname(), str(os.getpid()), str(_process_start(os.getpid())),
+                     str(int(datetime.now(timezone.utc).timestamp())), uuid.uuid4().hex)) + ".json"
+
+
+def _claimer(name: str) -> dict | None:
+    """Who claimed a marker (as `_alive` reads a marker), from the claim's name; None for a marker."""
+    parts = name[:-len(".json")].split("~")
+    if parts[0] != ".claimed" or len(parts) != 6:
+        return None
+    return {"host": parts[1], "pid": int(parts[2]), "pid_start": None if parts[3] == "None" else parts[3],
+            "started_at": datetime.fromtimestamp(int(parts[4]), timezone.utc).isoformat()}
+
+
+def _abandoned(marker: dict) -> Run:
+    return Run(stage=marker["stage"], as_of=date.fromisoformat(marker["as_of"]) if marker.get("as_of") else None,
+               params=marker.get("params") or {}, run_id=marker["run_id"],
+               started_at=datetime.fromisoformat(marker["started_at"]), status="failed",
+               message=f"abandoned: the process (pid {marker['pid']} on {marker['host']}) ended without finishing "
+                       "(killed or lost; finished_at is when this was found); its writes, if any, were committed "
+                       "whole or not at all")
 
 
 def _in_ops_runs(lake: Lake, marker: dict) -> bool:
@@ -182,21 +210,24 @@ def _in_ops_runs(lake: Lake, marker: dict) -> bool:
     return any(r["run_id"] == marker["run_id"] or r["started_at"] == started for r in rows)
 
 
-def _completed(lake: Lake, sealed: dict | None) -> Run | None:
-    """The sealed run, when its last commit is in the lake; None when it never was made."""
+def _completed(lake: Lake, sealed: dict | None, note: str | None = None) -> Run | None:
+    """The sealed run, when its last commit is in the lake (its whole history searched); None
+    when that commit was never made."""
     if not sealed:
         return None
     table = sealed["table"]
+    if not lake.exists(table):
+        return None
     try:
-        version = lake.version_of_write(table, sealed["tag"])
-    except Exception:  # not committed (or the table not even created): the run did not finish
+        version = lake.version_of_write(table, sealed["tag"], full_history=True)
+    except StageError:  # no commit carries the tag
         return None
     run = Run.from_record(sealed["run"])
     run.outputs[table] = version
     if sealed.get("rows_out_of_commit"):
         run.rows_out = lake.rows_written(table, version)
-    note = (f"{RECORDED_LATE}: the process ended after its last commit, before writing this row "
-            "(finished_at is when this was found)")
+    note = note or (f"{RECORDED_LATE}: the process ended after its last commit, before writing this row "
+                    "(finished_at is when this was found)")
     run.message = f"{run.message}; {note}" if run.message else note
     return run
 
@@ -210,7 +241,11 @@ def seal(run: Run, table: str, rows_out_of_commit: bool = False) -> str:
     rows_out are the rows that commit writes (read from it)."""
     tag = uuid.uuid4().hex
     if run.marker is not None:
-        marker = storage.read_json(run.marker)
+        try:
+            marker = storage.read_json(run.marker)
+        except FileNotFoundError:  # claimed as stale by a run on another host after STALE_AFTER
+            log.warning("%s: attempt marker %s is gone; this run cannot be sealed", run.stage, run.marker)
+            return tag
         record = run.record()
         if record["status"] == "running":
             record["status"] = "succeeded"
@@ -227,7 +262,8 @@ def record_run(lake: Lake, stage: str, as_of: date | None, params: dict) -> Iter
     a run the stage refuses (UsageError, e.g. too few customers for k) included, is recorded
     with its message and re-raised. A process killed mid-run cannot record itself: an attempt
     marker under <lake>/_attempts/ lives while it runs, and the next run on the lake records
-    such an attempt as failed (`record_abandoned`).
+    such an attempt (`record_abandoned`); the marker also stays when the run could not write
+    its row (interrupted, or ops/runs not writable), for the next run to record.
     """
     record_abandoned(lake)
     run = Run(stage=stage, as_of=as_of, params=params)
@@ -237,30 +273,48 @@ def record_run(lake: Lake, stage: str, as_of: date | None, params: dict) -> Iter
         "started_at": run.started_at.isoformat(), "host": socket.gethostname(), "pid": os.getpid(),
         "pid_start": _process_start(os.getpid()),
     })
-    try:
-        yield from _recorded(lake, run)
-    finally:
-        storage.delete(marker)
-
-
-def _recorded(lake: Lake, run: Run) -> Iterator[Run]:
+    recorded = False
     try:
         yield run
     except InputError:
+        recorded = True  # nothing to record
         raise
     except Exception as exc:
-        run.status = "failed"
-        run.message = f"{type(exc).__name__}: {str(exc)[:500]}"
-        run.finished_at = datetime.now(timezone.utc)
-        try:
-            write_run(lake, run)
-        except Exception:  # the original error matters more than the bookkeeping
-            log.exception("could not record the failed run in %s", schemas.OPS_RUNS)
+        recorded = _record_failure(lake, run, exc)
         raise
-    if run.status == "running":
-        run.status = "succeeded"
-    run.finished_at = datetime.now(timezone.utc)
-    write_run(lake, run)
+    else:
+        if run.status == "running":
+            run.status = "succeeded"
+        run.finished_at = datetime.now(timezone.utc)
+        write_run(lake, run)
+        recorded = True
+    finally:
+        if recorded:
+            storage.delete(marker)
+
+
+def _record_failure(lake: Lake, run: Run, exc: Exception) -> bool:
+    """Write the failed run's row; whether it was written. An error after the run's sealed
+    last commit records the sealed run, which did finish, with the error in its message."""
+    error = f"{type(exc).__name__}: {str(exc)[:500]}"
+    try:
+        done = _completed(lake, _sealed(run), note=f"failed after its last commit: {error}")
+        if done is None:
+            run.status, run.message = "failed", error
+            done = run
+        done.finished_at = datetime.now(timezone.utc)
+        write_run(lake, done)
+        return True
+    except Exception:  # the original error matters more than the bookkeeping
+        log.exception("could not record the failed run in %s", schemas.OPS_RUNS)
+        return False
+
+
+def _sealed(run: Run) -> dict | None:
+    try:
+        return storage.read_json(run.marker).get("sealed") if run.marker else None
+    except (OSError, ValueError):
+        return None
 
 
 def conservation_check(run: Run) -> None:
