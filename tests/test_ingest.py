@@ -324,6 +324,7 @@ def test_ingest_killed_9_after_each_commit_in_turn_accounts_for_every_line_once(
 
     from conftest import REPO
     from lakemine.io.lake import Lake
+    from lakemine.io.runs import RECORDED_LATE
     from lakemine.stages.generate import GenerateParams, generate
 
     landing = tmp_path / "landing"
@@ -350,9 +351,14 @@ def test_ingest_killed_9_after_each_commit_in_turn_accounts_for_every_line_once(
     ledger = lake.read_table(schemas.OPS_INGEST_LEDGER).where("status = 'ingested'").select("path", "batch_id")
     assertDataFrameEqual(ledger, never.read_table(schemas.OPS_INGEST_LEDGER).where("status = 'ingested'").select("path", "batch_id"))
     runs = lake.read_table(schemas.OPS_RUNS).orderBy("started_at").collect()
-    # each killed run recorded by the next as abandoned; the last found everything ingested
-    assert [r["status"] for r in runs] == ["failed"] * 4 + ["noop"]
-    assert all(r["message"].startswith("abandoned: the process") for r in runs[:4])
+    # the runs killed before their last commit (the ledger marks) recorded by the next as
+    # abandoned; the one killed after it as done, with its counts (its rerun had nothing to do)
+    assert [r["status"] for r in runs] == ["failed"] * 3 + ["succeeded", "noop"]
+    assert all(r["message"].startswith("abandoned: the process") for r in runs[:3])
+    done = runs[3]
+    assert RECORDED_LATE in done["message"]
+    assert (done["rows_in"], done["rows_out"] + done["rows_quarantined"]) == (lines, lines)
+    assert done["rows_quarantined"] == lake.read_table(schemas.BRONZE_QUARANTINE).count() > 0
 
 
 @pytest.mark.parametrize("path, cause", [
