@@ -5,6 +5,7 @@ the stage, and compare every table with a run that was never killed (issue 16).
     .venv/bin/python bench/faults.py --trials 20            # every stage, 20 instants each
     .venv/bin/python bench/faults.py --trials 3 --stages clean features
     .venv/bin/python bench/faults.py --trials 20 --stages train score --merge    # added to the results
+    .venv/bin/python bench/faults.py --after-each-commit --stages ingest clean --merge  # a kill after each commit
 
 Set-up (`prepare`): generated raw exports go through every stage once, each stage a
 `python -m lakemine STAGE` process; the lake is copied before and after each stage, and the
@@ -123,6 +124,24 @@ def kill_at(argv: list[str], python: str, delay: float) -> bool:
         proc.wait()
         _reap_group(proc.pid)
         return True
+
+
+def kill_after_commit(argv: list[str], python: str, lake: Path, n: int, timeout: float = 1800) -> bool:
+    """Start `python -m lakemine ARGV` in a new process group and SIGKILL the whole group as
+    soon as the `n`-th new Delta commit appears in `lake` (polled every 2 ms, so within a few
+    milliseconds of it); False when it finished first."""
+    base = commits(lake)
+    proc = subprocess.Popen([python, "-m", "lakemine", *argv], env=stage_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if commits(lake) - base >= n or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            _reap_group(proc.pid)
+            return True
+        time.sleep(0.002)
+    return False
 
 
 def _reap_group(pgid: int, wait_s: float = 10.0) -> None:
@@ -307,23 +326,26 @@ def _check_attempts(left: list[dict], before: list, after: list) -> tuple[list[s
     return problems, done
 
 
-def trial(spark, root: Path, python: str, stage: str, number: int, delay: float,
-          rerun: Callable[[list[str]], float]) -> dict:
-    """One kill: copy the lake from before `stage`, kill the stage after `delay` s, rerun it
-    with `rerun(ARGV)`, compare with the never-killed lake."""
+def trial(spark, root: Path, python: str, stage: str, number: int, delay: float | None,
+          rerun: Callable[[list[str]], float], after_commit: int | None = None) -> dict:
+    """One kill: copy the lake from before `stage`, kill the stage after `delay` s (or right
+    after its `after_commit`-th commit), rerun it with `rerun(ARGV)`, compare with the
+    never-killed lake."""
     from lakemine.io.lake import Lake
 
     lake = root / "trials" / f"{stage}-{number}"
     _snapshot(root / "before" / stage, lake)
     before = commits(lake)
-    killed = kill_at(stage_argv(stage, lake, root / "raw"), python, delay)
+    argv = stage_argv(stage, lake, root / "raw")
+    killed = kill_at(argv, python, delay) if after_commit is None else kill_after_commit(argv, python, lake, after_commit)
     committed = commits(lake) - before
     left = left_attempts(lake)
     runs_before = _runs(spark, Lake, lake)
     rerun(stage_argv(stage, lake, root / "raw"))
     problems, lines = compare(spark, root / "after" / stage, lake, stage)
     attempt_problems, done = _check_attempts(left, runs_before, _runs(spark, Lake, lake))
-    result = {"stage": stage, "trial": number, "delay_s": round(delay, 2), "killed": killed,
+    result = {"stage": stage, "trial": number, "delay_s": None if delay is None else round(delay, 2),
+              "after_commit": after_commit, "killed": killed,
               "commits_before_kill": committed, "marker_left": bool(left), "recorded_done": done,
               "problems": problems + attempt_problems, "lines": lines}
     shutil.rmtree(lake, ignore_errors=True)
@@ -342,11 +364,17 @@ def delays(stage: str, duration: float, n: int, seed: int) -> list[float]:
     return sorted(rng.uniform(0.05 * duration, duration) for _ in range(n))
 
 
+def label(trial: dict) -> str:
+    """A summary row: the stage's random instants, or its kills right after each commit."""
+    return trial["stage"] + (", after each commit" if trial.get("after_commit") else "")
+
+
 def summarize(results: list[dict], durations: dict[str, float]) -> dict[str, dict]:
     table = {}
-    for stage in dict.fromkeys(r["stage"] for r in results):
-        rs = [r for r in results if r["stage"] == stage]
-        table[stage] = {
+    for row in dict.fromkeys(map(label, results)):
+        rs = [r for r in results if label(r) == row]
+        stage = rs[0]["stage"]
+        table[row] = {
             "stage_s": round(durations[stage], 1), "trials": len(rs), "killed": sum(r["killed"] for r in rs),
             "killed_after_a_commit": sum(r["killed"] and r["commits_before_kill"] > 0 for r in rs),
             "abandoned_runs_recorded": sum(r["marker_left"] for r in rs) - sum(r.get("recorded_done", 0) for r in rs),
@@ -371,7 +399,10 @@ def markdown(summary: dict[str, dict], meta: dict) -> str:
         out.append(f"| {stage} | {s['stage_s']} | {s['trials']} | {s['killed']} | {s['killed_after_a_commit']} | "
                    f"{s['abandoned_runs_recorded']} | {s.get('completed_runs_recorded', 0)} | {s['failures']} | "
                    f"{s['lines_lost']} | {s['lines_doubled']} |")
-    out += ["", "A failure is any difference from the never-killed lake (see bench/faults.py); lines lost and "
+    out += ["", "Rows marked *after each commit* (`--after-each-commit`): one kill right after each commit the "
+            "stage's never-killed run makes (the lake's Delta logs polled every 2 ms), so every window between a "
+            "commit and the next step is hit, the one before the run's own ops/runs row included.", "",
+            "A failure is any difference from the never-killed lake (see bench/faults.py); lines lost and "
             "doubled are the bronze, silver and quarantine rows the killed-and-rerun lake has fewer or more."]
     return "\n".join(out) + "\n"
 
@@ -385,6 +416,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=16)
     ap.add_argument("--work", default=str(REPO / "bench" / "work" / "faults"))
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "faults"))
+    ap.add_argument("--after-each-commit", action="store_true",
+                    help="instead of --trials random instants, kill each stage right after each of the commits its "
+                         "never-killed run makes, one trial per commit (the windows between a commit and the next "
+                         "step, which random instants seldom hit)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the trials of other stages already in <out>.json (same data and seed): the stages "
                          "can be run in parts, e.g. --stages train score --merge")
@@ -411,20 +446,29 @@ def main(argv: list[str] | None = None) -> int:
         same = {k: kept["meta"][k] for k in ("customers", "days", "seed", "trials")}
         if same != {"customers": args.customers, "days": args.days, "seed": args.seed, "trials": args.trials}:
             raise SystemExit(f"--merge: {args.out}.json was run with {same}; run these stages with the same")
-        earlier = {"trials": [t for t in kept["trials"] if t["stage"] not in args.stages],
-                   "durations": {s: t for s, t in kept["durations"].items() if s not in args.stages},
+        earlier = {"trials": [t for t in kept["trials"]
+                              if t["stage"] not in args.stages or bool(t.get("after_commit")) != args.after_each_commit],
+                   "durations": {s: t for s, t in kept["durations"].items()
+                                 if s not in args.stages or args.after_each_commit},
                    "commands": kept["meta"].get("commands", [kept["meta"]["command"]]),
                    "total_s": kept["meta"]["total_s"]}
     command = "bench/faults.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for stage in args.stages:
-        for i, delay in enumerate(delays(stage, durations[stage], args.trials, args.seed)):
-            r = trial(spark, root, python, stage, i, delay, runner)
+        if args.after_each_commit:  # one kill right after each commit the never-killed run made
+            made = commits(root / "after" / stage) - commits(root / "before" / stage)
+            plan = [(None, n) for n in range(1, made + 1)]
+        else:
+            plan = [(delay, None) for delay in delays(stage, durations[stage], args.trials, args.seed)]
+        for i, (delay, after) in enumerate(plan):
+            r = trial(spark, root, python, stage, i, delay, runner, after_commit=after)
             results.append(r)
             status = "ok" if not r["problems"] else "FAILED: " + "; ".join(r["problems"])
-            print(f"faults: {stage} #{i + 1}/{args.trials} kill at {delay:.1f} s "
+            when = f"after commit {after}/{len(plan)}" if after else f"at {delay:.1f} s"
+            print(f"faults: {stage} #{i + 1}/{len(plan)} kill {when} "
                   f"({'killed' if r['killed'] else 'finished first'}, {r['commits_before_kill']} commits before) {status}",
                   flush=True)
-        everything = sorted(earlier["trials"] + results, key=lambda t: STAGES.index(t["stage"]))
+        everything = sorted(earlier["trials"] + results,
+                            key=lambda t: (STAGES.index(t["stage"]), bool(t.get("after_commit")), t.get("after_commit") or 0))
         times = {**durations, **earlier["durations"]}  # a stage run earlier keeps its own T
         summary = summarize(everything, times)
         commands = [*earlier["commands"], command]

@@ -63,6 +63,18 @@ def test_a_stage_killed_at_random_instants_and_rerun_equals_a_run_never_killed(s
         assert result["problems"] == [], f"{stage} killed at {delay:.1f} s: " + "; ".join(result["problems"])
 
 
+@pytest.mark.parametrize("stage", ["ingest", "clean"])
+def test_a_stage_killed_right_after_its_last_data_commit_is_recorded_done_by_its_rerun(spark, prepared, stage):
+    """The window random instants seldom hit (bench/faults.py --after-each-commit hits every
+    one): killed right after its last data commit, before its ops/runs row. The rerun finds
+    nothing to do, and records the killed run as done, with the counts of a run never killed."""
+    root, _ = prepared
+    made = faults.commits(root / "after" / stage) - faults.commits(root / "before" / stage)
+    result = faults.trial(spark, root, sys.executable, stage, 99, None, run_here, after_commit=made - 1)
+    assert result["killed"] and result["commits_before_kill"] == made - 1, result
+    assert result["recorded_done"] == 1 and result["problems"] == [], result
+
+
 def test_an_attempt_whose_process_is_gone_is_recorded_once_and_a_live_one_is_left(lake):
     """The markers record_run leaves while a stage runs: one of a process that ended (here a
     finished child) becomes one failed, abandoned row, however many runs look; one of a
