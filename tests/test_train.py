@@ -21,13 +21,32 @@ from lakemine.learning import train
 from lakemine.learning.model import ChurnMLP
 from lakemine.learning.train import TrainParams, effective_batch_size
 from lakemine.learning.trainset import input_columns, latest_segment_model, training_frame
-from lakemine.learning.worker import in_memory_passes, logit_offset, roc_auc
+from lakemine.learning.worker import auc_from_histogram, auc_histogram, in_memory_passes, logit_offset, roc_auc
 from lakemine.stages.features import Z_FEATURES
 
 
 def test_roc_auc_matches_hand_counted_pairs():
     # positives 0.9, 0.4; negatives 0.5, 0.1, 0.4: pairs won 3 + (1 + 0.5 tie) = 4.5 of 6
     assert roc_auc([1, 1, 0, 0, 0], [0.9, 0.4, 0.5, 0.1, 0.4]) == pytest.approx(4.5 / 6)
+
+
+def test_the_histogram_auc_equals_the_exact_one_to_the_bin_width():
+    """Validation AUC from fixed-size histograms summed over ranks (no gathered predictions):
+    exact when ties share a bin and other scores do not, within 1e-4 on 20,000 scores, and the
+    same whether the rows sit on one rank or are split over three."""
+    import numpy as np
+
+    logit = lambda p: np.log(np.asarray(p) / (1 - np.asarray(p)))  # noqa: E731
+    h = auc_histogram(logit([0.9, 0.4, 0.5, 0.1, 0.4]), [1, 1, 0, 0, 0])
+    half = len(h) // 2
+    assert auc_from_histogram(h[half:], h[:half]) == pytest.approx(4.5 / 6, abs=1e-12)
+    rng = np.random.default_rng(0)
+    y = rng.random(20_000) < 0.3
+    z = rng.normal(0, 1.5, 20_000) + 0.8 * y
+    whole = auc_histogram(z, y)
+    split = sum(auc_histogram(z[i::3], y[i::3]) for i in range(3))
+    assert np.array_equal(whole, split)
+    assert abs(auc_from_histogram(whole[half:], whole[:half]) - roc_auc(y, z)) < 1e-4
 
 
 def test_model_is_a_plain_module_giving_one_logit_per_row():
