@@ -399,11 +399,11 @@ def _merge_quarantine(lake: Lake, quarantined: DataFrame) -> int:
         .execute()))
 
 
-def _full(lake: Lake, run: Run, classified: DataFrame) -> None:
-    """Rebuild silver (partitioned by invoice date) and its quarantine from all of bronze."""
-    counts = {r["ok"]: int(r["n"]) for r in classified.groupBy(F.col("reason").isNull().alias("ok")).agg(
-        F.count(F.lit(1)).alias("n")).collect()}
-    run.rows_out, run.rows_quarantined = counts.get(True, 0), counts.get(False, 0)
+def _full(lake: Lake, run: Run, classified: DataFrame, by_reason: dict) -> None:
+    """Rebuild silver (partitioned by invoice date) and its quarantine from all of bronze;
+    `by_reason`: the classified records per reason (None: kept), from `_tally`."""
+    run.rows_out = by_reason.get(None, 0)
+    run.rows_quarantined = sum(n for reason, n in by_reason.items() if reason is not None)
     conservation_check(run)  # before anything is committed
     # one file per date, not one per date and task
     run.outputs[schemas.SILVER_TRANSACTIONS] = lake.overwrite(
@@ -413,6 +413,15 @@ def _full(lake: Lake, run: Run, classified: DataFrame) -> None:
     if written != (run.rows_out, run.rows_quarantined):
         raise StageError(f"clean: wrote {written[0]} silver and {written[1]} quarantine rows, "
                          f"expected {run.rows_out} and {run.rows_quarantined}")
+
+
+def _tally(run: Run, classified: DataFrame) -> dict:
+    """One pass over the classified records: the run's lines in and exact duplicates, and the
+    records per reason (None: kept for silver)."""
+    rows = classified.groupBy("reason").agg(F.count(F.lit(1)).alias("n"), F.sum("copies").alias("lines")).collect()
+    run.rows_in = sum(int(r["lines"] or 0) for r in rows)
+    run.rows_duplicate = run.rows_in - sum(int(r["n"]) for r in rows)
+    return {r["reason"]: int(r["n"]) for r in rows}
 
 
 def run(lake: Lake, cfg: Config, p: CleanParams) -> Run:
@@ -440,16 +449,13 @@ def run(lake: Lake, cfg: Config, p: CleanParams) -> Run:
             rows = bronze if mode == "full" else bronze.where(F.col("_batch_id").isin(batches))
             classified = clean_transactions(rows, p, cfg.sources).persist(SPILL)
             try:
-                totals = classified.agg(F.sum("copies").alias("rows_in"), F.sum(F.col("copies") - 1).alias("dups")).first()
-                run.rows_in = int(totals["rows_in"] or 0)
-                run.rows_duplicate = int(totals["dups"] or 0)
+                by_reason = _tally(run, classified)
                 if mode == "full":
-                    _full(lake, run, classified)
+                    _full(lake, run, classified, by_reason)
                     run.message = f"full rebuild: {why}"
                 else:
                     _incremental(lake, run, classified, batches)
-                reasons = classified.where(F.col("reason").isNotNull()).groupBy("reason").count().collect()
-                run.quarantine_reasons = {r["reason"]: int(r["count"]) for r in reasons}
+                run.quarantine_reasons = {r: n for r, n in by_reason.items() if r is not None}
                 run.as_of = run.as_of or _last_date(lake)
                 _mark_batches(lake, run, batches, fingerprint, full=mode == "full")
             finally:

@@ -321,9 +321,9 @@ def parse_csv_lines(lines: DataFrame, columns: tuple[str, ...], mapping: dict[st
     file order, `mapping` from contract fields to the file's columns (or "=expression"),
     `profile` the reading options (None: UTF-8, comma, double quote, a header line).
 
-    Returns the bronze source columns (strings, empty fields null), `_raw`, and
-    `reason`/`detail`: null for a good line, else one of blank_line, bad_encoding,
-    repeated_header, bad_quoting, bad_field_count.
+    Returns the bronze source columns (strings, empty fields null), `_raw` (the line, for a
+    quarantined one only), and `reason`/`detail`: null for a good line, else one of
+    blank_line, bad_encoding, repeated_header, bad_quoting, bad_field_count.
 
     Lines without a quote character (nearly all) are split on the delimiter; only quoted lines
     go through the CSV parser. Each step is its own projection so that no regular expression
@@ -375,7 +375,8 @@ def parse_csv_lines(lines: DataFrame, columns: tuple[str, ...], mapping: dict[st
     names = unique_names(columns)
     step = step.select(
         *[F.col("_fields").getItem(i).alias(names[i]) for i in width],
-        F.make_valid_utf8(value).alias("_raw"), "reason", "detail", "_source_file", "_line",
+        # the line as text for quarantine only: good rows drop it, so they need not carry a copy
+        F.when(r.isNotNull(), F.make_valid_utf8(value)).alias("_raw"), "reason", "detail", "_source_file", "_line",
     )
     return to_bronze_columns(step, dict(zip(columns, names)), mapping, profile)
 
@@ -557,8 +558,11 @@ def run(lake: Lake, cfg: Config, p: IngestParams) -> Run:
             run.rows_out = lake.rows_written(schemas.BRONZE_TRANSACTIONS, run.outputs[schemas.BRONZE_TRANSACTIONS])
             run.outputs[schemas.BRONZE_QUARANTINE] = lake.replace_batches(bad, schemas.BRONZE_QUARANTINE, replaced)
             run.rows_quarantined = lake.rows_written(schemas.BRONZE_QUARANTINE, run.outputs[schemas.BRONZE_QUARANTINE])
-            reasons = rows.where(F.col("reason").isNotNull()).groupBy("reason").count().collect()
-            run.quarantine_reasons = {r["reason"]: int(r["count"]) for r in reasons}
+            # the quarantine just written holds exactly the bad rows of these batches (none when it made no commit)
+            if run.rows_quarantined:
+                written = lake.read_table(schemas.BRONZE_QUARANTINE, run.outputs[schemas.BRONZE_QUARANTINE])
+                reasons = written.where(F.col("_batch_id").isin(batch_ids)).groupBy("reason").count().collect()
+                run.quarantine_reasons = {r["reason"]: int(r["count"]) for r in reasons}
         finally:
             rows.unpersist()
         conservation_check(run)
