@@ -16,6 +16,7 @@ from datetime import date, timedelta
 
 import pyspark.sql.functions as F
 from delta.tables import DeltaTable
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, Window
 
 from lakemine.core import storage
@@ -321,30 +322,40 @@ def refresh_aggregates(lake: Lake, p: FeatureParams, version: int, as_of: date) 
         if mode == "noop":
             run.status, run.message = "noop", f"baskets and customer days already at silver version {version}"
             return run
-        silver = product_lines(lake.read_table(schemas.SILVER_TRANSACTIONS, version), p.service_codes, p.service_pattern)
         mark = {"userMetadata": json.dumps({"silver_version": version})}
-        # the customer_days commit, the mark, is the run's last: sealed, so a run killed after it
-        # (whose rerun is a noop) is recorded by the next as it would have recorded itself
         if mode == "full":
-            run.outputs[schemas.GOLD_BASKETS] = lake.overwrite(build_baskets(silver), schemas.GOLD_BASKETS)
-            days = customer_days(silver).repartition("invoice_date")  # one file per date
             run.message = "full: " + ("no earlier build" if since is None else "silver changed beyond dates")
-            run.outputs[schemas.GOLD_CUSTOMER_DAYS] = lake.overwrite(
-                days, schemas.GOLD_CUSTOMER_DAYS, partition_by=("invoice_date",), options=mark,
-                tag=seal(run, schemas.GOLD_CUSTOMER_DAYS, rows_out_of_commit=True))
+            dates = None
         else:
             params["dates"] = [d.isoformat() for d in sorted(changed)]
             # with no changed dates (silver only compacted) nothing is written and the mark stays
             run.message = f"incremental: {len(changed)} date(s) recomputed"
-            if changed:
-                rows = silver.where(F.col("invoice_date").isin(sorted(changed)))
-                run.outputs[schemas.GOLD_BASKETS] = merge_baskets(lake, build_baskets(rows))
-                days = customer_days(rows)
-                run.outputs[schemas.GOLD_CUSTOMER_DAYS] = lake.replace_dates(
-                    days, schemas.GOLD_CUSTOMER_DAYS, changed, options=mark,
+            if not changed:
+                return run
+            dates = sorted(changed)
+        silver = lake.read_table(schemas.SILVER_TRANSACTIONS, version).select(*SILVER_COLUMNS)
+        if dates is not None:
+            silver = silver.where(F.col("invoice_date").isin(dates))
+        # baskets and the four aggregates of customer_days read the same product lines: silver
+        # is read and the service pattern tested once, not five times
+        rows = product_lines(silver, p.service_codes, p.service_pattern).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            # the customer_days commit, the mark, is the run's last: sealed, so a run killed after
+            # it (whose rerun is a noop) is recorded by the next as it would have recorded itself
+            if dates is None:
+                run.outputs[schemas.GOLD_BASKETS] = lake.overwrite(build_baskets(rows), schemas.GOLD_BASKETS)
+                days = customer_days(rows).repartition("invoice_date")  # one file per date
+                run.outputs[schemas.GOLD_CUSTOMER_DAYS] = lake.overwrite(
+                    days, schemas.GOLD_CUSTOMER_DAYS, partition_by=("invoice_date",), options=mark,
                     tag=seal(run, schemas.GOLD_CUSTOMER_DAYS, rows_out_of_commit=True))
-        if schemas.GOLD_CUSTOMER_DAYS in run.outputs:
-            run.rows_out = lake.rows_written(schemas.GOLD_CUSTOMER_DAYS, run.outputs[schemas.GOLD_CUSTOMER_DAYS])
+            else:
+                run.outputs[schemas.GOLD_BASKETS] = merge_baskets(lake, build_baskets(rows))
+                run.outputs[schemas.GOLD_CUSTOMER_DAYS] = lake.replace_dates(
+                    customer_days(rows), schemas.GOLD_CUSTOMER_DAYS, changed, options=mark,
+                    tag=seal(run, schemas.GOLD_CUSTOMER_DAYS, rows_out_of_commit=True))
+        finally:
+            rows.unpersist()
+        run.rows_out = lake.rows_written(schemas.GOLD_CUSTOMER_DAYS, run.outputs[schemas.GOLD_CUSTOMER_DAYS])
     return run
 
 
@@ -380,20 +391,27 @@ def run(lake: Lake, cfg: Config, p: FeatureParams) -> Run:
     refresh_aggregates(lake, p, version, as_of)
     days_version = lake.table_version(schemas.GOLD_CUSTOMER_DAYS)
     earlier = training_dates(as_of, span["start"], p.horizon_days, p.training_snapshots, p.snapshot_spacing_days) if span["start"] else []
-    runs = [run_snapshot(lake, dataclasses.replace(p, as_of=d), version, days_version, span["end"]) for d in earlier]
-    runs.append(run_snapshot(lake, dataclasses.replace(p, as_of=as_of), version, days_version, span["end"]))
+    # every snapshot reads the same customer days: read once
+    days = lake.read_table(schemas.GOLD_CUSTOMER_DAYS, days_version).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        runs = [run_snapshot(lake, dataclasses.replace(p, as_of=d), version, days_version, span["end"], days)
+                for d in [*earlier, as_of]]
+    finally:
+        days.unpersist()
     runs[-1].result = runs
     return runs[-1]
 
 
-def run_snapshot(lake: Lake, p: FeatureParams, silver_version: int, days_version: int, data_end: date | None) -> Run:
+def run_snapshot(lake: Lake, p: FeatureParams, silver_version: int, days_version: int, data_end: date | None,
+                 days: DataFrame | None = None) -> Run:
     """Write features, scaler and labels for `p.as_of` from gold/customer_days at
-    `days_version` (silver at `silver_version`, whose data end on `data_end`); records ops/runs."""
+    `days_version` (`days`, when read already; silver at `silver_version`, whose data end on
+    `data_end`); records ops/runs."""
     as_of = p.as_of
     params = {"horizon_days": p.horizon_days, "top_categories": p.top_categories,
               "service_codes": list(p.service_codes), "service_pattern": p.service_pattern}
     with record_run(lake, STAGE, as_of, params) as run:
-        days = lake.read_table(schemas.GOLD_CUSTOMER_DAYS, days_version)
+        days = lake.read_table(schemas.GOLD_CUSTOMER_DAYS, days_version) if days is None else days
         run.inputs[schemas.SILVER_TRANSACTIONS] = silver_version
         run.inputs[schemas.GOLD_CUSTOMER_DAYS] = days_version
         # computed once for both writes (the scaler's statistics come from the same rows)
