@@ -87,9 +87,11 @@ class Run:
 
     @classmethod
     def from_record(cls, record: dict) -> Run:
+        """A Run from `record()`'s fields (or a marker's: keys that are not fields are left aside)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        fields = {**{k: v for k, v in record.items() if k in known}, "as_of": date.fromisoformat(record["as_of"]) if record.get("as_of") else None,
-                  "started_at": datetime.fromisoformat(record["started_at"])}
+        fields = {k: v for k, v in record.items() if k in known}
+        fields["as_of"] = date.fromisoformat(record["as_of"]) if record.get("as_of") else None
+        fields["started_at"] = datetime.fromisoformat(record["started_at"])
         return cls(**fields)
 
 
@@ -192,12 +194,11 @@ def _claimer(name: str) -> dict | None:
 
 
 def _abandoned(marker: dict) -> Run:
-    return Run(stage=marker["stage"], as_of=date.fromisoformat(marker["as_of"]) if marker.get("as_of") else None,
-               params=marker.get("params") or {}, run_id=marker["run_id"],
-               started_at=datetime.fromisoformat(marker["started_at"]), status="failed",
-               message=f"abandoned: the process (pid {marker['pid']} on {marker['host']}) ended without finishing "
-                       "(killed or lost; finished_at is when this was found); its writes, if any, were committed "
-                       "whole or not at all")
+    return Run.from_record({
+        **marker, "params": marker.get("params") or {}, "status": "failed",
+        "message": f"abandoned: the process (pid {marker['pid']} on {marker['host']}) ended without finishing "
+                   "(killed or lost; finished_at is when this was found); its writes, if any, were committed "
+                   "whole or not at all"})
 
 
 def _in_ops_runs(lake: Lake, marker: dict) -> bool:
