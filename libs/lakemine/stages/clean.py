@@ -77,11 +77,19 @@ def parse_timestamp(col: Column, formats: tuple[str, ...]) -> Column:
     return F.when(F.year(ts).between(MIN_YEAR, MAX_YEAR), ts)
 
 
-def dedupe_exact(bronze: DataFrame) -> DataFrame:
+def dedupe_exact(bronze: DataFrame, by: Column | None = None) -> DataFrame:
     """One row per distinct raw record: lineage of its first copy (the least file, line,
-    batch), `copies` (>= 1) and `_record_hash`, a 64-bit hash of the record."""
+    batch), `copies` (>= 1) and `_record_hash`, a 64-bit hash of the record.
+
+    `by`, an expression of the record's columns, groups the records into Spark partitions
+    (copies are equal, so they share it): the shuffle of the de-duplication then also places
+    every row of one `by` value in one partition."""
     first = F.min(F.struct("_source_file", "_line", "_batch_id"))
-    return bronze.groupBy(*schemas.SOURCE_COLUMNS).agg(
+    keys = list(schemas.SOURCE_COLUMNS)
+    if by is not None:
+        bronze = bronze.withColumn("_by", by).repartition("_by")
+        keys.append("_by")
+    return bronze.groupBy(*keys).agg(
         first.alias("_first"), F.count(F.lit(1)).alias("copies")
     ).select(
         *schemas.SOURCE_COLUMNS,
@@ -138,9 +146,10 @@ def _typed_columns(t: dict[str, Column], typing: tuple) -> dict[str, Column]:
             "is_return": is_return, "price_name": F.lit(price_name)}
 
 
-def _by_source(source: Column, groups: dict[tuple, list[str]]) -> dict[str, Column]:
-    """The typed columns, each choosing its profile's expression by the row's `_source`."""
-    typed = {typing: _typed_columns(_trimmed(), typing) for typing in groups}
+def _by_source(source: Column, groups: dict[tuple, list[str]], t: dict[str, Column] | None = None) -> dict[str, Column]:
+    """The typed columns, each choosing its profile's expression by the row's `_source`, from
+    the trimmed strings `t` (default: classify's `_t_<column>`)."""
+    typed = {typing: _typed_columns(t or _trimmed(), typing) for typing in groups}
     out = {}
     for name in next(iter(typed.values())):
         if len(groups) == 1:
@@ -159,6 +168,21 @@ def _trimmed() -> dict[str, Column]:
     return {c: F.col(f"_t_{c}") for c in schemas.SOURCE_COLUMNS}
 
 
+def _typing_groups(p: CleanParams, profiles: dict[str, SourceProfile]) -> dict[tuple, list[str]]:
+    """The profiles' names per typing (see `_typing`)."""
+    groups: dict[tuple, list[str]] = {}
+    for name, profile in sorted(profiles.items()):
+        groups.setdefault(_typing(profile, p), []).append(name)
+    return groups
+
+
+def invoice_date_of_record(p: CleanParams, profiles: dict[str, SourceProfile]) -> Column:
+    """The invoice date `classify` gives a raw record, from its raw columns."""
+    source = F.coalesce(F.col("_source"), F.lit(schemas.LEGACY_SOURCE))
+    t = {c: _blank_to_null(F.col(c)) for c in schemas.SOURCE_COLUMNS}
+    return _by_source(source, _typing_groups(p, profiles), t)["invoice_date"]
+
+
 def classify(rows: DataFrame, p: CleanParams, profiles: dict[str, SourceProfile] | None = None) -> DataFrame:
     """Typed columns plus `reason`/`detail` (null for a clean row) for de-duplicated raw rows,
     each typed by its `_source` profile (`profiles`, default the packaged ones).
@@ -167,9 +191,7 @@ def classify(rows: DataFrame, p: CleanParams, profiles: dict[str, SourceProfile]
     under Spark's case-insensitive resolution).
     """
     profiles = profiles if profiles is not None else packaged_defaults().sources
-    groups: dict[tuple, list[str]] = {}
-    for name, profile in sorted(profiles.items()):
-        groups.setdefault(_typing(profile, p), []).append(name)
+    groups = _typing_groups(p, profiles)
     source = F.coalesce(F.col("_source"), F.lit(schemas.LEGACY_SOURCE))
     trimmed = rows.select(
         "*", *[_blank_to_null(F.col(c)).alias(f"_t_{c}") for c in schemas.SOURCE_COLUMNS if c != "_source"],
@@ -252,10 +274,14 @@ def clean_transactions(bronze: DataFrame, p: CleanParams, profiles: dict[str, So
     """Bronze rows -> classified rows: silver columns, `reason`, `detail`, `_record`, `copies`.
 
     Rows with a null `reason` are silver; the rest are quarantine. `copies - 1` per row are the
-    exact duplicates removed.
+    exact duplicates removed. The rows of one invoice date are in one Spark partition.
     """
     schemas.require_columns(bronze, schemas.RAW_COLUMNS + ("_source_file", "_line", "_batch_id"), schemas.BRONZE_TRANSACTIONS)
-    return classify(dedupe_exact(schemas.with_source_columns(bronze)), p, profiles)
+    profiles = profiles if profiles is not None else packaged_defaults().sources
+    # the de-duplication's shuffle places each invoice date in one partition, so silver is
+    # written one file per date with no second shuffle
+    by_date = invoice_date_of_record(p, profiles)
+    return classify(dedupe_exact(schemas.with_source_columns(bronze), by=by_date), p, profiles)
 
 
 def silver_rows(classified: DataFrame) -> DataFrame:
@@ -405,9 +431,9 @@ def _full(lake: Lake, run: Run, classified: DataFrame, by_reason: dict) -> None:
     run.rows_out = by_reason.get(None, 0)
     run.rows_quarantined = sum(n for reason, n in by_reason.items() if reason is not None)
     conservation_check(run)  # before anything is committed
-    # one file per date, not one per date and task
+    # one file per date: each date's rows are in one partition already (`clean_transactions`)
     run.outputs[schemas.SILVER_TRANSACTIONS] = lake.overwrite(
-        silver_rows(classified).repartition(*SILVER_PARTITIONS), schemas.SILVER_TRANSACTIONS, partition_by=SILVER_PARTITIONS)
+        silver_rows(classified), schemas.SILVER_TRANSACTIONS, partition_by=SILVER_PARTITIONS)
     run.outputs[schemas.SILVER_QUARANTINE] = lake.overwrite(quarantine_rows(classified), schemas.SILVER_QUARANTINE)
     written = tuple(lake.rows_written(t, run.outputs[t]) for t in (schemas.SILVER_TRANSACTIONS, schemas.SILVER_QUARANTINE))
     if written != (run.rows_out, run.rows_quarantined):
@@ -447,7 +473,9 @@ def run(lake: Lake, cfg: Config, p: CleanParams) -> Run:
             run.status, run.message = "noop", "no new bronze batches; silver unchanged"
         else:
             rows = bronze if mode == "full" else bronze.where(F.col("_batch_id").isin(batches))
-            classified = clean_transactions(rows, p, cfg.sources).persist(SPILL)
+            classified = clean_transactions(rows, p, cfg.sources)
+            # the raw strings are kept for quarantined records only: half the bytes spilled
+            classified = classified.withColumn("_record", F.when(F.col("reason").isNotNull(), F.col("_record"))).persist(SPILL)
             try:
                 by_reason = _tally(run, classified)
                 if mode == "full":

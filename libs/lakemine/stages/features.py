@@ -17,7 +17,7 @@ from datetime import date, timedelta
 import pyspark.sql.functions as F
 from delta.tables import DeltaTable
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 
 from lakemine.core import storage
 from lakemine.core.config import Config, FeaturesConfig, StageParams
@@ -69,24 +69,82 @@ def product_lines(silver: DataFrame, service_codes: tuple[str, ...], service_pat
     return silver.where(~F.coalesce(service, F.lit(False)))
 
 
+def invoice_lines(silver: DataFrame) -> DataFrame:
+    """One row per invoice, customer and date of silver rows (an invoice is one customer and
+    one timestamp, so almost always one row per invoice): the sale and return lines, the value
+    of the sale lines, their distinct items and their spend per category (`cats`, sorted by
+    category). Baskets and customer days both derive from it: the one aggregation over every
+    line that the two need (`baskets_from_invoices`, `days_from_invoices`)."""
+    schemas.require_columns(silver, SILVER_COLUMNS, schemas.SILVER_TRANSACTIONS)
+    sale = ~F.col("is_return")
+    per_invoice = silver.groupBy("invoice_no", "customer_id", "invoice_date").agg(
+        F.count(F.when(sale, 1)).alias("sale_lines"),
+        F.count(F.when(~sale, 1)).alias("return_lines"),
+        F.sum(F.when(sale, F.col("line_amount"))).alias("value"),
+        F.collect_set(F.when(sale, F.col("stock_code"))).alias("items"),
+        F.collect_list(F.when(sale, F.struct(_category(F.col("description")).alias("category"),
+                                             F.col("line_amount").alias("spend")))).alias("spends"),
+    )
+    return per_invoice.select("*", _spend_by_category(F.col("spends")).alias("cats")).drop("spends")
+
+
+def _spend_by_category(entries: Column) -> Column:
+    """(category, spend) entries -> one entry per category with its spend summed, sorted by category."""
+    cats = F.array_sort(F.array_distinct(F.transform(entries, lambda e: e["category"])))
+    return F.transform(cats, lambda c: F.struct(
+        c.alias("category"),
+        F.aggregate(F.filter(entries, lambda e: e["category"] == c), F.lit(0.0), lambda acc, e: acc + e["spend"]).alias("spend")))
+
+
+def _union_items(items: str) -> Column:
+    return F.array_sort(F.array_distinct(F.flatten(F.collect_list(items))))
+
+
+def baskets_from_invoices(invoices: DataFrame) -> DataFrame:
+    """`build_baskets` from `invoice_lines` rows."""
+    return (
+        invoices.where(F.col("sale_lines") > 0)
+        .groupBy(F.col("invoice_no").alias("basket_id"))
+        .agg(F.min("customer_id").alias("customer_id"), F.min("invoice_date").alias("invoice_date"),
+             _union_items("items").alias("items"))
+    )
+
+
 def build_baskets(silver: DataFrame) -> DataFrame:
     """One row per sales invoice: basket_id, customer_id (null for a guest purchase),
     invoice_date, items (distinct, sorted)."""
-    schemas.require_columns(silver, SILVER_COLUMNS, schemas.SILVER_TRANSACTIONS)
-    return (
-        silver.where(~F.col("is_return"))
-        .groupBy(F.col("invoice_no").alias("basket_id"))
-        .agg(
-            F.min("customer_id").alias("customer_id"),
-            F.min("invoice_date").alias("invoice_date"),
-            F.array_sort(F.collect_set("stock_code")).alias("items"),
-        )
-    )
+    return baskets_from_invoices(invoice_lines(silver))
 
 
 def _category(description):
     """A product family from the description's last word (MUG, LANTERN, BAG...)."""
     return F.upper(F.element_at(F.split(F.trim(F.coalesce(description, F.lit(""))), r"\s+"), -1))
+
+
+def days_from_invoices(invoices: DataFrame) -> DataFrame:
+    """`customer_days` from `invoice_lines` rows."""
+    key = ["customer_id", "invoice_date"]
+    zero = F.lit(0).cast("long")
+    days = invoices.where(F.col("customer_id").isNotNull()).groupBy(*key).agg(
+        F.count(F.when(F.col("sale_lines") > 0, 1)).alias("invoices"),
+        F.sum(F.size("items")).alias("basket_items"),
+        F.sum("value").alias("value"),
+        F.sum("sale_lines").alias("sale_lines"),
+        F.sum("return_lines").alias("return_lines"),
+        _union_items("items").alias("items"),
+        F.flatten(F.collect_list("cats")).alias("cats"),
+    )
+    return days.select(
+        *key,
+        F.coalesce("invoices", zero).alias("invoices"),
+        F.coalesce(F.col("basket_items").cast("long"), zero).alias("basket_items"),
+        F.coalesce("value", F.lit(0.0)).alias("value"),
+        F.coalesce("sale_lines", zero).alias("sale_lines"),
+        F.coalesce("return_lines", zero).alias("return_lines"),
+        F.coalesce("items", F.array().cast("array<string>")).alias("items"),
+        F.coalesce(F.map_from_entries(_spend_by_category(F.col("cats"))),
+                   F.create_map().cast("map<string,double>")).alias("category_spend"),
+    )
 
 
 def customer_days(silver: DataFrame) -> DataFrame:
@@ -95,35 +153,7 @@ def customer_days(silver: DataFrame) -> DataFrame:
     the sale and return lines, the distinct items bought and the spend per category.
 
     An invoice counts on the date of its lines (an invoice is one timestamp, so one date)."""
-    schemas.require_columns(silver, SILVER_COLUMNS, schemas.SILVER_TRANSACTIONS)
-    key = ["customer_id", "invoice_date"]
-    hist = silver.where(F.col("customer_id").isNotNull())
-    sales = hist.where(~F.col("is_return"))
-    invoices = sales.groupBy(*key, "invoice_no").agg(
-        F.countDistinct("stock_code").alias("n_items"), F.sum("line_amount").alias("value"))
-    per_day = invoices.groupBy(*key).agg(
-        F.count(F.lit(1)).alias("invoices"), F.sum("n_items").alias("basket_items"), F.sum("value").alias("value"))
-    lines = sales.groupBy(*key).agg(
-        F.count(F.lit(1)).alias("sale_lines"), F.array_sort(F.collect_set("stock_code")).alias("items"))
-    spend = (
-        sales.groupBy(*key, _category(F.col("description")).alias("category")).agg(F.sum("line_amount").alias("spend"))
-        .groupBy(*key).agg(F.map_from_entries(F.array_sort(F.collect_list(F.struct("category", "spend")))).alias("category_spend"))
-    )
-    returns = hist.where(F.col("is_return")).groupBy(*key).agg(F.count(F.lit(1)).alias("return_lines"))
-    zero = F.lit(0).cast("long")
-    return (
-        per_day.join(lines, key).join(spend, key).join(returns, key, "full")
-        .select(
-            *key,
-            F.coalesce("invoices", zero).alias("invoices"),
-            F.coalesce("basket_items", zero).alias("basket_items"),
-            F.coalesce("value", F.lit(0.0)).alias("value"),
-            F.coalesce("sale_lines", zero).alias("sale_lines"),
-            F.coalesce("return_lines", zero).alias("return_lines"),
-            F.coalesce("items", F.array().cast("array<string>")).alias("items"),
-            F.coalesce("category_spend", F.create_map().cast("map<string,double>")).alias("category_spend"),
-        )
-    )
+    return days_from_invoices(invoice_lines(silver))
 
 
 def features_from_days(days: DataFrame, p: FeatureParams) -> DataFrame:
@@ -336,25 +366,25 @@ def refresh_aggregates(lake: Lake, p: FeatureParams, version: int, as_of: date) 
         silver = lake.read_table(schemas.SILVER_TRANSACTIONS, version).select(*SILVER_COLUMNS)
         if dates is not None:
             silver = silver.where(F.col("invoice_date").isin(dates))
-        # baskets and the four aggregates of customer_days read the same product lines: silver
-        # is read and the service pattern tested once, not five times
-        rows = product_lines(silver, p.service_codes, p.service_pattern).persist(StorageLevel.MEMORY_AND_DISK)
+        # baskets and customer days both derive from one aggregation of the product lines per
+        # invoice (`invoice_lines`): silver is read, and every line aggregated, once
+        invoices = invoice_lines(product_lines(silver, p.service_codes, p.service_pattern)).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             # the customer_days commit, the mark, is the run's last: sealed, so a run killed after
             # it (whose rerun is a noop) is recorded by the next as it would have recorded itself
             if dates is None:
-                run.outputs[schemas.GOLD_BASKETS] = lake.overwrite(build_baskets(rows), schemas.GOLD_BASKETS)
-                days = customer_days(rows).repartition("invoice_date")  # one file per date
+                run.outputs[schemas.GOLD_BASKETS] = lake.overwrite(baskets_from_invoices(invoices), schemas.GOLD_BASKETS)
+                days = days_from_invoices(invoices).repartition("invoice_date")  # one file per date
                 run.outputs[schemas.GOLD_CUSTOMER_DAYS] = lake.overwrite(
                     days, schemas.GOLD_CUSTOMER_DAYS, partition_by=("invoice_date",), options=mark,
                     tag=seal(run, schemas.GOLD_CUSTOMER_DAYS, rows_out_of_commit=True))
             else:
-                run.outputs[schemas.GOLD_BASKETS] = merge_baskets(lake, build_baskets(rows))
+                run.outputs[schemas.GOLD_BASKETS] = merge_baskets(lake, baskets_from_invoices(invoices))
                 run.outputs[schemas.GOLD_CUSTOMER_DAYS] = lake.replace_dates(
-                    customer_days(rows), schemas.GOLD_CUSTOMER_DAYS, changed, options=mark,
+                    days_from_invoices(invoices), schemas.GOLD_CUSTOMER_DAYS, changed, options=mark,
                     tag=seal(run, schemas.GOLD_CUSTOMER_DAYS, rows_out_of_commit=True))
         finally:
-            rows.unpersist()
+            invoices.unpersist()
         run.rows_out = lake.rows_written(schemas.GOLD_CUSTOMER_DAYS, run.outputs[schemas.GOLD_CUSTOMER_DAYS])
     return run
 
@@ -422,9 +452,9 @@ def run_snapshot(lake: Lake, p: FeatureParams, silver_version: int, days_version
             run.rows_out = lake.rows_written(schemas.GOLD_CUSTOMER_FEATURES, run.outputs[schemas.GOLD_CUSTOMER_FEATURES])
             run.rows_in = days.where(F.col("invoice_date") <= F.lit(as_of)).count()
             run.outputs[schemas.GOLD_FEATURE_SCALER] = lake.overwrite_as_of(scaler, schemas.GOLD_FEATURE_SCALER, as_of)
+            # the customers just written, from the rows in memory, not read back
+            labels = labels_from_days(days, raw, p, data_end)
+            run.outputs[schemas.GOLD_LABELS] = lake.overwrite_as_of(labels, schemas.GOLD_LABELS, as_of)
         finally:
             raw.unpersist()
-        written = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES).where(F.col("as_of") == F.lit(as_of))
-        labels = labels_from_days(days, written, p, data_end)
-        run.outputs[schemas.GOLD_LABELS] = lake.overwrite_as_of(labels, schemas.GOLD_LABELS, as_of)
     return run
