@@ -100,3 +100,28 @@ def test_a_merge_returns_the_version_it_made_when_another_writer_commits_right_a
                          spark.createDataFrame([("a", D1, 0.1), ("b", D1, 0.2)], DDL))
     # the tag is gone from the session once the merge is done
     assert spark.conf.get("spark.databricks.delta.commitInfo.userMetadata", None) is None
+
+
+def test_versions_and_commit_metrics_read_from_the_log_agree_with_deltas_history(spark, lake):
+    """table_version, version_of_write and rows_written read the log's commit files, not
+    Delta's history: the same versions and counts, across writes, merges, a write that changes
+    nothing and a compaction."""
+    keys = ["customer_id", "as_of"]
+    assert lake.table_version("gold/h") is None
+    made = [
+        lake.overwrite_as_of(spark.createDataFrame([("a", D1, 1.0), ("b", D1, 2.0)], DDL), "gold/h", D1),
+        lake.merge_into(spark.createDataFrame([("b", D1, 5.0), ("c", D1, 7.0)], DDL), "gold/h", keys),
+        lake.overwrite_as_of(spark.createDataFrame([("d", D2, 3.0)], DDL), "gold/h", D2),
+    ]
+    lake.optimize("gold/h")
+    history = {r["version"]: r for r in lake.history("gold/h").collect()}
+    assert lake.table_version("gold/h") == max(history)
+    for version in made:
+        metrics = history[version]["operationMetrics"]
+        expected = int(metrics.get("numOutputRows", 0)) - int(metrics.get("numCopiedRows", 0))
+        assert lake.rows_written("gold/h", version) == expected
+    # metrics of a commit this Lake did not make come from its commit file too
+    fresh = type(lake).at(spark, lake.root)
+    assert [fresh.rows_written("gold/h", v) for v in made] == [lake.rows_written("gold/h", v) for v in made]
+    assert (lake.rows_written("gold/h", made[0]), lake.rows_written("gold/h", made[2])) == (2, 1)
+    assert [v for v, _ in lake.commit_metadata("gold/h", 50)] == sorted(history, reverse=True)

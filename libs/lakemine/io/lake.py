@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 # it is set (a DataFrame write's own userMetadata option wins over it)
 COMMIT_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 TAGGED_HISTORY = 64  # how far back a write looks for its own commit
+_COMMIT_FILE = re.compile(r"^(\d{20})\.json$")  # a Delta log's commit file: <version>.json
 
 
 def _write_tag(user_metadata: str | None) -> str | None:
@@ -70,6 +71,8 @@ class Lake:
     root: str
     # (table, version) of writes that made no commit: they wrote nothing on top of that version
     _unchanged: set = field(default_factory=set, compare=False, repr=False)
+    # (table, version) -> operationMetrics of commits this Lake made, read with their version
+    _metrics: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def at(cls, spark: SparkSession, root: str) -> "Lake":
@@ -95,10 +98,37 @@ class Lake:
         return reader.load(self.path(table))
 
     def table_version(self, table: str) -> int | None:
-        """Current Delta version of `table`, None when it does not exist."""
-        if not self.exists(table):
+        """Current Delta version of `table`, None when it does not exist: the newest commit
+        file in its log (what Delta's own snapshot lists), read without a Spark job."""
+        versions = self._log_versions(table)
+        return versions[-1] if versions else None
+
+    def _log_versions(self, table: str) -> list[int]:
+        """The versions whose commit files `table`'s Delta log holds, oldest first."""
+        names = storage.list_files(f"{self.path(table)}/_delta_log")
+        return sorted(int(m.group(1)) for m in map(_COMMIT_FILE.match, names) if m)
+
+    def _commit_info(self, table: str, version: int) -> dict | None:
+        """The commitInfo action of `version`'s commit file (None when the file is gone)."""
+        try:
+            text = storage.read_bytes(f"{self.path(table)}/_delta_log/{version:020d}.json").decode("utf-8")
+        except (FileNotFoundError, OSError):
             return None
-        return DeltaTable.forPath(self.spark, self.path(table)).history(1).first()["version"]
+        for line in text.splitlines():  # Delta writes commitInfo first
+            action = json.loads(line) if line.strip() else {}
+            if "commitInfo" in action:
+                return action["commitInfo"]
+        return None
+
+    def commit_metadata(self, table: str, limit: int) -> list[tuple[int, str | None]]:
+        """(version, userMetadata) of `table`'s last `limit` commits, newest first, read from
+        its log's commit files ([] when the table does not exist)."""
+        found = []
+        for version in reversed(self._log_versions(table)[-limit:]):
+            info = self._commit_info(table, version)
+            if info is not None:
+                found.append((version, info.get("userMetadata")))
+        return found
 
     def history(self, table: str) -> DataFrame:
         if not self.exists(table):
@@ -135,6 +165,12 @@ class Lake:
 
     def _operation_metrics(self, table: str, version: int | None) -> dict:
         """Delta's operationMetrics of the commit that made `version` (None: the latest)."""
+        if (table, version) in self._metrics:
+            return self._metrics[(table, version)]
+        commit = self.table_version(table) if version is None else version
+        info = self._commit_info(table, commit) if commit is not None else None
+        if info is not None:
+            return {k: str(v) for k, v in (info.get("operationMetrics") or {}).items()}
         delta = DeltaTable.forPath(self.spark, self.path(table))
         history = delta.history(1) if version is None else delta.history(TAGGED_HISTORY).where(f"version = {int(version)}")
         rows = history.select("operationMetrics").collect()
@@ -193,12 +229,13 @@ class Lake:
         last TAGGED_HISTORY commits, or all with `full_history`). A write that changed nothing
         (Delta makes no commit for a replaceWhere that neither removes nor adds a row) leaves
         `before`, the version it wrote against, remembered as adding nothing."""
-        delta = DeltaTable.forPath(self.spark, self.path(table))
-        for depth in (1, None if full_history else TAGGED_HISTORY):
-            history = delta.history(depth) if depth else delta.history()
-            for row in history.select("version", "userMetadata").collect():
-                if _write_tag(row["userMetadata"]) == tag:
-                    return int(row["version"])
+        versions = self._log_versions(table)
+        for version in reversed(versions if full_history else versions[-TAGGED_HISTORY:]):
+            info = self._commit_info(table, version)
+            if info is not None and _write_tag(info.get("userMetadata")) == tag:
+                # kept: rows_written and files_touched of this commit need no second read
+                self._metrics[(table, version)] = {k: str(v) for k, v in (info.get("operationMetrics") or {}).items()}
+                return version
         if before is None:
             raise StageError(f"table {table}: this write's commit ({tag}) is not among its last {TAGGED_HISTORY} versions")
         self._unchanged.add((table, before))

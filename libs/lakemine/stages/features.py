@@ -328,11 +328,9 @@ def silver_changes(lake: Lake, since: int, until: int) -> set[date] | None:
 
 def _built_from(lake: Lake) -> int | None:
     """The silver version gold/customer_days was last brought up to (its commit's metadata)."""
-    if not lake.exists(schemas.GOLD_CUSTOMER_DAYS):
-        return None
-    for row in lake.history(schemas.GOLD_CUSTOMER_DAYS).select("userMetadata").limit(50).collect():
-        if row["userMetadata"]:
-            return json.loads(row["userMetadata"]).get("silver_version")
+    for _, meta in lake.commit_metadata(schemas.GOLD_CUSTOMER_DAYS, 50):
+        if meta:
+            return json.loads(meta).get("silver_version")
     return None
 
 
