@@ -254,6 +254,15 @@ def write_markdown(path: Path, meta: dict, results: list[dict]) -> None:
             peaks = r["runs"]["session"][-1]["stage_peak_mib"]
             lines.append(f"| {r['lines']:,} | " + " | ".join(
                 f"{s['stage_secs'].get(x, 0):.1f} ({peaks.get(x, 0):,.0f})" for x in STAGES) + " |")
+    both = [r for r in results if r["median"].get("session") and r["median"].get("dag")]
+    if both:
+        # what a stage pays for being its own process (JVM start, cold JIT, every table's Delta log read afresh)
+        lines += ["", "Per stage as the DAG runs it (seconds of the stage's process; in brackets, more than the same "
+                  "stage in one session):", "", "| lines | " + " | ".join(STAGES) + " |", "|---:|" + "---:|" * len(STAGES)]
+        for r in both:
+            s, d = r["median"]["session"]["stage_secs"], r["median"]["dag"]["stage_secs"]
+            lines.append(f"| {r['lines']:,} | " + " | ".join(
+                f"{d.get(x, 0):.1f} ({d.get(x, 0) - s.get(x, 0):+.1f})" for x in STAGES) + " |")
     lines += ["", "## Targets (issue 17)", "", *targets(results), ""]
     path.write_text("\n".join(lines))
 
