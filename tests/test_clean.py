@@ -142,3 +142,20 @@ def test_clean_stage_is_idempotent_and_records_conservation(lake, lake_cfg, spar
         # silver is partitioned by invoice date: one file per day of the two
         assert r["files_added"]["silver/transactions"] == 2
         assert r["quarantine_reasons"] == {"bad_date": 1}
+
+
+def test_a_full_clean_writes_one_silver_file_per_date_from_the_dedupe_shuffle(lake, lake_cfg, spark):
+    """Rows of one date spread over every bronze partition still land in one silver file:
+    the de-duplication's shuffle groups them by date (no repartition before the write). With
+    AQE's coalescing off, tiny data cannot hide a date split over shuffle partitions."""
+    from lakemine.io.lake import Lake
+
+    rows = [(str(i), f"S{i % 7}", "X", "1", f"12/{1 + i % 3}/2010 {8 + i % 9}:{i % 60:02d}", "1.00", str(100 + i % 5), "UK")
+            for i in range(120)]
+    lake.append(bronze_df(spark, rows).repartition(6).withColumn("_ingested_at", F.current_timestamp()),
+                schemas.BRONZE_TRANSACTIONS)
+    uncoalesced = spark.newSession()
+    uncoalesced.conf.set("spark.sql.adaptive.coalescePartitions.enabled", "false")
+    run = clean_lake(Lake.at(uncoalesced, lake.root), lake_cfg)
+    assert (run.rows_out, run.rows_quarantined) == (120, 0)
+    assert lake.files_touched(schemas.SILVER_TRANSACTIONS, run.outputs[schemas.SILVER_TRANSACTIONS]) == (3, 0)
