@@ -236,6 +236,9 @@ def write_markdown(path: Path, meta: dict, results: list[dict]) -> None:
              f"{meta['started']} · {meta['machine']} · commit {meta['commit']} · medians of the repeats (runs column)", "",
              "Seconds are wall seconds of the stages (DAG: each stage's process, JVM start included); peak is the resident "
              "memory of the whole process tree. DuckDB and pandas run ingest -> clean -> features only.", "",
+             *(["Sizes kept from earlier runs (--keep), each with its commit: " + "; ".join(
+                 f"{r['lines']:,} lines at {r['commit']} ({r['started']})" for r in results if r.get("commit") != meta["commit"]) + ".",
+                ""] if any(r.get("commit", meta["commit"]) != meta["commit"] for r in results) else []),
              "| lines | lakemine session: all stages s | ingest→features s | peak MiB | spill MiB (mem / disk) "
              "| DAG: all stages s | DAG peak MiB | DuckDB ingest→features s | DuckDB peak MiB | pandas ingest→features s | pandas peak MiB |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -308,6 +311,8 @@ def main() -> int:
     ap.add_argument("--pandas-limit-gib", type=float, default=16.0, help="stop pandas past this resident memory")
     ap.add_argument("--work", default=str(REPO / "bench" / "work" / "scale"))
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the results of <out>/scale.json for the sizes not run now (each size says its commit)")
     args = ap.parse_args()
     repeats = args.repeat * len(args.lines) if len(args.repeat) == 1 else args.repeat
     if len(repeats) != len(args.lines):
@@ -320,6 +325,11 @@ def main() -> int:
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
             "variants": args.variants, "pandas_limit_gib": args.pandas_limit_gib}
+    kept = []
+    if args.keep and (out / "scale.json").exists():
+        before = json.loads((out / "scale.json").read_text())
+        kept = [{**r, "commit": r.get("commit", before["meta"]["commit"]), "started": r.get("started", before["meta"]["started"])}
+                for r in before["results"] if r["lines_target"] not in args.lines]
     results = []
     for n, repeat in zip(args.lines, repeats):
         raw_meta = ensure_raw(n, work, python)
@@ -334,11 +344,12 @@ def main() -> int:
                 runs[variant].append(r)
                 say("  " + (f"out of memory in {r['stage']} (> {args.pandas_limit_gib:g} GiB)" if r.get("out_of_memory") else
                             f"{r['total_secs']:.1f} s, peak {r['peak_mib']:,.0f} MiB"))
-        results.append({"lines_target": n, **raw_meta, "runs": runs,
+        results.append({"lines_target": n, **raw_meta, "commit": commit, "started": meta["started"], "runs": runs,
                         "median": {v: median_of(rs) for v, rs in runs.items() if rs}})
-        (out / "scale.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
-        write_markdown(out / "scale.md", meta, results)
-        write_plot(out / "scale.png", results)
+        every = sorted(kept + results, key=lambda r: r["lines_target"])
+        (out / "scale.json").write_text(json.dumps({"meta": meta, "results": every}, indent=2, default=str))
+        write_markdown(out / "scale.md", meta, every)
+        write_plot(out / "scale.png", every)
     print((out / "scale.md").read_text())
     return 0
 
