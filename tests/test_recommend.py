@@ -74,6 +74,8 @@ def test_recommendations_exclude_regular_items_and_rank_by_confidence_then_lift(
     pop = recommend.popular(hist, spark.createDataFrame([("9", None, day, ["R", "A", "P"]), ("8", None, day, ["R", "P"])],
                                                         BASKETS), 2)
     assert sorted((r["rank"], r["stock_code"]) for r in pop.collect()) == [(1, "P"), (2, "A")]
+    both = recommend.filled(recommend.recommend(hist, rules, 10), pop, 4)
+    assert sorted((r["rank"], r["stock_code"]) for r in both.collect()) == [(1, "Q"), (2, "U"), (3, "P"), (4, "A")]
 
 
 @pytest.fixture
@@ -108,10 +110,14 @@ def test_recommend_recovers_planted_bundles_evaluates_and_is_idempotent(recommen
     assert recs.join(hist, "customer_id").where(F.array_contains("regular", F.col("stock_code"))).count() == 0
     assert first.rows_out == recs.count() > 0 and recs.select("as_of").distinct().count() == 1
     evals = {r["method"]: r for r in lake.read_table(schemas.OPS_RECOMMEND_EVAL).collect()}
-    assert set(evals) == {"rules", "popular items"}
+    assert set(evals) == {"rules", "popular items", "rules, then popular items"}
     for r in evals.values():
         assert r["k"] == 5 and r["customers"] > 100 and 0 <= r["map_at_k"] <= r["hit_rate"] <= 1
-    assert evals["rules"]["training_rules"] > 0
+    assert evals["rules"]["training_rules"] == evals["rules, then popular items"]["training_rules"] > 0
+    assert evals["popular items"]["training_rules"] is None
+    # popular items fill the places the rules leave: every customer gets K items
+    assert evals["rules, then popular items"]["coverage"] == 1.0
+    assert evals["rules, then popular items"]["hit_rate"] >= evals["rules"]["hit_rate"]
     assert evals["rules"]["training_baskets"] < lake.read_table(schemas.GOLD_BASKETS).count()
     # the same inputs again: the same rows, the same run id
     second = recommend.run(lake, cfg, p)
