@@ -119,6 +119,13 @@ def read_back(lake_dir: Path, raw: dict, services: set[str], pattern: re.Pattern
     for p in profiles:
         p.pop("run_id", None)
         p["as_of"] = str(p.get("as_of"))
+    evaluation = {r["method"]: {k: r[k] for k in ("k", "customers", "hit_rate", "map_at_k", "coverage")}
+                  for r in lake.read_table(schemas.OPS_RECOMMEND_EVAL).collect()} if lake.exists(schemas.OPS_RECOMMEND_EVAL) else {}
+    recs = lake.read_table(schemas.GOLD_RECOMMENDATIONS) if lake.exists(schemas.GOLD_RECOMMENDATIONS) else None
+    recommended = {"rows": recs.count(), "customers": recs.select("customer_id").distinct().count(),
+                   "examples": [r.asDict() for r in recs.where(F.col("rank") <= 3).orderBy("customer_id", "rank")
+                                .select("customer_id", "rank", "stock_code", "description", "score", "because").limit(9).collect()],
+                   "evaluation": evaluation} if recs is not None else None
     version = sorted((lake_dir / "models" / "churn").iterdir())[-1]
     meta = json.loads((version / "metadata.json").read_text())
     return {
@@ -126,10 +133,10 @@ def read_back(lake_dir: Path, raw: dict, services: set[str], pattern: re.Pattern
         "quarantine_reasons": {"bronze": dict(ing["quarantine_reasons"] or {}), "silver": dict(cln["quarantine_reasons"] or {})},
         "silver_rows": silver.count(), "silver_guest_lines": silver.where(F.col("customer_id").isNull()).count(),
         "baskets": baskets.count(), "guest_baskets": guest_baskets, "rules": len(rules), "top_rules": top,
-        "segments": profiles,
+        "segments": profiles, "recommendations": recommended,
         "model": {"version": version.name, "val_auc": meta["validation"]["auc"], "baseline_auc": meta["baseline"]["auc"],
                   "val_log_loss": meta["validation"].get("log_loss"), "baseline_log_loss": meta["baseline"].get("log_loss"),
-                  "epochs_run": meta["epochs"]["run"], "world_size": meta["world_size"],
+                  "baselines": meta.get("baselines", []), "epochs_run": meta["epochs"]["run"], "world_size": meta["world_size"],
                   "train_rows": meta["rows"]["train"], "val_rows": meta["rows"]["val"]},
         "scores": lake.read_table(schemas.GOLD_CUSTOMER_SCORES).count(),
         "report": str(next((lake_dir / "reports").glob("*/report.html"), "")),
@@ -184,11 +191,25 @@ def markdown(result: dict) -> str:
     for s in lm["segments"]:
         lines.append(f"| {s['segment']} | {s['segment_label']} | {s.get('size', 0):,} | {s.get('recency_days', 0):.0f} | "
                      f"{s.get('frequency', 0):.1f} | {s.get('monetary', 0):,.0f} |")
+    rec = lm.get("recommendations")
+    if rec:
+        lines += ["", "## Recommendations", "", f"{rec['rows']:,} recommendations for {rec['customers']:,} customers. "
+                  "Held-out evaluation (each customer's last basket hidden, rules mined again without those baskets):", "",
+                  "| method | customers | hit rate@K | MAP@K | coverage |", "|---|---:|---:|---:|---:|"]
+        for method, e in sorted(rec["evaluation"].items()):
+            lines.append(f"| {method} | {e['customers']:,} | {e['hit_rate']:.3f} | {e['map_at_k']:.4f} | {e['coverage']:.3f} |")
+        lines += ["", "First three recommendations of the first customers:", "", "| customer | rank | item | score | because |",
+                  "|---|---:|---|---:|---|"]
+        for x in rec["examples"]:
+            lines.append(f"| {x['customer_id']} | {x['rank']} | {x['stock_code']} {x['description']} | {x['score']:.2f} | "
+                         f"{', '.join(x['because'])} |")
     m = lm["model"]
     lines += ["", "## Churn model", "",
               f"Validation AUC {m['val_auc']:.3f} against the logistic-regression baseline's {m['baseline_auc']:.3f} "
               f"(log loss {m['val_log_loss']:.3f} vs {m['baseline_log_loss']:.3f}); {m['train_rows']:,} training and "
               f"{m['val_rows']:,} validation rows, {m['epochs_run']} epochs on {m['world_size']} Horovod workers.", "",
+              *[f"- {b['model']}: validation AUC {b['auc']:.3f}, log loss {b['log_loss']:.3f}" for b in m.get("baselines", [])],
+              "",
               "## Wall time (median)", "", "| stage | seconds |", "|---|---:|"]
     for stage, secs in r["stage_secs"].items():
         lines.append(f"| {stage} | {secs:.1f} |")

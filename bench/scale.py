@@ -47,7 +47,7 @@ from e2e import MemoryLimit, attribute, log_axes, parse_summary, run_tracked  # 
 
 REPO = Path(__file__).resolve().parents[1]
 T_START = time.monotonic()
-STAGES = ("ingest", "clean", "features", "fpgrowth", "kmeans", "train", "score", "report")
+STAGES = ("ingest", "clean", "features", "fpgrowth", "recommend", "kmeans", "train", "score", "report")
 FRONT = ("ingest", "clean", "features")
 VARIANTS = ("session", "dag", "duckdb", "pandas")
 PEAK_TARGET_MIB = 8 * 1024

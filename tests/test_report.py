@@ -27,11 +27,12 @@ from lakemine.report.html import CSS_PX_PER_INCH, DPI
 
 pytestmark = pytest.mark.slow
 
-SECTIONS = ["1. Data quality", "2. Customer segments", "3. Association rules", "4. Churn model training",
-            "5. Churn scores", "6. Feature drift"]
-# segments: sizes + centres; rules: scatter; training: loss + AUC; scores: all + per segment; drift: PSI.
-# Data quality adds the quarantine-by-reason chart when any row was quarantined.
-PLOTS_OF_A_SCORED_LAKE = 2 + 1 + 2 + 2 + 1
+SECTIONS = ["1. Data quality", "2. Customer segments", "3. Association rules", "4. Recommendations",
+            "5. Churn model training", "6. Churn scores", "7. Feature drift"]
+# segments: sizes + centres; rules: scatter; recommendations: held-out evaluation; training: loss + AUC;
+# scores: all + per segment; drift: PSI. Data quality adds the quarantine-by-reason chart when any row
+# was quarantined.
+PLOTS_OF_A_SCORED_LAKE = 2 + 1 + 1 + 2 + 2 + 1
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = shutil.which("chromium")
 # Counts, once the page has loaded, the images the browser decoded, and notes each one's pixel size.
@@ -137,11 +138,12 @@ def assert_self_contained(text: str, page: Page) -> None:
 def scored(trained_lake, tmp_path_factory):
     """A copy of the trained lake with rules and scores for its latest date, and its report."""
     from lakemine.learning import score
-    from lakemine.mining import fpgrowth
+    from lakemine.mining import fpgrowth, recommend
 
     lake, cfg = copy_lake(*trained_lake[:2], tmp_path_factory.mktemp("report") / "lake")
     as_of = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES).agg(F.max("as_of")).first()[0]
     fpgrowth.run(lake, cfg, fpgrowth.MiningParams.from_config(cfg, min_support=0.02, as_of=as_of))
+    recommend.run(lake, cfg, recommend.RecommendParams.from_config(cfg, as_of=as_of))
     score.run(lake, cfg, score.ScoreParams.from_config(cfg, as_of=as_of))
     quarantined = sum(lake.read_table(t).count() for t in (schemas.BRONZE_QUARANTINE, schemas.SILVER_QUARANTINE))
     expected_plots = PLOTS_OF_A_SCORED_LAKE + (1 if quarantined else 0)
@@ -194,6 +196,15 @@ def test_report_of_a_scored_lake_has_every_section_and_the_lake_numbers(scored):
     assert lifts == sorted(lifts, reverse=True)
     assert lifts[0] == pytest.approx(rules.agg(F.max("lift")).first()[0], abs=5e-4)
 
+    evals = lake.read_table(schemas.OPS_RECOMMEND_EVAL).where(F.col("as_of") == as_of).orderBy("method").collect()
+    assert [(r["method"], int(number(r["customers"])), number(r["hit rate@10"]), number(r["MAP@10"]))
+            for r in page.rows("recommend-eval")] == [
+        (r["method"], r["customers"], pytest.approx(r["hit_rate"], abs=5e-4), pytest.approx(r["map_at_k"], abs=5e-4))
+        for r in evals]
+    most = lake.read_table(schemas.GOLD_RECOMMENDATIONS).where(F.col("as_of") == as_of).groupBy("stock_code").count()
+    shown = page.rows("recommended-items")
+    assert shown and int(number(shown[0]["customers"])) == most.agg(F.max("count")).first()[0]
+
     epochs = page.rows("epochs")
     assert [int(r["epoch"]) for r in epochs] == [h["epoch"] for h in meta["history"]]
     assert [number(r["val AUC"]) for r in epochs] == pytest.approx([h["val_auc"] for h in meta["history"]], abs=5e-4)
@@ -239,6 +250,7 @@ def test_report_of_an_ingested_and_cleaned_lake_notes_what_is_missing(spark, lak
     page = Page(text)
     assert page.headings == SECTIONS
     for table, command in ((schemas.GOLD_SEGMENT_PROFILES, "kmeans"), (schemas.GOLD_ASSOCIATION_RULES, "fpgrowth"),
+                           (schemas.GOLD_RECOMMENDATIONS, "recommend"),
                            (schemas.GOLD_CUSTOMER_SCORES, "score"), (schemas.OPS_DRIFT, "score")):
         assert (f"not available: {table} has no rows for {last_day.isoformat()} — "
                 f"run <code>lakemine {command}</code>") in text

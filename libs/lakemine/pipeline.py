@@ -26,8 +26,8 @@ class Timings:
 
 def run_pipeline(lake: Lake, cfg: Config, args, console) -> str:
     """Generate (when no input), ingest, clean, features (with the training snapshots),
-    fpgrowth, kmeans, train, score and the report; returns the summary."""
-    from lakemine.mining import fpgrowth, kmeans
+    fpgrowth, recommend, kmeans, train, score and the report; returns the summary."""
+    from lakemine.mining import fpgrowth, kmeans, recommend
     from lakemine.stages import clean, features, ingest
     from lakemine.stages.generate import GenerateParams, generate
 
@@ -59,6 +59,11 @@ def run_pipeline(lake: Lake, cfg: Config, args, console) -> str:
     console.step("fpgrowth", f"{schemas.GOLD_BASKETS} -> itemsets and rules")
     mined = timings.timed("fpgrowth", fpgrowth.run, lake, cfg, fpgrowth.MiningParams.from_config(cfg, as_of=feats.as_of))
     console.step("fpgrowth", mined.message or "")
+    console.step("recommend", f"{schemas.GOLD_ASSOCIATION_RULES} -> {schemas.GOLD_RECOMMENDATIONS}")
+    skip_slow = getattr(args, "skip_slow", False)
+    rp = recommend.RecommendParams.from_config(cfg, as_of=feats.as_of, evaluate=False if skip_slow else None)
+    recommended = timings.timed("recommend", recommend.run, lake, cfg, rp)
+    console.step("recommend", recommended.message or "")
     console.step("kmeans", f"{schemas.GOLD_CUSTOMER_FEATURES} -> segments")
     km = kmeans.KMeansParams.from_config(cfg, as_of=feats.as_of, k_range=cfg.run.k_range)
     segmented = timings.timed("kmeans", kmeans.run, lake, cfg, km)
@@ -70,7 +75,7 @@ def run_pipeline(lake: Lake, cfg: Config, args, console) -> str:
 
         console.step("report", f"plots and tables -> {lake.root}/reports/{feats.as_of}/report.html")
         report_path = timings.timed("report", report.run, lake, cfg, report.ReportParams(as_of=feats.as_of)).result
-    return summarize(lake, timings, ingested, cleaned, feats.as_of, learned, report_path)
+    return summarize(lake, timings, ingested, cleaned, feats.as_of, learned, report_path, recommended)
 
 
 @dataclass
@@ -106,12 +111,13 @@ def _learn(lake: Lake, cfg: Config, args, console, timings: Timings, as_of, trai
 
 
 def summarize(lake: Lake, timings: Timings, ingest_run, clean_run, as_of=None, learned: Learned | None = None,
-              report: str | None = None) -> str:
+              report: str | None = None, recommended=None) -> str:
     lines = ["", f"lakemine run: lake {lake.root}", "", "tables"]
     for table in (schemas.BRONZE_TRANSACTIONS, schemas.BRONZE_QUARANTINE,
                   schemas.SILVER_TRANSACTIONS, schemas.SILVER_QUARANTINE, schemas.GOLD_BASKETS,
                   schemas.GOLD_CUSTOMER_FEATURES, schemas.GOLD_LABELS, schemas.GOLD_FREQUENT_ITEMSETS,
-                  schemas.GOLD_ASSOCIATION_RULES, schemas.GOLD_CUSTOMER_SEGMENTS, schemas.GOLD_CUSTOMER_SCORES,
+                  schemas.GOLD_ASSOCIATION_RULES, schemas.GOLD_RECOMMENDATIONS,
+                  schemas.GOLD_CUSTOMER_SEGMENTS, schemas.GOLD_CUSTOMER_SCORES,
                   schemas.OPS_DRIFT):
         if lake.exists(table):
             n = lake.read_table(table).count()
@@ -134,6 +140,11 @@ def summarize(lake: Lake, timings: Timings, ingest_run, clean_run, as_of=None, l
             lhs = " + ".join(r["antecedent_descriptions"] or r["antecedent"])
             lines.append(f"  {lhs[:60]:<60} -> {(r['consequent_description'] or r['consequent'][0])[:32]:<32} "
                          f"support {r['support']:.3f} confidence {r['confidence']:.2f} lift {r['lift']:.1f}")
+    if recommended is not None:
+        lines += ["", f"recommendations: {recommended.rows_out:,} for {recommended.rows_in:,} customers"]
+        for r in recommended.result or []:
+            lines.append(f"  held-out last baskets ({r['customers']:,} customers), {r['method']:<13} hit rate@{r['k']} "
+                         f"{r['hit_rate']:.3f}  MAP@{r['k']} {r['map_at_k']:.4f}")
     if as_of is not None and lake.exists(schemas.GOLD_SEGMENT_PROFILES):
         profiles = lake.read_table(schemas.GOLD_SEGMENT_PROFILES).where(F.col("as_of") == F.lit(as_of))
         lines += ["", "customer segments (centres in original units)"]
@@ -152,6 +163,8 @@ def summarize(lake: Lake, timings: Timings, ingest_run, clean_run, as_of=None, l
             gain = m["validation"]["auc"] - m["baseline"]["auc"]
             lines.append(f"  validation AUC {m['validation']['auc']:.4f} vs logistic-regression baseline "
                          f"{m['baseline']['auc']:.4f} ({gain:+.4f})")
+            for b in m.get("baselines", [])[1:]:
+                lines.append(f"  {'':14} vs {b['model']} {b['auc']:.4f} ({m['validation']['auc'] - b['auc']:+.4f})")
             lines.append(f"  scores written: {learned.scored:,} customers as of {as_of}")
             warned = [d for d in learned.drifts if d.status == "warn"]
             if warned:

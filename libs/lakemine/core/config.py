@@ -54,7 +54,8 @@ KmeansConfig = _section("KmeansConfig", "k: int | None; k_range: tuple[int, ...]
                         "max_iter: int; tol: float; sample_size: int; columns: tuple[str, ...]")
 TrainConfig = _section("TrainConfig", "backend: str; workers: int; epochs: int; batch_size: int; learning_rate: float; "
                        "warmup_epochs: int; patience: int; cache_rows: int; hidden: tuple[int, ...]; dropout: float; "
-                       "batch_norm: bool; val_fraction: float; seed: int")
+                       "batch_norm: bool; val_fraction: float; seed: int; gbt_trees: int; gbt_depth: int")
+RecommendConfig = _section("RecommendConfig", "top_n: int; history_baskets: int; regular_baskets: int; evaluate: bool")
 ScoreConfig = _section("ScoreConfig", "drift_bins: int; drift_warn_psi: float")
 MaintainConfig = _section("MaintainConfig", "retention_hours: int")
 RunConfig = _section("RunConfig", "dirty_rate: float; k_range: tuple[int, ...]")
@@ -73,6 +74,7 @@ class Config:
     features: FeaturesConfig
     fpgrowth: FpgrowthConfig
     kmeans: KmeansConfig
+    recommend: RecommendConfig
     train: TrainConfig
     score: ScoreConfig
     maintain: MaintainConfig
@@ -113,12 +115,15 @@ _POSITIVE = {
     "train.batch_size",
     "train.learning_rate",
     "train.patience",
+    "recommend.top_n", "recommend.history_baskets", "recommend.regular_baskets",
+    "train.gbt_depth",
     "score.drift_bins",
     "score.drift_warn_psi",
 }
 _NON_NEGATIVE = {
     "maintain.retention_hours", "train.warmup_epochs", "train.dropout", "features.training_snapshots",
     "orchestration.retries", "orchestration.train_weekday", "train.cache_rows", "fpgrowth.window_days",
+    "train.gbt_trees",
 }
 # dotted key -> (low, high, low inclusive, high inclusive, how to say it)
 _RANGES: dict[str, tuple[float, float, bool, bool, str]] = {
@@ -140,6 +145,7 @@ _SECTIONS: dict[str, type] = {
     "features": FeaturesConfig,
     "fpgrowth": FpgrowthConfig,
     "kmeans": KmeansConfig,
+    "recommend": RecommendConfig,
     "train": TrainConfig,
     "score": ScoreConfig,
     "maintain": MaintainConfig,

@@ -24,10 +24,12 @@ GOLD_ASSOCIATION_RULES = "gold/association_rules"
 GOLD_CUSTOMER_SEGMENTS = "gold/customer_segments"
 GOLD_SEGMENT_PROFILES = "gold/segment_profiles"
 GOLD_CUSTOMER_SCORES = "gold/customer_scores"
+GOLD_RECOMMENDATIONS = "gold/recommendations"
 OPS_RUNS = "ops/runs"
 OPS_INGEST_LEDGER = "ops/ingest_ledger"
 OPS_CLEAN_BATCHES = "ops/clean_batches"
 OPS_DRIFT = "ops/drift"
+OPS_RECOMMEND_EVAL = "ops/recommend_eval"
 
 # Bronze keeps every source's raw strings under the UCI Online Retail names, whatever its
 # profile called them (lakemine.core.sources.FIELDS), plus a line total and a cancellation flag
@@ -90,6 +92,10 @@ SCORES_SCHEMA = T.StructType(fields(
 DRIFT_SCHEMA = T.StructType(fields(
     "as_of date, model_version string, feature string, psi double, status string, expected array<double>, "
     "actual array<double>, edges array<double>, run_id string"
+))
+RECOMMEND_EVAL_SCHEMA = T.StructType(fields(
+    "as_of date, method string, k int, customers long, hit_rate double, map_at_k double, coverage double, "
+    "training_baskets long, training_rules long, run_id string"
 ))
 
 

@@ -1,6 +1,7 @@
 """`lakemine report`: one self-contained HTML page about the lake for one logical date.
 
-`run` reads ops/runs, the quarantines, gold/segment_profiles, gold/association_rules, the latest
+`run` reads ops/runs, the quarantines, gold/segment_profiles, gold/association_rules,
+gold/recommendations with ops/recommend_eval, the latest
 churn model's metadata, gold/customer_scores and ops/drift, and writes
 `<lake>/reports/<as_of>/report.html`. Every table is aggregated in Spark (groupBy, limit) and only
 small results reach the driver. Plots are matplotlib figures embedded as PNG data URIs and the CSS

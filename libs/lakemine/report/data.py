@@ -22,6 +22,7 @@ from lakemine.stages.features import FEATURES, LOG_FEATURES
 
 SCORE_BINS = 20
 TOP_RULES = 15
+TOP_RECOMMENDED = 10
 SCATTER_RULES = 5000  # the scatter shows at most this many rules, the highest lift first
 RUN_STAGES = ("ingest", "clean")
 QUARANTINES = ((schemas.BRONZE_QUARANTINE, "lakemine ingest"), (schemas.SILVER_QUARANTINE, "lakemine clean"))
@@ -71,6 +72,20 @@ class Rules:
 
 
 @dataclass(frozen=True)
+class Recommendations:
+    """The date's recommendations: customers given any, rows, the held-out evaluation (dicts of
+    ops/recommend_eval: method, k, customers, hit_rate, map_at_k, coverage; none when it was
+    skipped) and the TOP_RECOMMENDED items recommended to most customers (stock_code,
+    description, customers, mean_score)."""
+
+    customers: int = 0
+    rows: int = 0
+    evaluation: list[dict] = field(default_factory=list)
+    top: list[dict] = field(default_factory=list)
+    missing: Missing | None = None
+
+
+@dataclass(frozen=True)
 class Training:
     """meta: the latest churn model's metadata (None: no model); model_dir: where models live."""
 
@@ -115,6 +130,7 @@ class Report:
     quality: Quality
     segments: Segments
     rules: Rules
+    recommendations: Recommendations
     training: Training
     scores: Scores
     drift: Drift
@@ -156,7 +172,7 @@ def gather(lake: Lake, as_of: date | None = None) -> Report:
     quality, segments, rules = _quality(src), _segments(src, as_of), _rules(src, as_of)
     drift = _drift(src, as_of, [scores.version, model_version])
     return Report(lake_root=lake.root, as_of=as_of, generated_at=generated_at, versions=dict(src.versions),
-                  quality=quality, segments=segments, rules=rules,
+                  quality=quality, segments=segments, rules=rules, recommendations=_recommendations(src, as_of),
                   training=Training(meta, f"{lake.root}/models/{MODEL_KIND}"), scores=scores, drift=drift)
 
 
@@ -249,6 +265,22 @@ def _rules(src: _Source, as_of: date) -> Rules:
     top = [r.asDict() for r in ordered.select(*cols).limit(TOP_RULES).collect()]
     points = ordered.select("support", "confidence", "lift").limit(SCATTER_RULES).toPandas()
     return Rules(total=total, top=top, points=points, described=described)
+
+
+def _recommendations(src: _Source, as_of: date) -> Recommendations:
+    """The date's recommendation counts, its evaluation and the items recommended most."""
+    recs = src.rows_for(schemas.GOLD_RECOMMENDATIONS, as_of)
+    counts = recs.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("customer_id").alias("customers")).first() \
+        if recs is not None else None
+    if counts is None or counts["rows"] == 0:
+        return Recommendations(missing=Missing(schemas.GOLD_RECOMMENDATIONS, "lakemine recommend"))
+    top = (recs.groupBy("stock_code").agg(F.max("description").alias("description"), F.count(F.lit(1)).alias("customers"),
+                                          F.avg("score").alias("mean_score"))
+           .orderBy(F.desc("customers"), "stock_code").limit(TOP_RECOMMENDED).collect())
+    evals = src.rows_for(schemas.OPS_RECOMMEND_EVAL, as_of)
+    evaluation = [] if evals is None else [r.asDict() for r in evals.orderBy("method").collect()]
+    return Recommendations(customers=int(counts["customers"]), rows=int(counts["rows"]), evaluation=evaluation,
+                           top=[r.asDict() for r in top])
 
 
 def _segment_labels(src: _Source, lake: Lake, version: str, as_of: date) -> dict[int, str]:

@@ -118,6 +118,29 @@ def rules_figure(points: pd.DataFrame, top: list[dict], total: int) -> Figure:
     return fig
 
 
+def recommendation_eval_figure(evaluation: list[dict]) -> Figure:
+    """Hit rate@K and MAP@K of each method (evaluation: dicts of method, k, hit_rate, map_at_k),
+    side by side."""
+    fig = _new_figure(5.0, 3.0)
+    ax = fig.add_subplot()
+    k = evaluation[0]["k"]
+    metrics = ((f"hit rate@{k}", "hit_rate"), (f"MAP@{k}", "map_at_k"))
+    width = 0.8 / len(evaluation)
+    for i, (row, colour) in enumerate(zip(evaluation, SEGMENT_COLOURS)):
+        xs = [m + (i - (len(evaluation) - 1) / 2) * width for m in range(len(metrics))]
+        values = [row[key] for _, key in metrics]
+        ax.bar(xs, values, width=width * 0.95, color=colour, label=row["method"])
+        for x, v in zip(xs, values):
+            ax.annotate(f"{v:.3f}", (x, v), xytext=(0, 2), textcoords="offset points", ha="center", fontsize=8)
+    ax.set_xticks(range(len(metrics)), [name for name, _ in metrics])
+    ax.set_ylim(0, max(1e-9, max(r["hit_rate"] for r in evaluation)) * 1.2)
+    ax.set_title(f"Held-out last baskets of {evaluation[0]['customers']:,} customers", fontsize=9.5, loc="left")
+    ax.legend(fontsize=8, frameon=False)
+    _style(ax)
+    ax.grid(axis="x", visible=False)
+    return fig
+
+
 def _epoch_axes(fig: Figure, best: int | None, title: str, ylabel: str):
     ax = fig.add_subplot()
     if best is not None:
@@ -141,15 +164,15 @@ def loss_figure(history: list[dict], best: int | None) -> Figure:
     return fig
 
 
-def auc_figure(history: list[dict], best: int | None, baseline_auc: float | None) -> Figure:
-    """Validation AUC per epoch (history: dicts with epoch, val_auc), the best epoch starred and the baseline's AUC."""
+def auc_figure(history: list[dict], best: int | None, baselines: dict[str, float]) -> Figure:
+    """Validation AUC per epoch (history: dicts with epoch, val_auc), the best epoch starred and
+    each baseline's AUC (model name -> AUC) as a line."""
     fig = _new_figure(5.0, 3.2)
     ax = _epoch_axes(fig, best, "Validation AUC per epoch", "AUC")
     ax.plot([h["epoch"] for h in history], [h["val_auc"] for h in history], marker="o", ms=4, color="#59a14f",
             label="validation AUC")
-    if baseline_auc is not None:
-        ax.axhline(baseline_auc, color="#555", linestyle="--", linewidth=1,
-                   label=f"logistic-regression baseline {baseline_auc:.3f}")
+    for (model, auc), (colour, style) in zip(baselines.items(), (("#555", "--"), ("#b07aa1", ":"), ("#9c755f", "-."))):
+        ax.axhline(auc, color=colour, linestyle=style, linewidth=1, label=f"{model.split(' (')[0]} baseline {auc:.3f}")
     best_row = next((h for h in history if h["epoch"] == best), None)
     if best_row is not None:
         ax.plot([best], [best_row["val_auc"]], marker="*", ms=14, color="#e15759", linestyle="none",

@@ -1,4 +1,4 @@
-"""The report page: inline CSS, tables, figures embedded as PNG data URIs, and the six sections,
+"""The report page: inline CSS, tables, figures embedded as PNG data URIs, and the seven sections,
 built from the plain values `data.gather` returns. Nothing here imports Spark.
 
 A section whose table is missing, or has no rows for the date, says so and names the command
@@ -21,11 +21,12 @@ from matplotlib.figure import Figure
 from lakemine.report import figures
 
 if TYPE_CHECKING:  # data imports Spark; only its types are needed here
-    from lakemine.report.data import Drift, Missing, Quality, Report, Rules, Scores, Segments, Training
+    from lakemine.report.data import Drift, Missing, Quality, Recommendations, Report, Rules, Scores, Segments, Training
 
 DPI = 144  # PNG pixels per inch; shown at 96 CSS px per inch, so sharp on dense screens too
 CSS_PX_PER_INCH = 96
-NAV = (("quality", "Data quality"), ("segments", "Segments"), ("rules", "Rules"), ("training", "Training"),
+NAV = (("quality", "Data quality"), ("segments", "Segments"), ("rules", "Rules"), ("recommendations", "Recommendations"),
+       ("training", "Training"),
        ("scores", "Scores"), ("drift", "Drift"))
 
 CSS = """
@@ -214,6 +215,28 @@ def _rules_section(rules: Rules, as_of: date) -> str:
     return _section("rules", title, note + _row(scatter, table))
 
 
+def _recommendations_section(r: Recommendations, as_of: date) -> str:
+    title = "4. Recommendations"
+    if r.missing:
+        return _section("recommendations", title, _not_available(r.missing, as_of))
+    note = _note(f"{r.rows:,} recommendations for {r.customers:,} customers from the rules of {_e(as_of.isoformat())} "
+                 "(score: the best applying rule's confidence; items a customer buys regularly left out).")
+    top = _table(["item", "description", "customers", "mean score"],
+                 [[t["stock_code"], t["description"], t["customers"], float(t["mean_score"])] for t in r.top],
+                 "recommended-items")
+    if not r.evaluation:
+        return _section("recommendations", title, note + _note("No held-out evaluation for this date "
+                                                               "(<code>lakemine recommend --no-evaluate</code>).") + top)
+    k = r.evaluation[0]["k"]
+    table = _table(["method", "customers", f"hit rate@{k}", f"MAP@{k}", "coverage"],
+                   [[e["method"], e["customers"], e["hit_rate"], e["map_at_k"], e["coverage"]] for e in r.evaluation],
+                   "recommend-eval")
+    chart = _figure(figures.recommendation_eval_figure(r.evaluation), "held-out hit rate and MAP: rules vs popular items")
+    how = _note("Each customer's last basket hidden; rules mined again without the hidden baskets; judged on the hidden "
+                "items the customer does not buy regularly. Coverage: share of those customers given any recommendation.")
+    return _section("recommendations", title, note + _row(chart, table + how) + "<h3>Most recommended items</h3>" + top)
+
+
 def _training_facts(meta: dict, best: int | None) -> str:
     rows_meta, epochs = meta.get("rows") or {}, meta.get("epochs") or {}
     return _facts([
@@ -225,7 +248,7 @@ def _training_facts(meta: dict, best: int | None) -> str:
 
 
 def _training_section(t: Training) -> str:
-    title = "4. Churn model training"
+    title = "5. Churn model training"
     meta = t.meta
     if meta is None:
         note = (f'<p class="na">not available: no churn model under {_e(t.model_dir)} — '
@@ -238,7 +261,7 @@ def _training_section(t: Training) -> str:
     summary = _table(
         ["model", "validation AUC", "validation log loss"],
         [["churn MLP (best epoch)", validation.get("auc"), validation.get("log_loss")],
-         [baseline.get("model", "baseline"), baseline.get("auc"), baseline.get("log_loss")]],
+         *[[b.get("model", "baseline"), b.get("auc"), b.get("log_loss")] for b in meta.get("baselines") or [baseline]]],
         "training-summary",
     )
     if not history:
@@ -248,7 +271,8 @@ def _training_section(t: Training) -> str:
     epochs_table = _table(["epoch", "train loss", "val loss", "val log loss", "val AUC"], rows, "epochs",
                           ["best" if h["epoch"] == best else "" for h in history])
     loss = _figure(figures.loss_figure(history, best), "training and validation loss per epoch")
-    auc = _figure(figures.auc_figure(history, best, baseline.get("auc")), "validation AUC per epoch with the baseline")
+    others = {b["model"]: b["auc"] for b in (meta.get("baselines") or [baseline]) if b.get("auc") is not None}
+    auc = _figure(figures.auc_figure(history, best, others), "validation AUC per epoch with the baselines")
     return _section("training", title, facts + _row(loss, auc) + _row(summary, epochs_table))
 
 
@@ -257,7 +281,7 @@ def _score_row(name: str, r: dict) -> list:
 
 
 def _scores_section(s: Scores, as_of: date) -> str:
-    title = "5. Churn scores"
+    title = "6. Churn scores"
     if s.missing:
         return _section("scores", title, _not_available(s.missing, as_of))
     overall = _figure(figures.histogram_figure(s.histogram, s.bins, s.overall["customers"]),
@@ -273,7 +297,7 @@ def _scores_section(s: Scores, as_of: date) -> str:
 
 
 def _drift_section(d: Drift, as_of: date, warn_psi: float) -> str:
-    title = "6. Feature drift"
+    title = "7. Feature drift"
     if d.missing:
         return _section("drift", title, _not_available(d.missing, as_of))
     warned = d.psi["psi"] > warn_psi
@@ -304,6 +328,7 @@ def page(report: Report, warn_psi: float) -> str:
         _quality_section(report.quality, as_of),
         _segments_section(report.segments, as_of),
         _rules_section(report.rules, as_of),
+        _recommendations_section(report.recommendations, as_of),
         _training_section(report.training),
         _scores_section(report.scores, as_of),
         _drift_section(report.drift, as_of, warn_psi),
