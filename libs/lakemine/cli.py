@@ -250,8 +250,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_int, metavar="E", help=f"at most E training epochs (default from config: {tr.epochs})")
     p.add_argument("--workers", type=_int, metavar="N", help=f"training processes (default from config: {tr.workers})")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
-    p.add_argument("--skip-slow", action="store_true",
-                   help="skip the slow extras: the recommendations' held-out evaluation (it mines the rules again)")
 
     p = _command(sub, "report", help="write <lake>/reports/<as_of>/report.html with its plots",
                        description="A self-contained HTML page (plots embedded): data quality, segments, top rules "

@@ -26,8 +26,8 @@ class Timings:
 
 def run_pipeline(lake: Lake, cfg: Config, args, console) -> str:
     """Generate (when no input), ingest, clean, features (with the training snapshots),
-    fpgrowth, recommend, kmeans, train, score and the report; returns the summary."""
-    from lakemine.mining import fpgrowth, kmeans, recommend
+    fpgrowth, kmeans, train, score and the report; returns the summary."""
+    from lakemine.mining import fpgrowth, kmeans
     from lakemine.stages import clean, features, ingest
     from lakemine.stages.generate import GenerateParams, generate
 
@@ -59,11 +59,6 @@ def run_pipeline(lake: Lake, cfg: Config, args, console) -> str:
     console.step("fpgrowth", f"{schemas.GOLD_BASKETS} -> itemsets and rules")
     mined = timings.timed("fpgrowth", fpgrowth.run, lake, cfg, fpgrowth.MiningParams.from_config(cfg, as_of=feats.as_of))
     console.step("fpgrowth", mined.message or "")
-    console.step("recommend", f"{schemas.GOLD_ASSOCIATION_RULES} -> {schemas.GOLD_RECOMMENDATIONS}")
-    skip_slow = getattr(args, "skip_slow", False)
-    rp = recommend.RecommendParams.from_config(cfg, as_of=feats.as_of, evaluate=False if skip_slow else None)
-    recommended = timings.timed("recommend", recommend.run, lake, cfg, rp)
-    console.step("recommend", recommended.message or "")
     console.step("kmeans", f"{schemas.GOLD_CUSTOMER_FEATURES} -> segments")
     km = kmeans.KMeansParams.from_config(cfg, as_of=feats.as_of, k_range=cfg.run.k_range)
     segmented = timings.timed("kmeans", kmeans.run, lake, cfg, km)
@@ -75,7 +70,7 @@ def run_pipeline(lake: Lake, cfg: Config, args, console) -> str:
 
         console.step("report", f"plots and tables -> {lake.root}/reports/{feats.as_of}/report.html")
         report_path = timings.timed("report", report.run, lake, cfg, report.ReportParams(as_of=feats.as_of)).result
-    return summarize(lake, timings, ingested, cleaned, feats.as_of, learned, report_path, recommended)
+    return summarize(lake, timings, ingested, cleaned, feats.as_of, learned, report_path)
 
 
 @dataclass
