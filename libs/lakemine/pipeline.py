@@ -106,7 +106,7 @@ def _learn(lake: Lake, cfg: Config, args, console, timings: Timings, as_of, trai
 
 
 def summarize(lake: Lake, timings: Timings, ingest_run, clean_run, as_of=None, learned: Learned | None = None,
-              report: str | None = None, recommended=None) -> str:
+              report: str | None = None) -> str:
     lines = ["", f"lakemine run: lake {lake.root}", "", "tables"]
     for table in (schemas.BRONZE_TRANSACTIONS, schemas.BRONZE_QUARANTINE,
                   schemas.SILVER_TRANSACTIONS, schemas.SILVER_QUARANTINE, schemas.GOLD_BASKETS,
@@ -135,11 +135,6 @@ def summarize(lake: Lake, timings: Timings, ingest_run, clean_run, as_of=None, l
             lhs = " + ".join(r["antecedent_descriptions"] or r["antecedent"])
             lines.append(f"  {lhs[:60]:<60} -> {(r['consequent_description'] or r['consequent'][0])[:32]:<32} "
                          f"support {r['support']:.3f} confidence {r['confidence']:.2f} lift {r['lift']:.1f}")
-    if recommended is not None:
-        lines += ["", f"recommendations: {recommended.rows_out:,} for {recommended.rows_in:,} customers"]
-        for r in recommended.result or []:
-            lines.append(f"  held-out last baskets ({r['customers']:,} customers), {r['method']:<13} hit rate@{r['k']} "
-                         f"{r['hit_rate']:.3f}  MAP@{r['k']} {r['map_at_k']:.4f}")
     if as_of is not None and lake.exists(schemas.GOLD_SEGMENT_PROFILES):
         profiles = lake.read_table(schemas.GOLD_SEGMENT_PROFILES).where(F.col("as_of") == F.lit(as_of))
         lines += ["", "customer segments (centres in original units)"]
