@@ -167,3 +167,16 @@ def test_window_days_limits_the_baskets(mining_lake):
 
     expected = baskets.where((F.col("invoice_date") > F.lit(last - dt.timedelta(days=30))) & (F.col("invoice_date") <= F.lit(last))).count()
     assert run.rows_in == expected < baskets.count()
+
+
+def test_a_long_basket_bought_twice_stops_before_its_itemsets_are_made(spark, cfg):
+    """Two identical 40-item baskets at a two-basket threshold hold 2^40 itemsets: the groups
+    count them without making them and the run stops naming a support that works."""
+    long_basket = [f"L{i:02d}" for i in range(40)]
+    baskets = baskets_df(spark, [long_basket, long_basket, ["a", "b"], ["a", "b"], ["a", "b"]])
+    p = MiningParams.from_config(cfg, min_support=0.4, max_itemsets=1000)
+    with pytest.raises(TooManyItemsets, match=r"at least [\d,]+ frequent itemsets exceed --max-itemsets 1,000 at "
+                                              r"support 0.4; raise --min-support to at least 0\.600000"):
+        mine(baskets, 5, p, 4)
+    itemsets, _ = mine(baskets, 5, MiningParams.from_config(cfg, min_support=0.6, max_itemsets=1000), 4)
+    assert sorted(tuple(r["items"]) for r in itemsets.collect()) == [("a",), ("a", "b"), ("b",)]

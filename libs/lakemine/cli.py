@@ -417,8 +417,9 @@ def cmd_recommend(args, cfg, console, submitted) -> int:
     console.step("recommend", f"{schemas.GOLD_ASSOCIATION_RULES} -> {schemas.GOLD_RECOMMENDATIONS} (top {p.top_n})")
     run = recommend.run(lake, cfg, p)
     _print_run(console, run)
+    width = max((len(r["method"]) for r in run.result or []), default=0)
     for r in run.result or []:
-        console.out(f"  {r['method']:<14} hit rate@{r['k']} {r['hit_rate']:.3f}  MAP@{r['k']} {r['map_at_k']:.4f}  "
+        console.out(f"  {r['method']:<{width}}  hit rate@{r['k']} {r['hit_rate']:.3f}  MAP@{r['k']} {r['map_at_k']:.4f}  "
                     f"coverage {r['coverage']:.3f}  ({r['customers']:,} held-out baskets)")
     return 0
 

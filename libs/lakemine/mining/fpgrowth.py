@@ -10,7 +10,10 @@ and lift as in `pyspark.ml.fpm.FPGrowth`):
   its ranked items up to that group's last item, with its count, so each group holds exactly
   the baskets (truncated) needed to count the itemsets whose least frequent item is in the
   group. Groups are mined in parallel by pyfim's C FP-growth (weighted transactions) inside
-  `applyInPandas`; rules are made in Spark.
+  `applyInPandas`; rules are made in Spark. Before any itemset is made, each group counts its
+  itemsets without making them (pyfim's pattern spectrum, which counts the subsets of long
+  shared baskets by combinatorics): a few long baskets bought twice make 2^length itemsets,
+  and a group with more than --max-itemsets stops the run there, not in a worker out of memory.
 * `mllib`: `pyspark.ml.fpm.FPGrowth`, kept for comparison (slow on long baskets).
 """
 
@@ -55,22 +58,53 @@ def min_count(n_baskets: int, min_support: float) -> int:
     return max(1, math.ceil(min_support * n_baskets))
 
 
+def _transactions(pdf: pd.DataFrame) -> dict:
+    """A group's distinct prefixes with their multiplicities (pyfim takes a dict). pyfim reports
+    no itemset made only of items that are in every transaction (in a group's prefixes that is
+    common); one empty transaction changes no count and removes that case."""
+    tracts = {tuple(t.tolist()): int(c) for t, c in zip(pdf["prefix"], pdf["n"])}
+    tracts[()] = 1
+    return tracts
+
+
+def _fim_args(min_cnt: int, max_length: int | None) -> dict:
+    # single items come from the item counts
+    kwargs = {"target": "s", "supp": -min_cnt, "zmin": 2}
+    if max_length:
+        kwargs["zmax"] = max_length
+    return kwargs
+
+
+def _count_group(min_cnt: int, max_length: int | None, limit: int):
+    """applyInPandas function: one row per group, `itemsets` (how many itemsets of two or more
+    items its prefixes hold, counted without making them) and `cut` (the largest count that
+    more than `limit` of them reach; 0 when they are `limit` or fewer)."""
+    import fim
+
+    def count(pdf: pd.DataFrame) -> pd.DataFrame:
+        spectrum = fim.fpgrowth(_transactions(pdf), report="#", **_fim_args(min_cnt, max_length))
+        by_freq: dict[int, float] = {}
+        for (_size, freq), k in spectrum.items():
+            by_freq[int(freq)] = by_freq.get(int(freq), 0.0) + k
+        total, cut, reached = sum(by_freq.values()), 0, 0.0
+        for freq in sorted(by_freq, reverse=True):
+            reached += by_freq[freq]
+            if reached > limit:
+                cut = freq
+                break
+        # the counts are floats (2^60 and more for long shared baskets); clamp to a long
+        return pd.DataFrame({"g": [int(pdf["g"].iloc[0])], "itemsets": [int(min(total, 2.0**62))], "cut": [cut]})
+
+    return count
+
+
 def _mine_group(min_cnt: int, max_length: int | None, n_groups: int):
     import fim
 
     def mine(pdf: pd.DataFrame) -> pd.DataFrame:
         group = int(pdf["g"].iloc[0])
-        # Distinct prefixes with their multiplicities (pyfim takes a dict). pyfim reports no
-        # itemset made only of items that are in every transaction (in a group's prefixes
-        # that is common); one empty transaction changes no count and removes that case.
-        # Single items come from the item counts.
-        tracts = {tuple(t.tolist()): int(c) for t, c in zip(pdf["prefix"], pdf["n"])}
-        tracts[()] = 1
-        kwargs = {"target": "s", "supp": -min_cnt, "zmin": 2, "report": "a"}
-        if max_length:
-            kwargs["zmax"] = max_length
         out_items, out_freq = [], []
-        for items, freq in fim.fpgrowth(tracts, **kwargs):
+        for items, freq in fim.fpgrowth(_transactions(pdf), report="a", **_fim_args(min_cnt, max_length)):
             # an itemset belongs to the group of its least frequent (highest-ranked) item
             if max(items) % n_groups == group:
                 out_items.append(sorted(int(i) for i in items))
@@ -111,8 +145,20 @@ def _rank_baskets(item_of: list[str]):
     return rank
 
 
-def mine_itemsets_pfp(baskets: DataFrame, min_cnt: int, groups: int, max_length: int | None = None) -> DataFrame:
-    """Frequent itemsets (items sorted, freq) of the `items` column by parallel FP-growth."""
+class GroupOverflow(Exception):
+    """A group's prefixes alone hold more than the limit's itemsets (`itemsets` of them; `cut`
+    the largest count more than the limit reach there: the support must exceed it)."""
+
+    def __init__(self, itemsets: int, cut: int):
+        super().__init__(f"{itemsets} itemsets, cut {cut}")
+        self.itemsets, self.cut = itemsets, cut
+
+
+def mine_itemsets_pfp(baskets: DataFrame, min_cnt: int, groups: int, max_length: int | None = None,
+                      limit: int | None = None) -> DataFrame:
+    """Frequent itemsets (items sorted, freq) of the `items` column by parallel FP-growth. With
+    `limit`, the groups count their itemsets first and `GroupOverflow` is raised when one holds
+    more (every itemset a group counts is frequent in all the baskets, so more are certain)."""
     spark = baskets.sparkSession
     # Frequent items are few; like MLlib, count them once and bring them to the driver, so the
     # rank lookups below are small literal tables rather than recomputed aggregations.
@@ -151,6 +197,14 @@ def mine_itemsets_pfp(baskets: DataFrame, min_cnt: int, groups: int, max_length:
         ).alias("p"),
     ).select("p.g", "p.prefix", "n")
     weighted = prefixes.groupBy("g", "prefix").agg(F.sum("n").alias("n"))
+    if limit is not None:
+        # the prefixes are made once for the count and the mining (blocks freed with the frame)
+        weighted = weighted.localCheckpoint(eager=True)
+        counts = weighted.groupBy("g").applyInPandas(
+            _count_group(min_cnt, max_length, limit), "g long, itemsets long, cut long"
+        ).where(F.col("itemsets") > limit).orderBy(F.desc("cut"), F.desc("itemsets")).limit(1).collect()
+        if counts:
+            raise GroupOverflow(int(counts[0]["itemsets"]), int(counts[0]["cut"]))
     mined = weighted.groupBy("g").applyInPandas(
         _mine_group(min_cnt, max_length, groups), "ranks array<long>, freq long"
     )
@@ -207,8 +261,17 @@ def association_rules(itemsets: DataFrame, n_baskets: int, min_confidence: float
     ).where(F.col("confidence") >= F.lit(min_confidence))
 
 
+def too_many(found: int, p: MiningParams, cut: int, n_baskets: int, at_least: bool = False) -> str:
+    """TooManyItemsets' message: how many, and the support that keeps at most --max-itemsets
+    (at least that one, when `found` and `cut` are lower bounds)."""
+    return (f"{'at least ' if at_least else ''}{found:,} frequent itemsets exceed --max-itemsets {p.max_itemsets:,} "
+            f"at support {p.min_support}; raise --min-support to at least {(cut + 1) / n_baskets:.6f}")
+
+
 def mine(baskets: DataFrame, n_baskets: int, p: MiningParams, default_groups: int) -> tuple[DataFrame, DataFrame]:
-    """(itemsets: items, freq, support; rules: antecedent, consequent, support, confidence, lift)."""
+    """(itemsets: items, freq, support; rules: antecedent, consequent, support, confidence, lift).
+    Raises TooManyItemsets (pfp) when the itemsets certainly exceed `p.max_itemsets` before
+    making them; the caller checks the exact count."""
     if n_baskets == 0:
         spark = baskets.sparkSession
         return (
@@ -218,7 +281,11 @@ def mine(baskets: DataFrame, n_baskets: int, p: MiningParams, default_groups: in
     if p.engine == "mllib":
         itemsets, rules = mine_itemsets_mllib(baskets, p.min_support, p.min_confidence)
     else:
-        itemsets = mine_itemsets_pfp(baskets, min_count(n_baskets, p.min_support), p.groups or default_groups, p.max_length)
+        try:
+            itemsets = mine_itemsets_pfp(baskets, min_count(n_baskets, p.min_support), p.groups or default_groups,
+                                         p.max_length, limit=p.max_itemsets)
+        except GroupOverflow as e:
+            raise TooManyItemsets(too_many(e.itemsets, p, e.cut, n_baskets, at_least=True)) from None
         rules = None
     itemsets = itemsets.withColumn("support", F.col("freq") / F.lit(float(n_baskets)))
     if rules is None:
@@ -311,10 +378,7 @@ def run(lake: Lake, cfg: Config, p: MiningParams) -> Run:
             found = itemsets.count()
             if found > p.max_itemsets:
                 cut = support_cut(itemsets, p.max_itemsets)
-                raise TooManyItemsets(
-                    f"{found:,} frequent itemsets exceed --max-itemsets {p.max_itemsets:,} at support "
-                    f"{p.min_support}; raise --min-support to at least {(cut + 1) / n:.6f}"
-                )
+                raise TooManyItemsets(too_many(found, p, cut, n))
             stamp = [F.lit(as_of).alias("as_of"), F.lit(run.run_id).alias("run_id")]
             run.outputs[schemas.GOLD_FREQUENT_ITEMSETS] = lake.overwrite_as_of(
                 itemsets.select("items", "freq", "support", *stamp), schemas.GOLD_FREQUENT_ITEMSETS, as_of

@@ -13,7 +13,12 @@ mining window has their last basket hidden (a time split per customer: everythin
 recommender sees is older than what it is judged on). Rules are mined again with the same
 FP-growth parameters from the window's baskets without the hidden ones, so no hidden basket
 reaches a rule, and each customer gets recommendations from their baskets before the hidden
-one. Judged against the hidden basket's items that are not among the customer's regular ones
+one. The re-mining keeps the mining's threshold in baskets, ceil(min_support x window baskets),
+rather than the fraction: its itemsets are then a subset of the mined ones, so it stays within
+the limit the mining kept (on a small lake the fraction of fewer baskets can fall to one
+basket, where every subset of every basket is frequent).
+
+Judged against the hidden basket's items that are not among the customer's regular ones
 (what a recommendation could add), over the customers whose hidden basket holds any: hit
 rate@K (share with at least one recommended item bought) and MAP@K (mean average precision,
 AP@K = sum of precision@k at each hit / min(relevant items, K)), K = `top_n`. The same for
@@ -165,6 +170,9 @@ def evaluate(baskets: DataFrame, mining: fpgrowth.MiningParams, p: RecommendPara
     training, hidden = training.cache(), hidden.cache()
     try:
         n = training.count()
+        # the mining's threshold in baskets; as a fraction of n, its ceiling is that count exactly
+        threshold = fpgrowth.min_count(baskets.count(), mining.min_support)
+        mining = dataclasses.replace(mining, min_support=min(1.0, (threshold - 0.5) / max(n, 1)))
         _, rules = fpgrowth.mine(training.select("items"), n, mining, default_groups)
         rules = rules.cache()
         hist = history(training, p.history_baskets, p.regular_baskets).join(hidden.select("customer_id"), "customer_id").cache()
