@@ -34,6 +34,10 @@ def cfg() -> Config:
         "LAKEMINE_SPARK__MASTER": "local[2]",
         "LAKEMINE_SPARK__SHUFFLE_PARTITIONS": "2",
         "LAKEMINE_SPARK__DRIVER_MEMORY": "2g",
+        # the one driver lives through every test: keep what its status store remembers of
+        # finished jobs and queries small (the defaults keep a thousand of each, plans included)
+        "LAKEMINE_SPARK__CONF": "{spark.ui.retainedJobs: 50, spark.ui.retainedStages: 100, "
+                                "spark.sql.ui.retainedExecutions: 20, spark.ui.retainedTasks: 10000}",
     }
     return load_config(env=env)
 
