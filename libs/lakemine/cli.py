@@ -104,7 +104,8 @@ def _command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
 
 
 INPUT_HELP = "export file, folder or glob, Delta table folder, or table:NAME (a metastore table)"
-STAGES = ("ingest", "clean", "features", "fpgrowth", "recommend", "kmeans", "train", "score", "report", "maintain")
+STAGES = ("ingest", "clean", "features", "fpgrowth", "recommend", "forecast", "kmeans", "train", "score", "report",
+          "maintain")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,6 +195,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-evaluate", dest="evaluate", action="store_const", const=False,
                    help="skip the held-out evaluation (it mines the rules a second time)")
 
+    p = _command(sub, "forecast", help="weekly demand forecasts for the best-selling items, backtested",
+                       description="Weekly units per item (weeks from Monday; sales lines of silver without service "
+                       "lines) for the best sellers that make --volume-share of the units, fitted per item in parallel "
+                       "with statsmodels' ETS (the lowest-AICc of simple, damped-trend and, with two seasons of history, "
+                       "seasonal models), forecast --horizon-weeks after the last complete week up to --as-of with "
+                       "prediction intervals, into gold/demand_forecast. The last --backtest-weeks are also hidden and "
+                       "forecast again; MAE, MASE and sMAPE of the model and of the naive and seasonal-naive baselines "
+                       "go to ops/forecast_backtest.")
+    fc = d.forecast
+    p.add_argument("--volume-share", type=float, metavar="S",
+                   help=f"forecast the best sellers that make this share of units (default from config: {fc.volume_share})")
+    p.add_argument("--max-items", type=_int, metavar="N", help=f"at most N items (default from config: {fc.max_items})")
+    p.add_argument("--horizon-weeks", type=_int, metavar="H", help=f"weeks to forecast (default from config: {fc.horizon_weeks})")
+    p.add_argument("--backtest-weeks", type=_int, metavar="B",
+                   help=f"weeks hidden and forecast for the backtest (default from config: {fc.backtest_weeks})")
+    p.add_argument("--season-weeks", type=_int, metavar="M",
+                   help=f"seasonal period in weeks (default from config: {fc.season_weeks})")
+
     p = _command(sub, "kmeans", help="customer features into segments",
                        description="K-means (seeded k-means++ and Lloyd) on the standardized features of --as-of; k given by "
                        "--k or chosen by the best silhouette over --k-range, on a sample of at most kmeans.sample_size "
@@ -238,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "run", help="the whole pipeline in one local session, then the report",
                        description="Generate data when no --input is given, then ingest, clean, features (as-of and "
                        f"its training snapshots), fpgrowth (the config's fpgrowth section: support {d.fpgrowth.min_support}), "
+                       "recommend (with its held-out evaluation), forecast (weekly demand of the best sellers), "
                        "kmeans (k by silhouette over run.k_range, %d-%d), train " % d.run.k_range +
                        "(config's train section), score and drift, write <lake>/reports/<as_of>/report.html, and "
                        "print a summary: rows per table, quarantine by reason, rules, segments, model AUC against "
@@ -250,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_int, metavar="E", help=f"at most E training epochs (default from config: {tr.epochs})")
     p.add_argument("--workers", type=_int, metavar="N", help=f"training processes (default from config: {tr.workers})")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    p.add_argument("--skip-slow", action="store_true",
+                   help="skip the slow parts: the recommendations' held-out evaluation and the demand forecasts")
 
     p = _command(sub, "report", help="write <lake>/reports/<as_of>/report.html with its plots",
                        description="A self-contained HTML page (plots embedded): data quality, segments, top rules "
@@ -424,6 +446,23 @@ def cmd_recommend(args, cfg, console, submitted) -> int:
     return 0
 
 
+def cmd_forecast(args, cfg, console, submitted) -> int:
+    from lakemine.learning import forecast
+
+    p = forecast.ForecastParams.from_config(
+        cfg, as_of=args.as_of, volume_share=args.volume_share, max_items=args.max_items,
+        horizon_weeks=args.horizon_weeks, backtest_weeks=args.backtest_weeks, season_weeks=args.season_weeks)
+    lake = _open(cfg, args, submitted)
+    console.step("forecast", f"{schemas.SILVER_TRANSACTIONS} -> {schemas.GOLD_DEMAND_FORECAST} "
+                             f"({p.horizon_weeks} weeks, items making {p.volume_share:.0%} of units, at most {p.max_items})")
+    run = forecast.run(lake, cfg, p)
+    _print_run(console, run)
+    for r in run.result or []:
+        console.out(f"  {r['method']:<14}  mean MASE {r['mean_mase']:.3f}  median {r['median_mase']:.3f}  "
+                    f"mean sMAPE {r['mean_smape']:.3f}  ({r['items']:,} items)")
+    return 0
+
+
 def cmd_kmeans(args, cfg, console, submitted) -> int:
     from lakemine.mining import kmeans
 
@@ -570,6 +609,7 @@ COMMANDS: dict[str, Callable] = {
     "features": cmd_features,
     "fpgrowth": cmd_fpgrowth,
     "recommend": cmd_recommend,
+    "forecast": cmd_forecast,
     "kmeans": cmd_kmeans,
     "train": cmd_train,
     "score": cmd_score,

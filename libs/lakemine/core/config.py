@@ -55,6 +55,8 @@ KmeansConfig = _section("KmeansConfig", "k: int | None; k_range: tuple[int, ...]
 TrainConfig = _section("TrainConfig", "backend: str; workers: int; epochs: int; batch_size: int; learning_rate: float; "
                        "warmup_epochs: int; patience: int; cache_rows: int; hidden: tuple[int, ...]; dropout: float; "
                        "batch_norm: bool; val_fraction: float; seed: int; gbt_trees: int; gbt_depth: int")
+ForecastConfig = _section("ForecastConfig", "volume_share: float; max_items: int; min_weeks: int; window_weeks: int; "
+                          "horizon_weeks: int; backtest_weeks: int; season_weeks: int; interval: float")
 RecommendConfig = _section("RecommendConfig", "top_n: int; history_baskets: int; regular_baskets: int; evaluate: bool")
 ScoreConfig = _section("ScoreConfig", "drift_bins: int; drift_warn_psi: float")
 MaintainConfig = _section("MaintainConfig", "retention_hours: int")
@@ -75,6 +77,7 @@ class Config:
     fpgrowth: FpgrowthConfig
     kmeans: KmeansConfig
     recommend: RecommendConfig
+    forecast: ForecastConfig
     train: TrainConfig
     score: ScoreConfig
     maintain: MaintainConfig
@@ -116,6 +119,8 @@ _POSITIVE = {
     "train.learning_rate",
     "train.patience",
     "recommend.top_n", "recommend.history_baskets", "recommend.regular_baskets",
+    "forecast.max_items", "forecast.min_weeks", "forecast.horizon_weeks", "forecast.backtest_weeks",
+    "forecast.season_weeks",
     "train.gbt_depth",
     "score.drift_bins",
     "score.drift_warn_psi",
@@ -123,7 +128,7 @@ _POSITIVE = {
 _NON_NEGATIVE = {
     "maintain.retention_hours", "train.warmup_epochs", "train.dropout", "features.training_snapshots",
     "orchestration.retries", "orchestration.train_weekday", "train.cache_rows", "fpgrowth.window_days",
-    "train.gbt_trees",
+    "train.gbt_trees", "forecast.window_weeks",
 }
 # dotted key -> (low, high, low inclusive, high inclusive, how to say it)
 _RANGES: dict[str, tuple[float, float, bool, bool, str]] = {
@@ -134,6 +139,8 @@ _RANGES: dict[str, tuple[float, float, bool, bool, str]] = {
     "run.dirty_rate": (0, 0.1, True, True, "between 0 and 0.1 (a rate per defect type)"),
     "fpgrowth.min_support": (0, 1, False, True, "in (0, 1]"),
     "fpgrowth.min_confidence": (0, 1, True, True, "in [0, 1]"),
+    "forecast.volume_share": (0, 1, False, True, "in (0, 1]"),
+    "forecast.interval": (0, 1, False, False, "in (0, 1)"),
     "orchestration.train_weekday": (0, 6, True, True, "0 (Monday) to 6 (Sunday)"),
 }
 _K_RANGES = {"kmeans.k_range", "run.k_range"}
@@ -146,6 +153,7 @@ _SECTIONS: dict[str, type] = {
     "fpgrowth": FpgrowthConfig,
     "kmeans": KmeansConfig,
     "recommend": RecommendConfig,
+    "forecast": ForecastConfig,
     "train": TrainConfig,
     "score": ScoreConfig,
     "maintain": MaintainConfig,

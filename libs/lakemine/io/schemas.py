@@ -25,11 +25,13 @@ GOLD_CUSTOMER_SEGMENTS = "gold/customer_segments"
 GOLD_SEGMENT_PROFILES = "gold/segment_profiles"
 GOLD_CUSTOMER_SCORES = "gold/customer_scores"
 GOLD_RECOMMENDATIONS = "gold/recommendations"
+GOLD_DEMAND_FORECAST = "gold/demand_forecast"
 OPS_RUNS = "ops/runs"
 OPS_INGEST_LEDGER = "ops/ingest_ledger"
 OPS_CLEAN_BATCHES = "ops/clean_batches"
 OPS_DRIFT = "ops/drift"
 OPS_RECOMMEND_EVAL = "ops/recommend_eval"
+OPS_FORECAST_BACKTEST = "ops/forecast_backtest"
 
 # Bronze keeps every source's raw strings under the UCI Online Retail names, whatever its
 # profile called them (lakemine.core.sources.FIELDS), plus a line total and a cancellation flag
