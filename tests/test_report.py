@@ -28,11 +28,11 @@ from lakemine.report.html import CSS_PX_PER_INCH, DPI
 pytestmark = pytest.mark.slow
 
 SECTIONS = ["1. Data quality", "2. Customer segments", "3. Association rules", "4. Recommendations",
-            "5. Churn model training", "6. Churn scores", "7. Feature drift"]
-# segments: sizes + centres; rules: scatter; recommendations: held-out evaluation; training: loss + AUC;
-# scores: all + per segment; drift: PSI. Data quality adds the quarantine-by-reason chart when any row
-# was quarantined.
-PLOTS_OF_A_SCORED_LAKE = 2 + 1 + 1 + 2 + 2 + 1
+            "5. Demand forecasts", "6. Churn model training", "7. Churn scores", "8. Feature drift"]
+# segments: sizes + centres; rules: scatter; recommendations: held-out evaluation; forecasts: items'
+# history and forecast; training: loss + AUC; scores: all + per segment; drift: PSI. Data quality adds
+# the quarantine-by-reason chart when any row was quarantined.
+PLOTS_OF_A_SCORED_LAKE = 2 + 1 + 1 + 1 + 2 + 2 + 1
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = shutil.which("chromium")
 # Counts, once the page has loaded, the images the browser decoded, and notes each one's pixel size.
@@ -137,13 +137,14 @@ def assert_self_contained(text: str, page: Page) -> None:
 @pytest.fixture(scope="module")
 def scored(trained_lake, tmp_path_factory):
     """A copy of the trained lake with rules and scores for its latest date, and its report."""
-    from lakemine.learning import score
+    from lakemine.learning import forecast, score
     from lakemine.mining import fpgrowth, recommend
 
     lake, cfg = copy_lake(*trained_lake[:2], tmp_path_factory.mktemp("report") / "lake")
     as_of = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES).agg(F.max("as_of")).first()[0]
     fpgrowth.run(lake, cfg, fpgrowth.MiningParams.from_config(cfg, min_support=0.02, as_of=as_of))
     recommend.run(lake, cfg, recommend.RecommendParams.from_config(cfg, as_of=as_of))
+    forecast.run(lake, cfg, forecast.ForecastParams.from_config(cfg, as_of=as_of, max_items=4, backtest_weeks=4))
     score.run(lake, cfg, score.ScoreParams.from_config(cfg, as_of=as_of))
     quarantined = sum(lake.read_table(t).count() for t in (schemas.BRONZE_QUARANTINE, schemas.SILVER_QUARANTINE))
     expected_plots = PLOTS_OF_A_SCORED_LAKE + (1 if quarantined else 0)
@@ -205,6 +206,15 @@ def test_report_of_a_scored_lake_has_every_section_and_the_lake_numbers(scored):
     shown = page.rows("recommended-items")
     assert shown and int(number(shown[0]["customers"])) == most.agg(F.max("count")).first()[0]
 
+    backtest = lake.read_table(schemas.OPS_FORECAST_BACKTEST).where(F.col("as_of") == as_of)
+    mean_mase = {r["method"]: r["m"] for r in backtest.groupBy("method").agg(F.avg("mase").alias("m")).collect()}
+    shown = {r["method"]: (int(number(r["items"])), number(r["mean MASE"])) for r in page.rows("forecast-backtest")}
+    assert shown == {m: (4, pytest.approx(v, abs=5e-4)) for m, v in mean_mase.items()}  # one year: no seasonal naive
+    units = (lake.read_table(schemas.GOLD_DEMAND_FORECAST).where(F.col("as_of") == as_of)
+             .groupBy("stock_code").agg(F.sum("forecast").alias("u")).orderBy(F.desc("u")).collect())
+    assert [(r["item"], number(r["forecast units"])) for r in page.rows("forecast-items")] == [
+        (u["stock_code"], pytest.approx(u["u"], abs=0.5)) for u in units]
+
     epochs = page.rows("epochs")
     assert [int(r["epoch"]) for r in epochs] == [h["epoch"] for h in meta["history"]]
     assert [number(r["val AUC"]) for r in epochs] == pytest.approx([h["val_auc"] for h in meta["history"]], abs=5e-4)
@@ -250,7 +260,7 @@ def test_report_of_an_ingested_and_cleaned_lake_notes_what_is_missing(spark, lak
     page = Page(text)
     assert page.headings == SECTIONS
     for table, command in ((schemas.GOLD_SEGMENT_PROFILES, "kmeans"), (schemas.GOLD_ASSOCIATION_RULES, "fpgrowth"),
-                           (schemas.GOLD_RECOMMENDATIONS, "recommend"),
+                           (schemas.GOLD_RECOMMENDATIONS, "recommend"), (schemas.GOLD_DEMAND_FORECAST, "forecast"),
                            (schemas.GOLD_CUSTOMER_SCORES, "score"), (schemas.OPS_DRIFT, "score")):
         assert (f"not available: {table} has no rows for {last_day.isoformat()} — "
                 f"run <code>lakemine {command}</code>") in text

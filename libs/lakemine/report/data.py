@@ -8,7 +8,7 @@ What leaves this module is plain Python and small pandas frames, never a Spark D
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import pandas as pd
 import pyspark.sql.functions as F
@@ -23,6 +23,9 @@ from lakemine.stages.features import FEATURES, LOG_FEATURES
 SCORE_BINS = 20
 TOP_RULES = 15
 TOP_RECOMMENDED = 10
+FORECAST_PLOTS = 6  # items whose history and forecast are plotted: the largest forecast volumes
+FORECAST_HISTORY_WEEKS = 26  # weeks of history before each plotted forecast
+FORECAST_ITEMS_TABLE = 15
 SCATTER_RULES = 5000  # the scatter shows at most this many rules, the highest lift first
 RUN_STAGES = ("ingest", "clean")
 QUARANTINES = ((schemas.BRONZE_QUARANTINE, "lakemine ingest"), (schemas.SILVER_QUARANTINE, "lakemine clean"))
@@ -86,6 +89,25 @@ class Recommendations:
 
 
 @dataclass(frozen=True)
+class Forecasts:
+    """The latest demand forecast on or before the report's date: its as_of, items, weeks,
+    interval; backtest (per method: items, mean_mase, median_mase, mean_smape over the items
+    every method was scored on); per_item (FORECAST_ITEMS_TABLE items with the most forecast
+    units: stock_code, description, units (forecast total), model, and each method's MASE);
+    plots (FORECAST_PLOTS items: stock_code, description, history (week_start, units: the last
+    FORECAST_HISTORY_WEEKS weeks), forecast (week_start, forecast, lower, upper))."""
+
+    as_of: date | None = None
+    items: int = 0
+    weeks: int = 0
+    interval: float = 0.0
+    backtest: list[dict] = field(default_factory=list)
+    per_item: list[dict] = field(default_factory=list)
+    plots: list[dict] = field(default_factory=list)
+    missing: Missing | None = None
+
+
+@dataclass(frozen=True)
 class Training:
     """meta: the latest churn model's metadata (None: no model); model_dir: where models live."""
 
@@ -131,6 +153,7 @@ class Report:
     segments: Segments
     rules: Rules
     recommendations: Recommendations
+    forecasts: Forecasts
     training: Training
     scores: Scores
     drift: Drift
@@ -173,6 +196,7 @@ def gather(lake: Lake, as_of: date | None = None) -> Report:
     drift = _drift(src, as_of, [scores.version, model_version])
     return Report(lake_root=lake.root, as_of=as_of, generated_at=generated_at, versions=dict(src.versions),
                   quality=quality, segments=segments, rules=rules, recommendations=_recommendations(src, as_of),
+                  forecasts=_forecasts(src, as_of),
                   training=Training(meta, f"{lake.root}/models/{MODEL_KIND}"), scores=scores, drift=drift)
 
 
@@ -281,6 +305,55 @@ def _recommendations(src: _Source, as_of: date) -> Recommendations:
     evaluation = [] if evals is None else [r.asDict() for r in evals.orderBy("method").collect()]
     return Recommendations(customers=int(counts["customers"]), rows=int(counts["rows"]), evaluation=evaluation,
                            top=[r.asDict() for r in top])
+
+
+def _forecasts(src: _Source, as_of: date) -> Forecasts:
+    """The latest forecast on or before `as_of` (forecasts run on their own, weekly schedule)."""
+    from lakemine.learning.forecast import METHODS, summarize_backtest
+
+    table = src.table(schemas.GOLD_DEMAND_FORECAST)
+    latest = None if table is None else table.where(F.col("as_of") <= F.lit(as_of)).agg(F.max("as_of")).first()[0]
+    if latest is None:
+        return Forecasts(missing=Missing(schemas.GOLD_DEMAND_FORECAST, "lakemine forecast"))
+    rows = table.where(F.col("as_of") == F.lit(latest)).cache()
+    try:
+        facts = rows.agg(F.countDistinct("stock_code").alias("items"), F.countDistinct("week_start").alias("weeks"),
+                         F.max("interval").alias("interval"), F.min("week_start").alias("first")).first()
+        totals = rows.groupBy("stock_code").agg(F.sum("forecast").alias("units"), F.max("model").alias("model"))
+        backtest = src.rows_for(schemas.OPS_FORECAST_BACKTEST, latest)
+        summary = [] if backtest is None else summarize_backtest(backtest)
+        mase = {} if backtest is None else {
+            (r["stock_code"], r["method"]): r["mase"] for r in backtest.select("stock_code", "method", "mase").collect()}
+        top = totals.orderBy(F.desc("units"), "stock_code").limit(FORECAST_ITEMS_TABLE).collect()
+        codes = [r["stock_code"] for r in top]
+        silver = src.table(schemas.SILVER_TRANSACTIONS)
+        names: dict[str, str] = {}
+        history = pd.DataFrame(columns=["stock_code", "week_start", "units"])
+        if silver is not None and codes:
+            start = facts["first"] - timedelta(weeks=FORECAST_HISTORY_WEEKS)
+            lines = silver.where(F.col("stock_code").isin(codes) & (F.col("invoice_date") >= F.lit(start))
+                                 & (F.col("invoice_date") < F.lit(facts["first"])))
+            names = {r["stock_code"]: r["description"] for r in lines.groupBy("stock_code").agg(
+                F.max_by("description", F.col("invoice_ts")).alias("description")).collect()}
+            history = (lines.where(~F.col("is_return") & (F.col("quantity") > 0))
+                       .groupBy("stock_code", F.date_trunc("week", "invoice_date").cast("date").alias("week_start"))
+                       .agg(F.sum("quantity").cast("double").alias("units")).toPandas())
+        per_item = [{"stock_code": r["stock_code"], "description": names.get(r["stock_code"], ""), "units": r["units"],
+                     "model": r["model"], **{m: mase.get((r["stock_code"], m)) for m in METHODS}} for r in top]
+        weeks = [facts["first"] - timedelta(weeks=w) for w in range(FORECAST_HISTORY_WEEKS, 0, -1)]
+        future = rows.where(F.col("stock_code").isin(codes[:FORECAST_PLOTS])).select(
+            "stock_code", "week_start", "forecast", "lower", "upper").toPandas()
+        plots = []
+        for code in codes[:FORECAST_PLOTS]:
+            mine = history[history["stock_code"] == code]
+            sold = dict(zip(pd.to_datetime(mine["week_start"]).dt.date, mine["units"]))
+            plots.append({"stock_code": code, "description": names.get(code, ""),
+                          "history": pd.DataFrame({"week_start": weeks, "units": [float(sold.get(w, 0.0)) for w in weeks]}),
+                          "forecast": future[future["stock_code"] == code].sort_values("week_start").reset_index(drop=True)})
+        return Forecasts(as_of=latest, items=int(facts["items"]), weeks=int(facts["weeks"]), interval=float(facts["interval"]),
+                         backtest=summary, per_item=per_item, plots=plots)
+    finally:
+        rows.unpersist()
 
 
 def _segment_labels(src: _Source, lake: Lake, version: str, as_of: date) -> dict[int, str]:

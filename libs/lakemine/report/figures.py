@@ -141,6 +141,34 @@ def recommendation_eval_figure(evaluation: list[dict]) -> Figure:
     return fig
 
 
+def forecast_figure(plots: list[dict], interval: float) -> Figure:
+    """Small multiples, one per item (plots: dicts of stock_code, description, history with
+    week_start and units, forecast with week_start, forecast, lower and upper): weekly units
+    sold, then the forecast with its prediction interval shaded."""
+    cols = min(3, len(plots))
+    rows = math.ceil(len(plots) / cols)
+    fig = _new_figure(3.4 * cols, 2.3 * rows)
+    for i, item in enumerate(plots):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        hist, fc = item["history"], item["forecast"]
+        ax.plot(pd.to_datetime(hist["week_start"]), hist["units"], color=HISTOGRAM_COLOUR, linewidth=1.2, label="sold")
+        when = pd.to_datetime(fc["week_start"])
+        ax.fill_between(when, fc["lower"], fc["upper"], color=WARN_COLOUR, alpha=0.18, linewidth=0,
+                        label=f"{interval:.0%} interval")
+        ax.plot(when, fc["forecast"], color=WARN_COLOUR, linewidth=1.4, marker=".", markersize=4, label="forecast")
+        name = str(item["description"] or "")[:28]
+        ax.set_title(f"{item['stock_code']} {name}", fontsize=8.5, loc="left")
+        ax.set_ylim(bottom=0)
+        ax.tick_params(labelsize=7)
+        for label in ax.get_xticklabels():
+            label.set_rotation(30)
+            label.set_horizontalalignment("right")
+        _style(ax)
+        if i == 0:
+            ax.legend(fontsize=7, frameon=False, loc="upper left")
+    return fig
+
+
 def _epoch_axes(fig: Figure, best: int | None, title: str, ylabel: str):
     ax = fig.add_subplot()
     if best is not None:

@@ -21,12 +21,23 @@ from matplotlib.figure import Figure
 from lakemine.report import figures
 
 if TYPE_CHECKING:  # data imports Spark; only its types are needed here
-    from lakemine.report.data import Drift, Missing, Quality, Recommendations, Report, Rules, Scores, Segments, Training
+    from lakemine.report.data import (
+        Drift,
+        Forecasts,
+        Missing,
+        Quality,
+        Recommendations,
+        Report,
+        Rules,
+        Scores,
+        Segments,
+        Training,
+    )
 
 DPI = 144  # PNG pixels per inch; shown at 96 CSS px per inch, so sharp on dense screens too
 CSS_PX_PER_INCH = 96
 NAV = (("quality", "Data quality"), ("segments", "Segments"), ("rules", "Rules"), ("recommendations", "Recommendations"),
-       ("training", "Training"),
+       ("forecasts", "Forecasts"), ("training", "Training"),
        ("scores", "Scores"), ("drift", "Drift"))
 
 CSS = """
@@ -237,6 +248,32 @@ def _recommendations_section(r: Recommendations, as_of: date) -> str:
     return _section("recommendations", title, note + _row(chart, table + how) + "<h3>Most recommended items</h3>" + top)
 
 
+def _forecasts_section(f: Forecasts, as_of: date) -> str:
+    title = "5. Demand forecasts"
+    if f.missing:
+        return _section("forecasts", title, _not_available(f.missing, as_of))
+    note = _note(f"Weekly units of {f.items:,} best-selling items for {f.weeks} weeks from the forecast of "
+                 f"{_e(f.as_of.isoformat())} (statsmodels ETS per item, {f.interval:.0%} prediction intervals).")
+    chart = _figure(figures.forecast_figure(f.plots, f.interval), "weekly units sold and forecast for the items "
+                    "with the most forecast units") if f.plots else ""
+    if f.backtest:
+        backtest = _table(["method", "items", "mean MASE", "median MASE", "mean sMAPE"],
+                          [[b["method"], b["items"], b["mean_mase"], b["median_mase"], b["mean_smape"]] for b in f.backtest],
+                          "forecast-backtest")
+        methods = {b["method"] for b in f.backtest}
+        lacking = "" if "seasonal naive" in methods else (
+            " Seasonal naive is absent: the history before the backtest holds less than one season.")
+        backtest += _note("Backtest: the last weeks of the history hidden, the models fitted again on the weeks before. "
+                          "MASE below 1: better than the naive one-week-ahead forecast in sample." + lacking)
+    else:
+        backtest = _note("No backtest for this date: the items' histories are too short.")
+    per_item = _table(["item", "description", "forecast units", "model", "MASE ets", "MASE naive", "MASE seasonal naive"],
+                      [[r["stock_code"], r["description"], float(r["units"]), r["model"], r["ets"], r["naive"],
+                        r["seasonal naive"]] for r in f.per_item], "forecast-items")
+    return _section("forecasts", title, note + _row(chart) + "<h3>Backtest</h3>" + backtest
+                    + "<h3>Items with the most forecast units</h3>" + per_item)
+
+
 def _training_facts(meta: dict, best: int | None) -> str:
     rows_meta, epochs = meta.get("rows") or {}, meta.get("epochs") or {}
     return _facts([
@@ -248,7 +285,7 @@ def _training_facts(meta: dict, best: int | None) -> str:
 
 
 def _training_section(t: Training) -> str:
-    title = "5. Churn model training"
+    title = "6. Churn model training"
     meta = t.meta
     if meta is None:
         note = (f'<p class="na">not available: no churn model under {_e(t.model_dir)} — '
@@ -281,7 +318,7 @@ def _score_row(name: str, r: dict) -> list:
 
 
 def _scores_section(s: Scores, as_of: date) -> str:
-    title = "6. Churn scores"
+    title = "7. Churn scores"
     if s.missing:
         return _section("scores", title, _not_available(s.missing, as_of))
     overall = _figure(figures.histogram_figure(s.histogram, s.bins, s.overall["customers"]),
@@ -297,7 +334,7 @@ def _scores_section(s: Scores, as_of: date) -> str:
 
 
 def _drift_section(d: Drift, as_of: date, warn_psi: float) -> str:
-    title = "7. Feature drift"
+    title = "8. Feature drift"
     if d.missing:
         return _section("drift", title, _not_available(d.missing, as_of))
     warned = d.psi["psi"] > warn_psi
@@ -329,6 +366,7 @@ def page(report: Report, warn_psi: float) -> str:
         _segments_section(report.segments, as_of),
         _rules_section(report.rules, as_of),
         _recommendations_section(report.recommendations, as_of),
+        _forecasts_section(report.forecasts, as_of),
         _training_section(report.training),
         _scores_section(report.scores, as_of),
         _drift_section(report.drift, as_of, warn_psi),
