@@ -1,4 +1,4 @@
-"""Daily retail mining: ingest -> clean -> features -> (fpgrowth, kmeans) -> train? -> score -> report.
+"""Daily retail mining: ingest -> clean -> features -> (fpgrowth -> recommend, kmeans) -> train? -> score -> report.
 
 Wiring only. Every stage is `spark-submit jobs/<stage>.py --lake L --as-of {{ ds }}` through
 the Airflow connection named by `orchestration.conn_id` (default `spark_default`; its host
@@ -8,7 +8,9 @@ read when the file is parsed; no connection or Variable is looked up here.
 
 Backfill-safe: each stage replaces only its own `as_of`, so re-running or backfilling a date
 leaves the same rows. Training runs when the lake has no model yet or on the weekly
-retraining day (`orchestration.train_weekday`); scoring runs every day.
+retraining day (`orchestration.train_weekday`); scoring runs every day. Recommendations are
+made every day from the day's rules, without their held-out evaluation (it mines the rules a
+second time): the weekly_insights DAG evaluates them and forecasts demand.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ TABLES = {
     "clean": ["silver/transactions", "silver/quarantine"],
     "features": ["gold/baskets", "gold/customer_features", "gold/feature_scaler", "gold/labels"],
     "fpgrowth": ["gold/frequent_itemsets", "gold/association_rules"],
+    "recommend": ["gold/recommendations"],
     "kmeans": ["gold/customer_segments", "gold/segment_profiles"],
     "train": ["models/churn"],
     "score": ["gold/customer_scores", "ops/drift"],
@@ -57,7 +60,9 @@ with DAG("retail_mining", schedule="@daily", start_date=pendulum.datetime(2010, 
         print(f"{'training' if train else 'not training'}: {why}")
         return "train" if train else "keep_model"
 
-    mined = [stage("fpgrowth", S.fpgrowth_args), stage("kmeans")]
+    fpgrowth = stage("fpgrowth", S.fpgrowth_args)
+    fpgrowth >> stage("recommend", ["--no-evaluate"])
+    mined = [fpgrowth, stage("kmeans")]
     learned = [stage("train"), EmptyOperator(task_id="keep_model")]
     score = stage("score", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
 

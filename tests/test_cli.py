@@ -63,7 +63,8 @@ def test_run_generates_ingests_cleans_and_summarizes(spark, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     for expected in ("silver/transactions", "quarantined by reason", "conservation (this run)", "wall time per stage",
-                     "not trained: no complete churn labels", "report: "):
+                     "not trained: no complete churn labels", "report: ", "recommendations: ",
+                     "held-out last baskets of", "demand forecasts: "):
         assert expected in out
     from lakemine.io.lake import Lake
 
@@ -112,16 +113,17 @@ def test_run_with_input_in_a_second_schema_trains_scores_and_reports(spark, tmp_
     raw, lake_dir = tmp_path / "raw", tmp_path / "lake"
     generate(spark, str(raw), GenerateParams.from_config(None, customers=300, days=300, seed=9, dirty_rate=0.005))
     to_household_shape(raw, tmp_path / "household")
-    (tmp_path / "profile.yaml").write_text(HOUSEHOLD_PROFILE)
+    (tmp_path / "profile.yaml").write_text(HOUSEHOLD_PROFILE + "forecast: {max_items: 3}\n")
     code = main(["run", "--input", str(tmp_path / "household"), "--source", "household", "--lake", str(lake_dir),
                  "--epochs", "4", "--config", str(tmp_path / "profile.yaml")])
     captured = capsys.readouterr()
     assert code == 0, captured.err[-3000:]
     out = captured.out
     for expected in ("association rules as of", "customer segments", "churn model", "validation AUC",
-                     "logistic-regression baseline", "scores written: ", "wall time per stage"):
+                     "logistic-regression baseline", "scores written: ", "wall time per stage",
+                     "demand forecasts: 3 items, 8 weeks from", "backtest on the last 8 weeks"):
         assert expected in out, expected
-    for stage in ("features", "fpgrowth", "kmeans", "train", "score", "report"):
+    for stage in ("features", "fpgrowth", "recommend", "forecast", "kmeans", "train", "score", "report"):
         assert f"\n  {stage:<10}" in out, stage
     assert "training snapshots: " in captured.err  # progress on stderr
     lake = Lake.at(spark, str(lake_dir))
@@ -283,5 +285,5 @@ def test_a_second_config_in_one_process_gets_its_sql_settings_in_a_child_session
     assert child.conf.get("spark.sql.shuffle.partitions") == "3"
     assert spark.conf.get("spark.sql.shuffle.partitions") == str(cfg.spark.shuffle_partitions)
     assert child.sparkContext is spark.sparkContext
-    assert "spark.driver.memory=3g (running: 2g)" in caplog.text
+    assert "spark.driver.memory=3g (running: 4g)" in caplog.text
     assert session(cfg) is spark  # same settings: the running session itself

@@ -67,7 +67,7 @@ def test_dag_files_parse_without_lookups_or_heavy_imports(tmp_path, venv_env):
     parsed = json.loads(proc.stdout.split("PARSED ", 1)[1])
     assert parsed["errors"] == {}
     assert parsed["heavy"] == []
-    assert set(parsed["dags"]) == {"retail_mining", "lake_maintenance"}
+    assert set(parsed["dags"]) == {"retail_mining", "lake_maintenance", "weekly_insights"}
     mining = parsed["dags"]["retail_mining"]
     assert mining["catchup"] is False and mining["start"].startswith("2010-12-01")
     tasks = mining["tasks"]
@@ -75,12 +75,13 @@ def test_dag_files_parse_without_lookups_or_heavy_imports(tmp_path, venv_env):
     for a, b in zip(order, order[1:]):
         assert tasks[a]["downstream"] == [b]
     assert tasks["features"]["downstream"] == ["fpgrowth", "kmeans"]
-    assert tasks["fpgrowth"]["downstream"] == tasks["kmeans"]["downstream"] == ["train_today"]
+    assert tasks["fpgrowth"]["downstream"] == ["recommend", "train_today"] and tasks["kmeans"]["downstream"] == ["train_today"]
+    assert tasks["recommend"]["args"][-1] == "--no-evaluate" and tasks["recommend"]["downstream"] == []
     assert tasks["train_today"]["downstream"] == ["keep_model", "train"]
     assert tasks["train"]["downstream"] == tasks["keep_model"]["downstream"] == ["score"]
     assert tasks["score"]["downstream"] == ["report"] and tasks["score"]["trigger_rule"] == "none_failed_min_one_success"
     lake_uri = "file://" + str(tmp_path / "lake")
-    for stage in ("ingest", "clean", "features", "fpgrowth", "kmeans", "train", "score", "report"):
+    for stage in ("ingest", "clean", "features", "fpgrowth", "recommend", "kmeans", "train", "score", "report"):
         t = tasks[stage]
         assert t["type"] == "SparkSubmitOperator" and t["conn_id"] == "spark_default"
         assert t["args"][:4] == ["--lake", str(tmp_path / "lake"), "--as-of", "{{ ds }}"], stage
@@ -90,6 +91,11 @@ def test_dag_files_parse_without_lookups_or_heavy_imports(tmp_path, venv_env):
         assert t["conf"]["spark.sql.shuffle.partitions"] == "8" and t["conf"]["spark.ui.enabled"] == "false", stage
     assert lake_uri + "/gold/customer_scores" in tasks["score"]["outlets"]
     assert tasks["ingest"]["args"][4] == "--input" and tasks["ingest"]["args"][6:] == ["--source", "online_retail_ii"]
+    weekly = parsed["dags"]["weekly_insights"]
+    assert weekly["schedule"] == "@weekly"
+    assert weekly["tasks"]["package"]["downstream"] == ["evaluate_recommendations", "forecast"]
+    assert weekly["tasks"]["forecast"]["outlets"] == [f"{lake_uri}/gold/demand_forecast", f"{lake_uri}/ops/forecast_backtest"]
+    assert "--no-evaluate" not in weekly["tasks"]["evaluate_recommendations"]["args"]
     maintenance = parsed["dags"]["lake_maintenance"]
     assert maintenance["schedule"] == "@weekly"
     assert maintenance["tasks"]["optimize_vacuum"]["args"][-2:] == ["--retention-hours", "168"]
@@ -145,7 +151,7 @@ def test_airflow_dags_test_runs_every_task_through_spark_submit_on_three_days(sp
     env = _airflow_env(tmp_path, venv_env, LAKEMINE_LAKE=str(lake_dir), LAKEMINE_ORCHESTRATION__INPUT=str(landing),
                        LAKEMINE_TRAIN__EPOCHS="3", LAKEMINE_ORCHESTRATION__TRAIN_WEEKDAY=str(days[0].weekday()))
     env["AIRFLOW_CONN_SPARK_DEFAULT"] = json.dumps({"conn_type": "spark", "host": "local[2]"})
-    expected = {t: "success" for t in ("package", "ingest", "clean", "features", "fpgrowth", "kmeans",
+    expected = {t: "success" for t in ("package", "ingest", "clean", "features", "fpgrowth", "recommend", "kmeans",
                                        "train_today", "train", "score", "report")}
     for i, day in enumerate(days):
         if i:
@@ -179,5 +185,7 @@ def test_airflow_dags_test_runs_every_task_through_spark_submit_on_three_days(sp
     featured = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES).where(F.col("as_of") == F.lit(day)).count()
     assert lake.read_table(schemas.GOLD_CUSTOMER_SCORES).where(F.col("as_of") == F.lit(day)).count() == featured > 0
     runs = {r["stage"]: r["status"] for r in lake.read_table(schemas.OPS_RUNS).collect()}
-    assert {runs[s] for s in ("ingest", "clean", "features", "fpgrowth", "kmeans", "train", "score")} == {"succeeded"}
+    assert {runs[s] for s in ("ingest", "clean", "features", "fpgrowth", "recommend", "kmeans", "train", "score")} == {
+        "succeeded"}
+    assert lake.read_table(schemas.GOLD_RECOMMENDATIONS).where(F.col("as_of") == F.lit(day)).count() > 0
     assert storage.exists(f"{lake_dir}/reports/{day}/report.html")

@@ -26,8 +26,10 @@ class Timings:
 
 def run_pipeline(lake: Lake, cfg: Config, args, console) -> str:
     """Generate (when no input), ingest, clean, features (with the training snapshots),
-    fpgrowth, kmeans, train, score and the report; returns the summary."""
-    from lakemine.mining import fpgrowth, kmeans
+    fpgrowth, recommend, forecast, kmeans, train, score and the report; returns the summary.
+    `args.skip_slow`: recommend without its held-out evaluation, and no forecast."""
+    from lakemine.learning import forecast
+    from lakemine.mining import fpgrowth, kmeans, recommend
     from lakemine.stages import clean, features, ingest
     from lakemine.stages.generate import GenerateParams, generate
 
@@ -59,6 +61,20 @@ def run_pipeline(lake: Lake, cfg: Config, args, console) -> str:
     console.step("fpgrowth", f"{schemas.GOLD_BASKETS} -> itemsets and rules")
     mined = timings.timed("fpgrowth", fpgrowth.run, lake, cfg, fpgrowth.MiningParams.from_config(cfg, as_of=feats.as_of))
     console.step("fpgrowth", mined.message or "")
+    skip_slow = getattr(args, "skip_slow", False)
+    rp = recommend.RecommendParams.from_config(cfg, as_of=feats.as_of, evaluate=False if skip_slow else None)
+    console.step("recommend", f"{schemas.GOLD_ASSOCIATION_RULES} -> {schemas.GOLD_RECOMMENDATIONS}"
+                 + ("" if rp.evaluate else " (held-out evaluation skipped)"))
+    recommended = timings.timed("recommend", recommend.run, lake, cfg, rp)
+    console.step("recommend", recommended.message or "")
+    forecasted = None
+    if skip_slow:
+        console.step("forecast", "skipped (--skip-slow)")
+    else:
+        fp = forecast.ForecastParams.from_config(cfg, as_of=feats.as_of)
+        console.step("forecast", f"{schemas.SILVER_TRANSACTIONS} -> {schemas.GOLD_DEMAND_FORECAST} ({fp.horizon_weeks} weeks)")
+        forecasted = timings.timed("forecast", forecast.run, lake, cfg, fp)
+        console.step("forecast", forecasted.message or "")
     console.step("kmeans", f"{schemas.GOLD_CUSTOMER_FEATURES} -> segments")
     km = kmeans.KMeansParams.from_config(cfg, as_of=feats.as_of, k_range=cfg.run.k_range)
     segmented = timings.timed("kmeans", kmeans.run, lake, cfg, km)
@@ -70,7 +86,9 @@ def run_pipeline(lake: Lake, cfg: Config, args, console) -> str:
 
         console.step("report", f"plots and tables -> {lake.root}/reports/{feats.as_of}/report.html")
         report_path = timings.timed("report", report.run, lake, cfg, report.ReportParams(as_of=feats.as_of)).result
-    return summarize(lake, timings, ingested, cleaned, feats.as_of, learned, report_path)
+    return summarize(lake, timings, ingested, cleaned, feats.as_of, learned, report_path,
+                     more=[recommended.message and f"recommendations: {recommended.message}",
+                           forecasted and forecasted.message and f"demand forecasts: {forecasted.message}"])
 
 
 @dataclass
@@ -106,12 +124,12 @@ def _learn(lake: Lake, cfg: Config, args, console, timings: Timings, as_of, trai
 
 
 def summarize(lake: Lake, timings: Timings, ingest_run, clean_run, as_of=None, learned: Learned | None = None,
-              report: str | None = None) -> str:
+              report: str | None = None, more: list[str | None] = ()) -> str:
     lines = ["", f"lakemine run: lake {lake.root}", "", "tables"]
     for table in (schemas.BRONZE_TRANSACTIONS, schemas.BRONZE_QUARANTINE,
                   schemas.SILVER_TRANSACTIONS, schemas.SILVER_QUARANTINE, schemas.GOLD_BASKETS,
                   schemas.GOLD_CUSTOMER_FEATURES, schemas.GOLD_LABELS, schemas.GOLD_FREQUENT_ITEMSETS,
-                  schemas.GOLD_ASSOCIATION_RULES, schemas.GOLD_RECOMMENDATIONS,
+                  schemas.GOLD_ASSOCIATION_RULES, schemas.GOLD_RECOMMENDATIONS, schemas.GOLD_DEMAND_FORECAST,
                   schemas.GOLD_CUSTOMER_SEGMENTS, schemas.GOLD_CUSTOMER_SCORES,
                   schemas.OPS_DRIFT):
         if lake.exists(table):
@@ -135,6 +153,9 @@ def summarize(lake: Lake, timings: Timings, ingest_run, clean_run, as_of=None, l
             lhs = " + ".join(r["antecedent_descriptions"] or r["antecedent"])
             lines.append(f"  {lhs[:60]:<60} -> {(r['consequent_description'] or r['consequent'][0])[:32]:<32} "
                          f"support {r['support']:.3f} confidence {r['confidence']:.2f} lift {r['lift']:.1f}")
+    for line in more:
+        if line:
+            lines += ["", line]
     if as_of is not None and lake.exists(schemas.GOLD_SEGMENT_PROFILES):
         profiles = lake.read_table(schemas.GOLD_SEGMENT_PROFILES).where(F.col("as_of") == F.lit(as_of))
         lines += ["", "customer segments (centres in original units)"]
