@@ -33,7 +33,11 @@ def cfg() -> Config:
     env = {
         "LAKEMINE_SPARK__MASTER": "local[2]",
         "LAKEMINE_SPARK__SHUFFLE_PARTITIONS": "2",
-        "LAKEMINE_SPARK__DRIVER_MEMORY": "2g",
+        # local mode: the tasks run in the driver's heap, and the session lives through every
+        # test (Horovod, GBT, Delta logs); the packaged default, not less
+        "LAKEMINE_SPARK__DRIVER_MEMORY": "4g",
+        # gradient-boosted trees: fewer than the packaged 50, for time
+        "LAKEMINE_TRAIN__GBT_TREES": "20",
         # the one driver lives through every test: keep what its status store remembers of
         # finished jobs and queries small (the defaults keep a thousand of each, plans included)
         "LAKEMINE_SPARK__CONF": "{spark.ui.retainedJobs: 50, spark.ui.retainedStages: 100, "
