@@ -126,6 +126,15 @@ def read_back(lake_dir: Path, raw: dict, services: set[str], pattern: re.Pattern
                    "examples": [r.asDict() for r in recs.where(F.col("rank") <= 3).orderBy("customer_id", "rank")
                                 .select("customer_id", "rank", "stock_code", "description", "score", "because").limit(9).collect()],
                    "evaluation": evaluation} if recs is not None else None
+    forecasts = None
+    if lake.exists(schemas.OPS_FORECAST_BACKTEST):
+        from lakemine.learning.forecast import summarize_backtest
+
+        fc = lake.read_table(schemas.GOLD_DEMAND_FORECAST)
+        forecasts = {"items": fc.select("stock_code").distinct().count(), "weeks": fc.select("week_start").distinct().count(),
+                     "models": {r["model"]: r["count"] for r in fc.groupBy("model").agg(
+                         F.countDistinct("stock_code").alias("count")).collect()},
+                     "backtest": summarize_backtest(lake.read_table(schemas.OPS_FORECAST_BACKTEST))}
     version = sorted((lake_dir / "models" / "churn").iterdir())[-1]
     meta = json.loads((version / "metadata.json").read_text())
     return {
@@ -133,7 +142,7 @@ def read_back(lake_dir: Path, raw: dict, services: set[str], pattern: re.Pattern
         "quarantine_reasons": {"bronze": dict(ing["quarantine_reasons"] or {}), "silver": dict(cln["quarantine_reasons"] or {})},
         "silver_rows": silver.count(), "silver_guest_lines": silver.where(F.col("customer_id").isNull()).count(),
         "baskets": baskets.count(), "guest_baskets": guest_baskets, "rules": len(rules), "top_rules": top,
-        "segments": profiles, "recommendations": recommended,
+        "segments": profiles, "recommendations": recommended, "forecasts": forecasts,
         "model": {"version": version.name, "val_auc": meta["validation"]["auc"], "baseline_auc": meta["baseline"]["auc"],
                   "val_log_loss": meta["validation"].get("log_loss"), "baseline_log_loss": meta["baseline"].get("log_loss"),
                   "baselines": meta.get("baselines", []), "epochs_run": meta["epochs"]["run"], "world_size": meta["world_size"],
@@ -203,6 +212,14 @@ def markdown(result: dict) -> str:
         for x in rec["examples"]:
             lines.append(f"| {x['customer_id']} | {x['rank']} | {x['stock_code']} {x['description']} | {x['score']:.2f} | "
                          f"{', '.join(x['because'])} |")
+    fc = lm.get("forecasts")
+    if fc:
+        lines += ["", "## Demand forecasts", "", f"{fc['items']:,} items, {fc['weeks']} weeks ahead; models chosen: "
+                  + ", ".join(f"{m} {n}" for m, n in sorted(fc["models"].items(), key=lambda x: -x[1])) + ".", "",
+                  "Backtest (the last weeks hidden and forecast again), over the items every method was scored on:", "",
+                  "| method | items | mean MASE | median MASE | mean sMAPE |", "|---|---:|---:|---:|---:|"]
+        for b in fc["backtest"]:
+            lines.append(f"| {b['method']} | {b['items']:,} | {b['mean_mase']:.3f} | {b['median_mase']:.3f} | {b['mean_smape']:.3f} |")
     m = lm["model"]
     lines += ["", "## Churn model", "",
               f"Validation AUC {m['val_auc']:.3f} against the logistic-regression baseline's {m['baseline_auc']:.3f} "
