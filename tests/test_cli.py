@@ -113,17 +113,18 @@ def test_run_with_input_in_a_second_schema_trains_scores_and_reports(spark, tmp_
     raw, lake_dir = tmp_path / "raw", tmp_path / "lake"
     generate(spark, str(raw), GenerateParams.from_config(None, customers=300, days=300, seed=9, dirty_rate=0.005))
     to_household_shape(raw, tmp_path / "household")
-    (tmp_path / "profile.yaml").write_text(HOUSEHOLD_PROFILE + "forecast: {max_items: 3}\n")
+    (tmp_path / "profile.yaml").write_text(HOUSEHOLD_PROFILE)
     code = main(["run", "--input", str(tmp_path / "household"), "--source", "household", "--lake", str(lake_dir),
-                 "--epochs", "4", "--config", str(tmp_path / "profile.yaml")])
+                 "--epochs", "4", "--config", str(tmp_path / "profile.yaml"), "--skip-slow"])
     captured = capsys.readouterr()
     assert code == 0, captured.err[-3000:]
     out = captured.out
     for expected in ("association rules as of", "customer segments", "churn model", "validation AUC",
-                     "logistic-regression baseline", "scores written: ", "wall time per stage",
-                     "demand forecasts: 3 items, 8 weeks from", "backtest on the last 8 weeks"):
+                     "logistic-regression baseline", "scores written: ", "wall time per stage", "recommendations: "):
         assert expected in out, expected
-    for stage in ("features", "fpgrowth", "recommend", "forecast", "kmeans", "train", "score", "report"):
+    # --skip-slow (the 40-customer run above has both): no held-out evaluation, no forecast
+    assert "held-out" not in out and "demand forecasts" not in out and "forecast skipped (--skip-slow)" in captured.err
+    for stage in ("features", "fpgrowth", "recommend", "kmeans", "train", "score", "report"):
         assert f"\n  {stage:<10}" in out, stage
     assert "training snapshots: " in captured.err  # progress on stderr
     lake = Lake.at(spark, str(lake_dir))
