@@ -13,7 +13,7 @@ import pyspark.sql.functions as F
 import pytest
 import torch
 
-from conftest import copy_lake, run_features
+from conftest import GBT_TREES, copy_lake, run_features
 from lakemine.core import storage
 from lakemine.core.errors import StageError
 from lakemine.io import schemas
@@ -105,7 +105,7 @@ def test_horovod_ranks_end_identical_and_beat_the_logistic_baseline(trained_lake
     # beside logistic regression, gradient-boosted trees on the same split (issue 18)
     logistic, gbt = meta["baselines"]
     assert logistic == meta["baseline"]
-    assert gbt["model"] == "gradient-boosted trees (Spark ML)" and (gbt["trees"], gbt["depth"]) == (20, 4)
+    assert gbt["model"] == "gradient-boosted trees (Spark ML)" and (gbt["trees"], gbt["depth"]) == (int(GBT_TREES), 4)
     assert 0.6 < gbt["auc"] <= 1 and 0 < gbt["log_loss"] < 1
     assert meta["inputs"] == {t: lake.table_version(t) for t in meta["inputs"]}
     assert len(meta["history"]) == meta["epochs"]["run"] and 1 <= meta["epochs"]["best"] <= meta["epochs"]["run"]
