@@ -181,12 +181,11 @@ def weekly_units(silver: DataFrame, p: ForecastParams, as_of: date, service_code
     """(stock_code, week_start, units: every week from the item's first sale in the window to
     the last complete week, zeros included; service lines left out) and that last week."""
     last = last_complete_week(as_of)
-    first = date.min if p.window_weeks == 0 else last - timedelta(weeks=p.window_weeks - 1)
     week = F.date_trunc("week", F.col("invoice_date")).cast("date")
     lines = product_lines(silver, service_codes, service_pattern).where(
         ~F.col("is_return") & (F.col("quantity") > 0) & (F.col("invoice_date") <= F.lit(last + timedelta(days=6))))
     if p.window_weeks:
-        lines = lines.where(F.col("invoice_date") >= F.lit(first))
+        lines = lines.where(F.col("invoice_date") >= F.lit(last - timedelta(weeks=p.window_weeks - 1)))
     sold = lines.groupBy("stock_code", week.alias("week_start")).agg(F.sum("quantity").cast("double").alias("units"))
     grid = sold.groupBy("stock_code").agg(F.min("week_start").alias("_first")).select(
         "stock_code", F.explode(F.sequence("_first", F.lit(last), F.expr("interval 1 week"))).alias("week_start"))
