@@ -13,6 +13,16 @@ os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
 # the gradient-boosted-trees baseline with 10 trees, not the packaged 50, in every training the
 # suite starts: in-process, `lakemine` subprocesses, spark-submit jobs and Airflow tasks alike
 GBT_TREES = os.environ.setdefault("LAKEMINE_TRAIN__GBT_TREES", "10")
+# Spark settings for every session the suite starts, in-process and in subprocesses alike:
+# - the one test driver lives through every test: its status store keeps few finished jobs
+#   and queries (the defaults keep a thousand of each, plans included);
+# - expressions are evaluated, not compiled: on the tests' few rows, generating and compiling
+#   Java code for each new query costs more than it saves (ingest and clean of a small file
+#   ~30% faster). lakemine itself keeps Spark's code generation.
+SPARK_CONF = os.environ.setdefault(
+    "LAKEMINE_SPARK__CONF",
+    "{spark.ui.retainedJobs: 50, spark.ui.retainedStages: 100, spark.sql.ui.retainedExecutions: 20, "
+    "spark.ui.retainedTasks: 10000, spark.sql.codegen.wholeStage: false, spark.sql.codegen.factoryMode: NO_CODEGEN}")
 from pathlib import Path
 
 import pytest
@@ -40,10 +50,7 @@ def cfg() -> Config:
         # test (Horovod, GBT, Delta logs); the packaged default, not less
         "LAKEMINE_SPARK__DRIVER_MEMORY": "4g",
         "LAKEMINE_TRAIN__GBT_TREES": GBT_TREES,
-        # the one driver lives through every test: keep what its status store remembers of
-        # finished jobs and queries small (the defaults keep a thousand of each, plans included)
-        "LAKEMINE_SPARK__CONF": "{spark.ui.retainedJobs: 50, spark.ui.retainedStages: 100, "
-                                "spark.sql.ui.retainedExecutions: 20, spark.ui.retainedTasks: 10000}",
+        "LAKEMINE_SPARK__CONF": SPARK_CONF,
     }
     return load_config(env=env)
 

@@ -130,12 +130,13 @@ def test_py_files_zip_is_deterministic_and_importable(tmp_path):
 
 
 @pytest.mark.slow
-def test_airflow_dags_test_runs_every_task_through_spark_submit_on_two_days(spark, tmp_path, venv_env):
-    """generate -> the history up to day 1 landed, `airflow dags test retail_mining` for day 1,
-    then day 2's file landed before its run. Every task succeeds (day 1 picks `train`, as no
-    model exists; day 2 keeps it), and day 2 ingests only its new file, cleans only its batch
-    and recomputes the aggregates of its date only. (Two days, not three: each costs a dozen
-    spark-submits, and the third showed nothing the second does not.)"""
+def test_airflow_runs_every_task_through_spark_submit_and_the_next_day_incrementally(spark, tmp_path, venv_env):
+    """generate -> the history up to day 1 landed, `airflow dags test retail_mining` for day 1:
+    every task succeeds through spark-submit (it picks `train`, as no model exists). Then day
+    2's file lands and `airflow tasks test` runs day 2's ingest, clean and features: ingest reads
+    only the new file, clean only its batch, features recomputes the aggregates of that date only.
+    (The whole DAG once, not twice: each run is a dozen spark-submits, and the day-2 tasks after
+    features do nothing the day-1 run does not.)"""
     import pyspark.sql.functions as F
 
     from conftest import daily_lines, land
@@ -146,47 +147,46 @@ def test_airflow_dags_test_runs_every_task_through_spark_submit_on_two_days(spar
     raw, landing, lake_dir = tmp_path / "raw", tmp_path / "landing", tmp_path / "lake"
     generate(spark, str(raw), GenerateParams.from_config(None, customers=300, days=240, seed=7, dirty_rate=0.005))
     header, by_day = daily_lines(raw)
-    days = list(by_day)[-2:]
+    first, second = list(by_day)[-2:]
     landing.mkdir()
-    land(landing, "history.csv", header, [line for d, lines in by_day.items() if d <= days[0] for line in lines])
+    land(landing, "history.csv", header, [line for d, lines in by_day.items() if d <= first for line in lines])
     env = _airflow_env(tmp_path, venv_env, LAKEMINE_LAKE=str(lake_dir), LAKEMINE_ORCHESTRATION__INPUT=str(landing),
-                       LAKEMINE_TRAIN__EPOCHS="3", LAKEMINE_ORCHESTRATION__TRAIN_WEEKDAY=str(days[0].weekday()))
+                       LAKEMINE_TRAIN__EPOCHS="3", LAKEMINE_ORCHESTRATION__TRAIN_WEEKDAY=str(first.weekday()))
     env["AIRFLOW_CONN_SPARK_DEFAULT"] = json.dumps({"conn_type": "spark", "host": "local[2]"})
+    airflow = f"{REPO}/.venv/bin/airflow"
+    proc = subprocess.run([airflow, "dags", "test", "retail_mining", first.isoformat()],
+                          capture_output=True, text=True, env=env, timeout=1800)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    with sqlite3.connect(tmp_path / "airflow" / "airflow.db") as db:
+        (run_id,) = db.execute("select run_id from dag_run where dag_id = 'retail_mining' order by id desc limit 1").fetchone()
+        states = dict(db.execute("select task_id, state from task_instance where dag_id = 'retail_mining' "
+                                 "and run_id = ?", (run_id,)).fetchall())
     expected = {t: "success" for t in ("package", "ingest", "clean", "features", "fpgrowth", "recommend", "kmeans",
                                        "train_today", "train", "score", "report")}
-    for i, day in enumerate(days):
-        if i:
-            land(landing, f"day_{day}.csv", header, by_day[day])
-        proc = subprocess.run([f"{REPO}/.venv/bin/airflow", "dags", "test", "retail_mining", day.isoformat()],
-                              capture_output=True, text=True, env=env, timeout=1800)
-        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-        with sqlite3.connect(tmp_path / "airflow" / "airflow.db") as db:
-            (run_id,) = db.execute("select run_id from dag_run where dag_id = 'retail_mining' order by id desc limit 1").fetchone()
-            states = dict(db.execute("select task_id, state from task_instance where dag_id = 'retail_mining' "
-                                     "and run_id = ?", (run_id,)).fetchall())
-        want = {**expected, "keep_model": "skipped"} if i == 0 else {**expected, "train": "skipped", "keep_model": "success"}
-        assert states == want, (day, states, (proc.stdout + proc.stderr)[-4000:])
+    assert states == {**expected, "keep_model": "skipped"}, (states, (proc.stdout + proc.stderr)[-4000:])
 
-    lake = Lake.at(spark, str(lake_dir))
-    runs = lake.read_table(schemas.OPS_RUNS).orderBy("started_at").collect()
-    for i, day in enumerate(days[1:], start=1):
-        mine = [r for r in runs if r["as_of"] == day]
-        ingested = [json.loads(r["params"]) for r in mine if r["stage"] == "ingest"]
-        assert [len(set(p["batches"]) - set(p["skipped"])) for p in ingested] == [1], day
-        assert all(p.endswith("(not read)") for p in ingested[0]["skipped"].values())
-        cleaned = [json.loads(r["params"]) for r in mine if r["stage"] == "clean"]
-        assert [(c["mode"], len(c["batches"])) for c in cleaned] == [("incremental", 1)]
-        aggregates = [json.loads(r["params"]) for r in mine if r["stage"] == "features" and "aggregates" in r["params"]]
-        assert [(a["mode"], a["dates"]) for a in aggregates] == [("incremental", [day.isoformat()])]
-    day = days[-1]
     lake = Lake.at(spark, str(lake_dir))
     for table in (schemas.SILVER_TRANSACTIONS, schemas.GOLD_CUSTOMER_FEATURES, schemas.GOLD_ASSOCIATION_RULES,
                   schemas.GOLD_CUSTOMER_SEGMENTS, schemas.GOLD_CUSTOMER_SCORES, schemas.OPS_DRIFT):
         assert lake.read_table(table).count() > 0, table
-    featured = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES).where(F.col("as_of") == F.lit(day)).count()
-    assert lake.read_table(schemas.GOLD_CUSTOMER_SCORES).where(F.col("as_of") == F.lit(day)).count() == featured > 0
+    featured = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES).where(F.col("as_of") == F.lit(first)).count()
+    assert lake.read_table(schemas.GOLD_CUSTOMER_SCORES).where(F.col("as_of") == F.lit(first)).count() == featured > 0
     runs = {r["stage"]: r["status"] for r in lake.read_table(schemas.OPS_RUNS).collect()}
     assert {runs[s] for s in ("ingest", "clean", "features", "fpgrowth", "recommend", "kmeans", "train", "score")} == {
         "succeeded"}
-    assert lake.read_table(schemas.GOLD_RECOMMENDATIONS).where(F.col("as_of") == F.lit(day)).count() > 0
-    assert storage.exists(f"{lake_dir}/reports/{day}/report.html")
+    assert lake.read_table(schemas.GOLD_RECOMMENDATIONS).where(F.col("as_of") == F.lit(first)).count() > 0
+    assert storage.exists(f"{lake_dir}/reports/{first}/report.html")
+
+    land(landing, f"day_{second}.csv", header, by_day[second])
+    for task in ("ingest", "clean", "features"):
+        proc = subprocess.run([airflow, "tasks", "test", "retail_mining", task, second.isoformat()],
+                              capture_output=True, text=True, env=env, timeout=900)
+        assert proc.returncode == 0, (task, (proc.stdout + proc.stderr)[-4000:])
+    mine = [r for r in Lake.at(spark, str(lake_dir)).read_table(schemas.OPS_RUNS).collect() if r["as_of"] == second]
+    ingested = [json.loads(r["params"]) for r in mine if r["stage"] == "ingest"]
+    assert [len(set(p["batches"]) - set(p["skipped"])) for p in ingested] == [1]
+    assert all(p.endswith("(not read)") for p in ingested[0]["skipped"].values())
+    cleaned = [json.loads(r["params"]) for r in mine if r["stage"] == "clean"]
+    assert [(c["mode"], len(c["batches"])) for c in cleaned] == [("incremental", 1)]
+    aggregates = [json.loads(r["params"]) for r in mine if r["stage"] == "features" and "aggregates" in r["params"]]
+    assert [(a["mode"], a["dates"]) for a in aggregates] == [("incremental", [second.isoformat()])]
