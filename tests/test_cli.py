@@ -149,66 +149,6 @@ def _spark_submit(env: dict, master: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_jobs_run_through_spark_submit(tmp_path, venv_env):
-    """jobs/ingest.py and jobs/clean.py as a cluster user runs them: spark-submit subprocesses."""
-    write_lines(tmp_path / "raw" / "a.csv", [
-        HEADER,
-        "536365,85123A,HEART,6,12/1/2010 8:26,2.55,17850,United Kingdom",
-        "536365,85123A,HEART,6,12/1/2010 8:26,2.55,17850,United Kingdom",
-        "536366,22633,WARMER,6,bad date,1.85,17850,United Kingdom",
-        "",
-    ])
-    lake = tmp_path / "lake"
-    base = _spark_submit(venv_env, "local[1]")
-    expected = {
-        "ingest": "ingest: status=succeeded in=4 out=3 quarantined=1",
-        "clean": "clean: status=succeeded in=3 out=1 quarantined=1 duplicates=1",
-    }
-    for job, extra in (("ingest", ["--input", str(tmp_path / "raw")]), ("clean", [])):
-        proc = subprocess.run(
-            [*base, str(REPO / "jobs" / f"{job}.py"), "--lake", str(lake), *extra],
-            capture_output=True, text=True, env=venv_env, timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert expected[job] in proc.stdout, proc.stdout
-    proc = subprocess.run(
-        [sys.executable, "-m", "lakemine", "show", "ops/runs", "--lake", str(lake)],
-        capture_output=True, text=True, env=venv_env, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "ingest" in proc.stdout and "clean" in proc.stdout
-
-
-@pytest.mark.slow
-def test_learning_jobs_run_through_spark_submit(learn_lake, tmp_path, venv_env):
-    """jobs/train.py (Horovod on the submitted session's executors) then jobs/score.py."""
-    import pyspark.sql.functions as F
-
-    from conftest import copy_lake
-    from lakemine.learning.train import model_versions
-
-    lake, _ = copy_lake(*learn_lake, tmp_path / "lake")
-    base = _spark_submit(venv_env, "local[2]")
-    steps = [
-        ("train", ["--lake", lake.root, "--epochs", "2", "--batch-size", "128", "--workers", "2"]),
-        ("score", ["--lake", lake.root]),
-    ]
-    for job, args in steps:
-        proc = subprocess.run([*base, str(REPO / "jobs" / f"{job}.py"), *args],
-                              capture_output=True, text=True, env=venv_env, timeout=600)
-        assert proc.returncode == 0, f"{job}: {proc.stderr[-3000:]}"
-    versions = model_versions(lake)
-    assert len(versions) == 1
-    features = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES)
-    latest = features.agg(F.max("as_of")).first()[0]
-    scores = lake.read_table(schemas.GOLD_CUSTOMER_SCORES)
-    assert scores.where(F.col("as_of") == latest).count() == features.where(F.col("as_of") == latest).count()
-    assert {r["model_version"] for r in scores.select("model_version").distinct().collect()} == set(versions)
-    stages = {r["stage"]: r["status"] for r in lake.read_table(schemas.OPS_RUNS).where("stage in ('train', 'score')").collect()}
-    assert stages == {"train": "succeeded", "score": "succeeded"}
-
-
-@pytest.mark.slow
 def test_package_prints_a_submit_line_that_runs(tmp_path, venv_env, capsys):
     """`lakemine package`: the zip for --py-files, and the printed spark-submit line works as printed."""
     import shlex

@@ -154,13 +154,18 @@ class Lake:
         return {"files_added": int(metrics.get("numFilesAdded", 0)), "files_removed": int(metrics.get("numFilesRemoved", 0))}
 
     def vacuum(self, table: str, retention_hours: int) -> None:
-        """VACUUM: delete files no version of the last `retention_hours` needs. Below Delta's
-        safety default (168 h) the check is turned off in a child session made for this call
-        (its own SQL settings, the same SparkContext), never in the session others share."""
-        spark = self.spark
+        """VACUUM: delete files no version of the last `retention_hours` needs. It runs in a
+        child session made for this call (its own SQL settings, the same SparkContext), never
+        changing the session others share: below Delta's safety default (168 h) the retention
+        check is off there, and Delta's file listing asks for 4 tasks per core Spark has, not
+        spark.sql.sources.parallelPartitionDiscovery.parallelism's default 10,000 (minutes of
+        task scheduling for a small table on one machine) unless that setting was changed."""
+        spark = self.spark.newSession()
         if retention_hours < 168:
-            spark = self.spark.newSession()
             spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
+        listing = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
+        if self.spark.conf.get(listing, "10000") == "10000":
+            spark.conf.set(listing, str(max(8, 4 * self.spark.sparkContext.defaultParallelism)))
         DeltaTable.forPath(spark, self.path(table)).vacuum(float(retention_hours))
 
     def _operation_metrics(self, table: str, version: int | None) -> dict:
