@@ -166,10 +166,10 @@ def test_ingest_and_clean_on_the_cluster_match_local_mode(cluster, cluster_confi
     from lakemine.io.lake import Lake
 
     raw, remote_root = tmp_path / "raw", tmp_path / "cluster-lake"
-    subprocess.run([*LAKEMINE, "generate", "--out", str(raw), "--customers", "150", "--days", "60", "--seed", "9", "--dirty-rate", "0.01",
-                    "--files", "3"], check=True, capture_output=True, cwd=REPO,
-                   env={**os.environ, "LAKEMINE_SPARK__MASTER": "local[2]"})
-    manifest = json.loads((raw / "_manifest.json").read_text())
+    from lakemine.stages.generate import GenerateParams, generate
+
+    manifest = generate(spark, str(raw), GenerateParams.from_config(None, customers=150, days=60, seed=9, dirty_rate=0.01,
+                                                                    files=3))
     before = cluster.app_dirs()
     _lakemine("ingest", "--input", str(raw), "--lake", str(remote_root), config=cluster_config)
     _lakemine("clean", "--lake", str(remote_root), config=cluster_config)
