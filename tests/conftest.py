@@ -204,6 +204,25 @@ def trained_lake(learn_lake, tmp_path_factory):
     return lake, cfg, run, run.result
 
 
+@pytest.fixture(scope="session")
+def scored_lake(trained_lake, tmp_path_factory):
+    """A copy of the trained lake with rules, recommendations, forecasts and scores for its
+    latest date. Returns (lake, cfg, as_of, model metadata). Tests that write must copy it."""
+    import pyspark.sql.functions as F
+
+    from lakemine.io import schemas
+    from lakemine.learning import forecast, score
+    from lakemine.mining import fpgrowth, recommend
+
+    lake, cfg = copy_lake(*trained_lake[:2], tmp_path_factory.mktemp("scored") / "lake")
+    as_of = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES).agg(F.max("as_of")).first()[0]
+    fpgrowth.run(lake, cfg, fpgrowth.MiningParams.from_config(cfg, min_support=0.02, as_of=as_of))
+    recommend.run(lake, cfg, recommend.RecommendParams.from_config(cfg, as_of=as_of))
+    forecast.run(lake, cfg, forecast.ForecastParams.from_config(cfg, as_of=as_of, max_items=4, backtest_weeks=4))
+    score.run(lake, cfg, score.ScoreParams.from_config(cfg, as_of=as_of))
+    return lake, cfg, as_of, trained_lake[3]
+
+
 # generated exports split into one file per day, landed one at a time (incremental runs)
 DATE = re.compile(r",(\d{1,2})/(\d{1,2})/(\d{4}) ")
 

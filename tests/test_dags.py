@@ -112,6 +112,9 @@ def test_training_runs_without_a_model_or_on_the_weekly_day(tmp_path):
     assert dags.choose_training(root, sunday, 6)[0]
     train, why = dags.choose_training(root, monday, 6)
     assert not train and "Monday" in why
+    storage.write_json(f"{root}/models/churn/v1/metadata.json", {"erasure": {"run_id": "r"}})  # lakemine forget flagged it
+    train, why = dags.choose_training(root, monday, 6)
+    assert train and "erased" in why
 
 
 def test_py_files_zip_is_deterministic_and_importable(tmp_path):

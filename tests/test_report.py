@@ -135,20 +135,12 @@ def assert_self_contained(text: str, page: Page) -> None:
 
 
 @pytest.fixture(scope="module")
-def scored(trained_lake, tmp_path_factory):
-    """A copy of the trained lake with rules and scores for its latest date, and its report."""
-    from lakemine.learning import forecast, score
-    from lakemine.mining import fpgrowth, recommend
-
-    lake, cfg = copy_lake(*trained_lake[:2], tmp_path_factory.mktemp("report") / "lake")
-    as_of = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES).agg(F.max("as_of")).first()[0]
-    fpgrowth.run(lake, cfg, fpgrowth.MiningParams.from_config(cfg, min_support=0.02, as_of=as_of))
-    recommend.run(lake, cfg, recommend.RecommendParams.from_config(cfg, as_of=as_of))
-    forecast.run(lake, cfg, forecast.ForecastParams.from_config(cfg, as_of=as_of, max_items=4, backtest_weeks=4))
-    score.run(lake, cfg, score.ScoreParams.from_config(cfg, as_of=as_of))
+def scored(scored_lake, tmp_path_factory):
+    """A copy of the scored lake (rules, recommendations, forecasts, scores) and its report."""
+    lake, cfg = copy_lake(*scored_lake[:2], tmp_path_factory.mktemp("report") / "lake")
     quarantined = sum(lake.read_table(t).count() for t in (schemas.BRONZE_QUARANTINE, schemas.SILVER_QUARANTINE))
     expected_plots = PLOTS_OF_A_SCORED_LAKE + (1 if quarantined else 0)
-    return lake, cfg, as_of, trained_lake[3], write_report(lake, cfg), expected_plots
+    return lake, cfg, scored_lake[2], scored_lake[3], write_report(lake, cfg), expected_plots
 
 
 def test_score_histogram_counts_equal_numpy_per_segment(spark):

@@ -284,6 +284,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"keep files needed by versions of the last H hours (default from config: {d.maintain.retention_hours})")
     p.add_argument("--table", action="append", metavar="LAYER/NAME", help="only this table (repeatable)")
 
+    p = _command(sub, "forget", help="erase customers everywhere: tables, raw lines, model data copies, old versions",
+                       description="Erase customers (GDPR art. 17): their rows leave every table holding customer "
+                       "rows (bronze and silver lines and quarantines, customer days, features, labels, segments, "
+                       "scores, recommendations); baskets keep their items without the id. Models trained on them "
+                       "are flagged and lose their copy of the training data (the next scheduled day retrains). "
+                       "Every touched table loses its versions from before the erasure (VACUUM with no retention, "
+                       "a checkpoint, the older log files deleted): time travel to them ends. ops/erasures keeps a "
+                       "keyed hash of each id, never the id.",
+                       epilog="The key of the hash comes from the environment variable named by privacy.key_env "
+                       f"(default {d.privacy.key_env}) or the file privacy.key_file, never from the config or the "
+                       "lake. Run it while no other stage writes to the lake.")
+    p.add_argument("--customer", action="append", metavar="ID", help="a customer id as silver holds it (repeatable)")
+    p.add_argument("--from-file", metavar="F", help="a file of customer ids, one per line (# starts a comment)")
+
     p = _command(sub, "package", help="build the zip that spark-submit --py-files ships, and print the submit line",
                        description="Zip the lakemine package (same sources, same bytes) into --out and print the "
                        "spark-submit line that runs a stage with it: the master, the Delta jars or packages and "
@@ -562,6 +576,27 @@ def cmd_maintain(args, cfg, console, submitted) -> int:
     return 0
 
 
+def cmd_forget(args, cfg, console, submitted) -> int:
+    from lakemine.stages import forget
+
+    ids = forget.read_ids(args.customer, args.from_file)
+    p = forget.ForgetParams.from_config(cfg, customers=ids, as_of=args.as_of,
+                                        progress=lambda text: console.step("forget", text))
+    lake = _open(cfg, args, submitted)
+    run = forget.run(lake, cfg, p)
+    _print_run(console, run)
+    erasure = run.result
+    console.out(f"  {'table':<26} {'rows':>8}  first version now")
+    for table, first in erasure.first_versions.items():
+        rows = erasure.rows.get(table, 0)
+        console.out(f"  {table:<26} {rows:>8,}  {first}" + ("  (ids set to null, items kept)" if table == "gold/baskets" else ""))
+    if erasure.models:
+        console.out(f"  models flagged, training data deleted: {', '.join(erasure.models)} (retrained on the next "
+                    "scheduled day)")
+    console.out(f"  ops/erasures: {erasure.customers} keyed hash(es); versions before the erasure are gone (no time travel to them)")
+    return 0
+
+
 def cmd_package(args, cfg, console, submitted) -> int:
     import os
     import shlex
@@ -616,6 +651,7 @@ COMMANDS: dict[str, Callable] = {
     "run": cmd_run,
     "report": cmd_report,
     "maintain": cmd_maintain,
+    "forget": cmd_forget,
     "package": cmd_package,
     "show": cmd_show,
     "history": cmd_history,

@@ -168,6 +168,10 @@ class Lake:
             spark.conf.set(listing, str(max(8, 4 * self.spark.sparkContext.defaultParallelism)))
         DeltaTable.forPath(spark, self.path(table)).vacuum(float(retention_hours))
 
+    def operation_metrics(self, table: str, version: int | None) -> dict:
+        """Delta's operationMetrics (strings) of the commit that made `version` (None: the latest)."""
+        return self._operation_metrics(table, version)
+
     def _operation_metrics(self, table: str, version: int | None) -> dict:
         """Delta's operationMetrics of the commit that made `version` (None: the latest)."""
         if (table, version) in self._metrics:

@@ -32,6 +32,7 @@ OPS_CLEAN_BATCHES = "ops/clean_batches"
 OPS_DRIFT = "ops/drift"
 OPS_RECOMMEND_EVAL = "ops/recommend_eval"
 OPS_FORECAST_BACKTEST = "ops/forecast_backtest"
+OPS_ERASURES = "ops/erasures"
 
 # Bronze keeps every source's raw strings under the UCI Online Retail names, whatever its
 # profile called them (lakemine.core.sources.FIELDS), plus a line total and a cancellation flag
@@ -95,6 +96,9 @@ DRIFT_SCHEMA = T.StructType(fields(
     "as_of date, model_version string, feature string, psi double, status string, expected array<double>, "
     "actual array<double>, edges array<double>, run_id string"
 ))
+# one row per erased customer: the keyed hash of its id (never the id), when, by which run, and
+# its rows per table when it was erased
+ERASURES_SCHEMA = T.StructType(fields("id_hash string, erased_at timestamp, run_id string, rows map<string,long>"))
 RECOMMEND_EVAL_SCHEMA = T.StructType(fields(
     "as_of date, method string, k int, customers long, hit_rate double, map_at_k double, coverage double, "
     "training_baskets long, training_rules long, run_id string"

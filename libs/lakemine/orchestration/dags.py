@@ -161,10 +161,21 @@ def has_model(lake_root: str) -> bool:
     return any(storage.exists(f"{root}/{name}/{METADATA}") for name in storage.list_dirs(root))
 
 
+def newest_model_erased(lake_root: str) -> bool:
+    """Whether the newest finished churn model was trained on a customer erased since
+    (`lakemine forget` flags it in its metadata.json)."""
+    root = f"{lake_root}/{MODELS}"
+    done = sorted(name for name in storage.list_dirs(root) if storage.exists(f"{root}/{name}/{METADATA}"))
+    return bool(done) and bool(storage.read_json(f"{root}/{done[-1]}/{METADATA}").get("erasure"))
+
+
 def choose_training(lake_root: str, logical_date: date, train_weekday: int) -> tuple[bool, str]:
-    """Train when no model exists yet, or on the weekly retraining day; with the reason."""
+    """Train when no model exists yet, when the newest was trained on an erased customer, or
+    on the weekly retraining day; with the reason."""
     if not has_model(lake_root):
         return True, "no churn model in the lake yet"
+    if newest_model_erased(lake_root):
+        return True, "the newest model was trained on a customer erased since"
     if logical_date.weekday() == train_weekday:
         return True, f"weekly retraining day ({logical_date:%A})"
     return False, f"a model exists and {logical_date:%A} is not the retraining day"
