@@ -165,6 +165,17 @@ def _cut_history(lake: Lake, table: str, run_id: str) -> int:
     return first
 
 
+def _already_cut(lake: Lake, table: str) -> bool:
+    """Whether the table's log starts at its last checkpoint: an earlier forget cut its
+    history and nothing older came back (no commit file before the checkpoint)."""
+    log = f"{lake.path(table)}/_delta_log"
+    if not storage.exists(f"{log}/_last_checkpoint"):
+        return False
+    first = int(storage.read_json(f"{log}/_last_checkpoint")["version"])
+    versions = [int(m.group(1)) for m in map(_LOG_FILE.match, storage.list_files(log)) if m]
+    return bool(versions) and min(versions) == first
+
+
 def _flag_models(lake: Lake, ids, run_id: str, now: datetime) -> list[str]:
     """Flag each churn model trained on an erased customer's features and delete its copy of
     the training data; the versions flagged (by this run or an earlier one)."""
@@ -240,7 +251,10 @@ def run(lake: Lake, cfg: Config, p: ForgetParams) -> Run:
         for i, table in enumerate(tables, 1):
             say(f"[{i}/{len(tables)}] {table}")
             result.rows[table] = _erase(lake, table, TABLES[table], frame)
-            result.first_versions[table] = _cut_history(lake, table, run.run_id)
+            if result.rows[table] or not _already_cut(lake, table):
+                result.first_versions[table] = _cut_history(lake, table, run.run_id)
+            else:  # a rerun with nothing left to delete, on a table already cut: nothing older to purge
+                result.first_versions[table] = int(storage.read_json(f"{lake.path(table)}/_delta_log/_last_checkpoint")["version"])
             run.outputs[table] = result.first_versions[table]
         staged = _staging(lake, ids)
         run.rows_in = sum(n for counts in per_id.values() for n in counts.values())
