@@ -18,6 +18,7 @@ from pyspark.testing import assertDataFrameEqual
 from conftest import clean_lake, copy_lake, ingest_files, run_features, write_lines
 from lakemine.cli import main
 from lakemine.core import privacy, storage
+from lakemine.core.errors import UsageError
 from lakemine.io import schemas
 from lakemine.orchestration import dags
 from lakemine.stages import forget
@@ -91,9 +92,13 @@ def erased(scored_lake, tmp_path_factory):
     ingest_files(lake, cfg, str(tmp / "landing"))
     clean_lake(lake, cfg)
     run_features(lake, cfg, as_of)
-    scores = lake.read_table(schemas.GOLD_CUSTOMER_SCORES).select("customer_id")
-    real = scores.join(lake.read_table(schemas.GOLD_RECOMMENDATIONS).select("customer_id"), "customer_id") \
-        .agg(F.min("customer_id")).first()[0]
+    # a real customer with a score, recommendations and a complete label (so in the model's training data)
+    model_dates = scored_lake[3]["split"]["train_dates"] + scored_lake[3]["split"]["val_dates"]
+    trained_on = lake.read_table(schemas.GOLD_LABELS).where(F.col("complete") & F.col("as_of").cast("string").isin(model_dates))
+    real = lake.read_table(schemas.GOLD_CUSTOMER_SCORES).select("customer_id").distinct() \
+        .join(lake.read_table(schemas.GOLD_RECOMMENDATIONS).select("customer_id").distinct(), "customer_id") \
+        .join(trained_on.select("customer_id").distinct(), "customer_id").agg(F.min("customer_id")).first()[0]
+    assert real is not None
     ids = [PLANTED, real]
     before = {}
     for table, kind in forget.TABLES.items():
@@ -104,7 +109,33 @@ def erased(scored_lake, tmp_path_factory):
             df = df.withColumn("customer_id", F.when(F.col("customer_id").isin(ids), None).otherwise(F.col("customer_id")))
         before[table] = df.localCheckpoint(eager=True)  # kept in memory: the erasure vacuums the files
     versions = {t: lake.table_version(t) for t in forget.TABLES}
-    return lake, cfg, ids, before, versions
+    return lake, cfg, ids, before, versions, scored_lake[0]
+
+
+def hashes_of(customer: str) -> str:
+    return privacy.id_hash(KEY.encode(), customer)
+
+
+def landing_beside(lake) -> Path:
+    """A folder beside the lake for files to land."""
+    folder = Path(lake.root).parent / "landing2"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def when_of(lake) -> str:
+    """An invoice time on the lake's last day, as the exports write it."""
+    last = lake.read_table(schemas.SILVER_TRANSACTIONS).agg(F.max("invoice_date")).first()[0]
+    return f"{last.month}/{last.day}/{last.year} 11:30"
+
+
+def test_hash_column_is_the_keyed_hash_of_the_normalized_id(spark):
+    ids = ["12346", " 12346.0 ", "Q-1", "änne-7", None]
+    df = spark.createDataFrame([(i,) for i in ids], "id string")
+    for key in (b"k", b"a key longer than the sixty-four bytes of a SHA-256 block, hashed first by HMAC"):
+        got = [r["h"] for r in df.select(privacy.hash_column(key, F.col("id")).alias("h")).collect()]
+        assert got == [privacy.id_hash(key, i) if i is not None else None for i in ids]
+    assert privacy.id_hash(b"k", " 12346.0 ") == privacy.id_hash(b"k", "12346")
 
 
 def _forget(argv, monkeypatch, capsys, key=KEY) -> tuple[int, str, str]:
@@ -118,7 +149,7 @@ def _forget(argv, monkeypatch, capsys, key=KEY) -> tuple[int, str, str]:
 
 
 def test_forget_leaves_no_trace_of_the_ids_and_every_other_row_as_it_was(erased, monkeypatch, capsys):
-    lake, cfg, ids, before, versions = erased
+    lake, cfg, ids, before, versions, built_without = erased
     planted, real = ids
     assert _forget(["--customer", planted, "--lake", lake.root], monkeypatch, capsys, key=None)[0] == 2  # no key
 
@@ -155,4 +186,71 @@ def test_forget_leaves_no_trace_of_the_ids_and_every_other_row_as_it_was(erased,
     assert code == 0, err[-3000:]
     assert {t: lake.read_table(t).count() for t in forget.TABLES} == counts
     assert lake.read_table(schemas.OPS_ERASURES).count() == 2
+
+    # a later export that holds the erased customers again: their lines go to quarantine as
+    # `erased`, with the id hashed and the raw line dropped; everyone else's line lands
+    resent = landing_beside(lake) / "resent.csv"
+    write_lines(resent, [
+        HEADER,
+        f"599994,20007,RED MUG,3,{when_of(lake)},1.50,{planted},United Kingdom",
+        f"599994,20014,BLUE MUG,1,{when_of(lake)},1.50,{real}.0,United Kingdom",
+        f'599995,20028,"CUT SHORT,1,{when_of(lake)},1.50,{planted}',
+        f"599996,20035,OTHER MUG,4,{when_of(lake)},1.50,12347,United Kingdom",
+    ])
+    monkeypatch.delenv("LAKEMINE_PRIVACY_KEY", raising=False)
+    with pytest.raises(UsageError, match="erasure key"):
+        ingest_files(lake, cfg, str(resent))
+    monkeypatch.setenv("LAKEMINE_PRIVACY_KEY", KEY)
+    run = ingest_files(lake, cfg, str(resent))
+    assert run.rows_out == 1 and run.quarantine_reasons == {"erased": 3}, (run.rows_out, run.quarantine_reasons)
+    quarantined = lake.read_table(schemas.BRONZE_QUARANTINE).where("reason = 'erased'").collect()
+    assert sorted(r["CustomerID"] for r in quarantined) == sorted([hashes_of(planted), hashes_of(planted), hashes_of(real)])
+    assert all(r["_raw"] is None for r in quarantined)
+    assert {r["InvoiceNo"] for r in quarantined} == {"599994", None}  # the cut-short line keeps no field
+    assert _holding(root, planted, quoted_only=False) == []
+    assert _holding(root, real, quoted_only=True) == []
+
+    # the per-customer tables are those of a lake built without the planted customer (the
+    # scored lake before the late file landed), less the real customer; the z_ copies of the
+    # features are left out: standardized over each date's customers, they moved for everyone
+    # when the planted customer's features were computed, and an erasure does not recompute them
+    differ = []
+    for table, kind in forget.TABLES.items():
+        if kind == forget.CUSTOMER:
+            after, without = lake.read_table(table), built_without.read_table(table).where(F.col("customer_id") != real)
+            if table == schemas.GOLD_CUSTOMER_FEATURES:
+                after, without = (df.select([c for c in df.columns if not c.startswith("z_")]) for df in (after, without))
+            try:
+                assertDataFrameEqual(after, without)
+            except AssertionError as exc:
+                differ.append(f"{table}: {str(exc)[:600]}")
+    assert differ == [], "\n".join(differ)
+
+
+def test_pseudonymized_lake_holds_keyed_hashes_from_silver_on_and_forget_finds_them(lake, cfg, tmp_path, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setenv("LAKEMINE_PRIVACY_KEY", KEY)
+    pcfg = dataclasses.replace(cfg.with_lake(lake.root), privacy=dataclasses.replace(cfg.privacy, pseudonymize=True))
+    write_lines(tmp_path / "in" / "day.csv", [
+        HEADER,
+        "536365,85123A,WHITE HANGING HEART,6,12/1/2010 8:26,2.55,17850.0,United Kingdom",
+        "536365,71053,WHITE METAL LANTERN,6,12/1/2010 8:26,3.39,17850.0,United Kingdom",
+        "536366,22633,HAND WARMER UNION JACK,6,12/1/2010 8:28,1.85,13047,United Kingdom",
+        "536367,84879,ASSORTED COLOUR BIRD,32,12/1/2010 8:34,1.69,12583,France",
+        "536368,22960,JAM MAKING SET,x,12/1/2010 8:34,4.25,12583,France",  # bad number: silver quarantine
+    ])
+    ingest_files(lake, pcfg, str(tmp_path / "in"))
+    clean_lake(lake, pcfg)
+    silver = {r["customer_id"] for r in lake.read_table(schemas.SILVER_TRANSACTIONS).collect()}
+    assert silver == {hashes_of(i) for i in ("17850", "13047", "12583")}
+    assert {r["CustomerID"] for r in lake.read_table(schemas.BRONZE_TRANSACTIONS).collect()} == {"17850.0", "13047", "12583"}
+    assert [r["CustomerID"] for r in lake.read_table(schemas.SILVER_QUARANTINE).collect()] == ["12583"]  # raw, as bronze
+
+    result = forget.run(lake, pcfg, forget.ForgetParams.from_config(pcfg, customers=("12583",))).result
+    assert {t: n for t, n in result.rows.items() if n} == {schemas.BRONZE_TRANSACTIONS: 2, schemas.SILVER_TRANSACTIONS: 1, schemas.SILVER_QUARANTINE: 1}, \
+        result.rows
+    assert {r["customer_id"] for r in lake.read_table(schemas.SILVER_TRANSACTIONS).collect()} == \
+        {hashes_of(i) for i in ("17850", "13047")}
+    assert _holding(Path(lake.root), "12583", quoted_only=True) == []
 

@@ -60,7 +60,7 @@ ForecastConfig = _section("ForecastConfig", "volume_share: float; max_items: int
 RecommendConfig = _section("RecommendConfig", "top_n: int; history_baskets: int; regular_baskets: int; evaluate: bool")
 ScoreConfig = _section("ScoreConfig", "drift_bins: int; drift_warn_psi: float")
 MaintainConfig = _section("MaintainConfig", "retention_hours: int")
-PrivacyConfig = _section("PrivacyConfig", "key_env: str; key_file: str | None")
+PrivacyConfig = _section("PrivacyConfig", "pseudonymize: bool; key_env: str; key_file: str | None")
 RunConfig = _section("RunConfig", "dirty_rate: float; k_range: tuple[int, ...]")
 OrchestrationConfig = _section("OrchestrationConfig", "input: str; source: str | None; conn_id: str; retries: int; retry_delay_minutes: int; "
                                "max_retry_delay_minutes: int; task_timeout_minutes: int; train_weekday: int; "

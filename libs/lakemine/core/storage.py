@@ -163,6 +163,15 @@ def delete(location: str) -> None:
         pass
 
 
+def delete_dir(location: str) -> None:
+    """Remove the folder at `location` with everything under it; a missing folder is no error."""
+    filesystem, path = _resolve(location)
+    try:
+        filesystem.delete_dir(path)
+    except FileNotFoundError:
+        pass
+
+
 def data_files(location: str, suffix: str = ".parquet") -> tuple[int, int]:
     """(count, bytes) of the files ending in `suffix` anywhere under `location` except in
     `_delta_log` (a table's data files on disk, live or not)."""

@@ -22,6 +22,7 @@ from delta.tables import DeltaTable
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Window
 
+from lakemine.core import privacy
 from lakemine.core.config import CleanConfig, Config, StageParams, packaged_defaults
 from lakemine.core.errors import StageError
 from lakemine.core.sources import SourceProfile
@@ -318,11 +319,14 @@ def quarantine_rows(classified: DataFrame) -> DataFrame:
     )
 
 
-def _fingerprint(p: CleanParams, profiles: dict[str, SourceProfile]) -> str:
-    """What decides how a bronze row is classified: the clean parameters and the source
-    profiles. Silver built under another fingerprint is rebuilt, not extended."""
+def _fingerprint(p: CleanParams, profiles: dict[str, SourceProfile], pseudonym_key: bytes | None = None) -> str:
+    """What decides how a bronze row is classified: the clean parameters, the source
+    profiles and, when ids are pseudonymized, the key (by a keyed check value, not the key).
+    Silver built under another fingerprint is rebuilt, not extended."""
     key = {"clean": {k: v for k, v in dataclasses.asdict(p).items() if k != "as_of"},
            "profiles": {name: dataclasses.asdict(prof) for name, prof in sorted(profiles.items())}}
+    if pseudonym_key is not None:
+        key["pseudonyms"] = privacy.key_check(pseudonym_key)
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -459,10 +463,13 @@ def run(lake: Lake, cfg: Config, p: CleanParams) -> Run:
     version = lake.table_version(schemas.BRONZE_TRANSACTIONS)
     if version is None:
         raise StageError(f"table {schemas.BRONZE_TRANSACTIONS} does not exist in lake {lake.root}")
-    fingerprint = _fingerprint(p, cfg.sources)
+    # privacy.pseudonymize: silver's customer_id is the keyed hash of the id, not the id
+    pseudonym_key = (privacy.load_key(cfg.privacy.key_env, cfg.privacy.key_file, lake.root)
+                     if cfg.privacy.pseudonymize else None)
+    fingerprint = _fingerprint(p, cfg.sources, pseudonym_key)
     params = {"date_formats": list(p.date_formats), "missing_customer": p.missing_customer,
               "outlier_policy": p.outlier_policy, "max_unit_price": p.max_unit_price,
-              "max_quantity": p.max_quantity}
+              "max_quantity": p.max_quantity, "pseudonymize": pseudonym_key is not None}
     with record_run(lake, STAGE, as_of, params) as run:
         bronze = lake.read_table(schemas.BRONZE_TRANSACTIONS, version=version)
         run.inputs[schemas.BRONZE_TRANSACTIONS] = version
@@ -475,7 +482,10 @@ def run(lake: Lake, cfg: Config, p: CleanParams) -> Run:
             rows = bronze if mode == "full" else bronze.where(F.col("_batch_id").isin(batches))
             classified = clean_transactions(rows, p, cfg.sources)
             # the raw strings are kept for quarantined records only: half the bytes spilled
-            classified = classified.withColumn("_record", F.when(F.col("reason").isNotNull(), F.col("_record"))).persist(SPILL)
+            classified = classified.withColumn("_record", F.when(F.col("reason").isNotNull(), F.col("_record")))
+            if pseudonym_key is not None:
+                classified = classified.withColumn("customer_id", privacy.hash_column(pseudonym_key, F.col("customer_id")))
+            classified = classified.persist(SPILL)
             try:
                 by_reason = _tally(run, classified)
                 if mode == "full":

@@ -96,11 +96,6 @@ def read_ids(values: list[str] | None, path: str | None) -> tuple[str, ...]:
     return ids
 
 
-def _raw_id(column: str):
-    """A raw CustomerID string as silver's customer_id (see clean)."""
-    return F.regexp_replace(F.trim(F.col(column)), r"\.0+$", "")
-
-
 def _condition(kind: str, raw_line: bool = True) -> str:
     """The MERGE condition of a table kind: `t` the table, `s` the ids (id, pattern). A raw
     table matches the parsed id and, with `raw_line`, a line that did not parse into fields
@@ -111,17 +106,19 @@ def _condition(kind: str, raw_line: bool = True) -> str:
     return "t.customer_id = s.id"
 
 
-def _ids_frame(spark, ids: tuple[str, ...]):
-    rows = [(i, f"(^|[^0-9A-Za-z]){re.escape(i)}(\\.0+)?([^0-9A-Za-z]|$)") for i in ids]
-    return spark.createDataFrame(rows, "id string, pattern string")
+def _ids_frame(spark, ids: tuple[str, ...], as_held: dict[str, str] | None = None):
+    """(name: the id, id: as the table holds it, pattern: the id as a field of a raw line);
+    `as_held` maps an id to what a pseudonymized table holds instead (its keyed hash)."""
+    rows = [(i, (as_held or {}).get(i, i), f"(^|[^0-9A-Za-z]){re.escape(i)}(\\.0+)?([^0-9A-Za-z]|$)") for i in ids]
+    return spark.createDataFrame(rows, "name string, id string, pattern string")
 
 
 def _matches(lake: Lake, table: str, kind: str, ids) -> dict[str, int]:
     """Rows of `table` per erased id (before anything is deleted)."""
     df = lake.read_table(table)
     condition = _condition(kind, "_raw" in df.columns)
-    counts = df.alias("t").join(ids.alias("s"), F.expr(condition)).groupBy("s.id").count().collect()
-    return {r["id"]: r["count"] for r in counts}
+    counts = df.alias("t").join(ids.alias("s"), F.expr(condition)).groupBy("s.name").count().collect()
+    return {r["name"]: r["count"] for r in counts}
 
 
 def _erase(lake: Lake, table: str, kind: str, ids) -> int:
@@ -195,12 +192,12 @@ def _flag_models(lake: Lake, ids, run_id: str, now: datetime) -> list[str]:
         if meta.get("erasure"):
             flagged.append(version)
             if storage.exists(f"{root}/{version}/data"):
-                storage.delete(f"{root}/{version}/data")
+                storage.delete_dir(f"{root}/{version}/data")
             continue
         if not dates & seen_dates:
             continue
         if storage.exists(f"{root}/{version}/data"):
-            storage.delete(f"{root}/{version}/data")
+            storage.delete_dir(f"{root}/{version}/data")
         meta["erasure"] = {"run_id": run_id, "at": now.isoformat(), "training_data": "deleted",
                            "note": "trained on data that included an erased customer: retrain"}
         storage.write_json(meta_path, meta)
@@ -233,12 +230,15 @@ def run(lake: Lake, cfg: Config, p: ForgetParams) -> Run:
     say = p.progress or (lambda text: None)
     params = {"customers": len(ids), "id_hashes": sorted(hashes.values())}
     with record_run(lake, STAGE, as_of, params) as run:
-        frame = _ids_frame(lake.spark, ids)
+        raw_frame = _ids_frame(lake.spark, ids)
+        # with privacy.pseudonymize, silver and what is built from it hold the keyed hashes
+        held = _ids_frame(lake.spark, ids, hashes) if cfg.privacy.pseudonymize else raw_frame
+        frames = {RAW: raw_frame, CUSTOMER: held, BASKETS: held}
         tables = [t for t in TABLES if lake.exists(t)]
         say(f"counting the rows of {len(ids)} customer(s) in {len(tables)} tables")
         per_id: dict[str, dict[str, int]] = {i: {} for i in ids}
         for table in tables:
-            for i, n in _matches(lake, table, TABLES[table], frame).items():
+            for i, n in _matches(lake, table, TABLES[table], frames[TABLES[table]]).items():
                 per_id[i][table] = n
         rows = [(hashes[i], now, run.run_id, per_id[i]) for i in ids]
         erasures = lake.spark.createDataFrame(rows, schemas.ERASURES_SCHEMA)
@@ -247,10 +247,10 @@ def run(lake: Lake, cfg: Config, p: ForgetParams) -> Run:
         run.outputs[schemas.OPS_ERASURES] = lake.merge_into(erasures, schemas.OPS_ERASURES, ["id_hash"], update_when="false")
         result = Erasure(customers=len(ids))
         say("models trained on these customers")
-        result.models = _flag_models(lake, frame, run.run_id, now)
+        result.models = _flag_models(lake, held, run.run_id, now)
         for i, table in enumerate(tables, 1):
             say(f"[{i}/{len(tables)}] {table}")
-            result.rows[table] = _erase(lake, table, TABLES[table], frame)
+            result.rows[table] = _erase(lake, table, TABLES[table], frames[TABLES[table]])
             if result.rows[table] or not _already_cut(lake, table):
                 result.first_versions[table] = _cut_history(lake, table, run.run_id)
             else:  # a rerun with nothing left to delete, on a table already cut: nothing older to purge

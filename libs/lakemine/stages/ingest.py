@@ -35,9 +35,9 @@ from pyspark import StorageLevel
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 
-from lakemine.core import sources, storage
+from lakemine.core import privacy, sources, storage
 from lakemine.core.config import Config, IngestConfig, StageParams
-from lakemine.core.errors import InputError, StageError
+from lakemine.core.errors import InputError, StageError, UsageError
 from lakemine.core.sources import SourceProfile
 from lakemine.io import schemas
 from lakemine.io.lake import Lake
@@ -486,6 +486,41 @@ def split_rows(rows: DataFrame, ingested_at: datetime) -> tuple[DataFrame, DataF
     return good, bad
 
 
+def erased_ids(lake: Lake, cfg: Config) -> tuple[bytes, list[str]] | None:
+    """(key, keyed hashes) of the customers `lakemine forget` erased; None when none was."""
+    if not lake.exists(schemas.OPS_ERASURES):
+        return None
+    hashes = sorted(r["id_hash"] for r in lake.read_table(schemas.OPS_ERASURES).select("id_hash").collect())
+    if not hashes:
+        return None
+    try:
+        key = privacy.load_key(cfg.privacy.key_env, cfg.privacy.key_file, lake.root)
+    except UsageError as exc:
+        raise UsageError(f"this lake has erased customers, and ingest needs the erasure key to keep their lines out: {exc}") from None
+    return key, hashes
+
+
+def quarantine_erased(rows: DataFrame, key: bytes, hashes: list[str]) -> DataFrame:
+    """Parsed rows with the lines of erased customers turned into quarantine rows with reason
+    `erased`: the CustomerID replaced by its keyed hash, the raw text dropped, and for a line
+    matched only through its raw text (it did not parse into fields) every field dropped."""
+    by_field = privacy.hash_column(key, F.col("CustomerID"))
+    by_field = F.when(by_field.isin(hashes), by_field)
+    tokens = F.split(F.coalesce(F.col("_raw"), F.lit("")), r"[^0-9A-Za-z._-]+")
+    in_line = F.when(F.col("_raw").isNotNull(), F.try_element_at(F.filter(F.transform(tokens, lambda t: privacy.hash_column(key, t)),
+                                        lambda h: h.isin(hashes)), F.lit(1)))
+    marked = rows.withColumn("_erased_by_field", by_field).withColumn("_erased_hash", F.coalesce("_erased_by_field", in_line))
+    erased = F.col("_erased_hash").isNotNull()
+    keep = F.col("_erased_by_field").isNotNull()
+    replaced = {c: F.when(~erased, F.col(c)).when(keep, F.col(c)) for c in schemas.SOURCE_COLUMNS if c != "_source"}
+    replaced["CustomerID"] = F.when(erased, F.col("_erased_hash")).otherwise(F.col("CustomerID"))
+    replaced["_raw"] = F.when(~erased, F.col("_raw"))
+    replaced["reason"] = F.when(erased, F.lit("erased")).otherwise(F.col("reason"))
+    replaced["detail"] = F.when(erased, F.lit("customer erased by lakemine forget: CustomerID is its keyed hash, "
+                                              "the raw line is not kept")).otherwise(F.col("detail"))
+    return marked.withColumns(replaced).drop("_erased_by_field", "_erased_hash")
+
+
 def run(lake: Lake, cfg: Config, p: IngestParams) -> Run:
     """Ingest `p.input` (file, folder or glob) into bronze; records the run in ops/runs.
     `Run.result` is an IngestResult."""
@@ -500,6 +535,7 @@ def run(lake: Lake, cfg: Config, p: IngestParams) -> Run:
                                       known=frozenset(known))
     params = {"input": input_path, "files": [f.path for f in files],
               "profiles": {f.path: f.profile.name for f in files}, "unchanged": [f.path for f in unchanged]}
+    erasures = erased_ids(lake, cfg) if files else None
     with record_run(lake, STAGE, as_of, params) as run:
         # created here, once the inputs are known to be usable: an unusable input writes nothing
         ledger = open_ledger(lake).cache()
@@ -548,7 +584,10 @@ def run(lake: Lake, cfg: Config, p: IngestParams) -> Run:
         rows = parsed_parts[0]
         for part in parsed_parts[1:]:
             rows = rows.unionByName(part)
-        rows = rows.join(F.broadcast(batch_map), "_source_file").persist(StorageLevel.MEMORY_AND_DISK)
+        rows = rows.join(F.broadcast(batch_map), "_source_file")
+        if erasures is not None:
+            rows = quarantine_erased(rows, *erasures)
+        rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
         good, bad = split_rows(rows, datetime.now(timezone.utc).replace(tzinfo=None))
         batch_ids = sorted(new.values())
         # a corrected file's earlier batches leave bronze in the same commits that add its new one
