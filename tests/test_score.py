@@ -101,10 +101,12 @@ def test_drift_flags_a_deliberately_shifted_copy(trained_lake, tmp_path):
     features = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES)
     as_of = features.agg(F.max("as_of")).first()[0]
     base = features.where(F.col("as_of") == as_of)
-    # two new dates: the same customers unchanged, and with recency tripled
+    # two new dates: the same customers unchanged, and with recency tripled (kept inside the
+    # trailing window, so the same customers stay active and are compared)
     same_day, shifted_day = as_of + timedelta(days=1), as_of + timedelta(days=2)
     lake.overwrite_as_of(base.withColumn("as_of", F.lit(same_day)), schemas.GOLD_CUSTOMER_FEATURES, same_day)
-    shifted = base.withColumn("as_of", F.lit(shifted_day)).withColumn("recency_days", F.col("recency_days") * 3 + 30)
+    inside = F.least(F.col("recency_days") * 3 + 30, F.lit(cfg.features.window_days - 1))
+    shifted = base.withColumn("as_of", F.lit(shifted_day)).withColumn("recency_days", inside)
     lake.overwrite_as_of(shifted, schemas.GOLD_CUSTOMER_FEATURES, shifted_day)
     _, same = run_score(lake, cfg, as_of=same_day)
     _, moved = run_score(lake, cfg, as_of=shifted_day)

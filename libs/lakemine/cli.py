@@ -94,6 +94,9 @@ def _generate_options(p: argparse.ArgumentParser, d: Config, dirty_rate: float) 
                    help=f"probability per line of each defect type (default from config: {dirty_rate}; 0.01 dirties ~9%% of lines)")
     p.add_argument("--format", choices=("csv", "parquet"), help=f"file format (default from config: {g.format})")
     p.add_argument("--files", type=_int, help="number of output files (default: one per 5,000 customers)")
+    p.add_argument("--population", choices=("growing", "stationary"),
+                   help=f"growing: every customer starts within the period; stationary: as many leave as arrive, "
+                        f"for drift checks (default from config: {g.population})")
 
 
 def _command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
@@ -354,7 +357,8 @@ def cmd_generate(args, cfg, console, submitted) -> int:
     from lakemine.stages.generate import GenerateParams, generate
 
     p = GenerateParams.from_config(cfg, customers=args.customers, days=args.days, seed=args.seed,
-                                   dirty_rate=args.dirty_rate, format=args.format, files=args.files)
+                                   dirty_rate=args.dirty_rate, format=args.format, files=args.files,
+                                   population=args.population)
     spark = session(cfg, submitted=submitted, quiet=not args.verbose)
     console.step("generate", f"{p.customers:,} customers x {p.days} days, seed {p.seed} -> {args.out}")
     manifest = generate(spark, args.out, p)

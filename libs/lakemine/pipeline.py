@@ -38,8 +38,9 @@ def run_pipeline(lake: Lake, cfg: Config, args, console) -> str:
     if input_path is None:
         g = GenerateParams.from_config(cfg, customers=args.customers, days=args.days, seed=args.seed,
                                        dirty_rate=args.dirty_rate if args.dirty_rate is not None else cfg.run.dirty_rate,
-                                       format=args.format, files=args.files)
-        input_path = f"{lake.root}/_generated/seed{g.seed}-c{g.customers}-d{g.days}-r{g.dirty_rate}"
+                                       format=args.format, files=args.files, population=args.population)
+        input_path = f"{lake.root}/_generated/seed{g.seed}-c{g.customers}-d{g.days}-r{g.dirty_rate}" + (
+            "-stationary" if g.population == "stationary" else "")
         console.step("generate", f"{g.customers:,} customers x {g.days} days (seed {g.seed}) -> {input_path}")
         manifest = timings.timed("generate", generate, lake.spark, input_path, g)
         console.step("generate", f"{manifest['data_lines']:,} lines in {len(manifest['files'])} file(s)")

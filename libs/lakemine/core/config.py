@@ -42,12 +42,12 @@ def _section(name: str, spec: str) -> type:
 SparkConfig = _section("SparkConfig", "master: str; app_name: str; shuffle_partitions: int; driver_memory: str; "
                        "ui: bool; log_level: str; delta_jars: str; jars_dir: str | None; delta_packages: str; conf: dict")
 GenerateConfig = _section("GenerateConfig", "customers: int; days: int; seed: int; dirty_rate: float; format: str; "
-                          "files: int | None")
+                          "files: int | None; population: str")
 IngestConfig = _section("IngestConfig", "suffixes: tuple[str, ...]; xlsx_max_mb: int")
 CleanConfig = _section("CleanConfig", "date_formats: tuple[str, ...]; missing_customer: str; outlier_policy: str; "
                        "max_unit_price: float; max_quantity: int")
 FeaturesConfig = _section("FeaturesConfig", "horizon_days: int; training_snapshots: int; snapshot_spacing_days: int; "
-                          "top_categories: int; service_codes: tuple[str, ...]; service_pattern: str")
+                          "top_categories: int; window_days: int; service_codes: tuple[str, ...]; service_pattern: str")
 FpgrowthConfig = _section("FpgrowthConfig", "min_support: float; min_confidence: float; window_days: int; "
                           "max_itemsets: int; max_length: int | None; engine: str; groups: int | None")
 KmeansConfig = _section("KmeansConfig", "k: int | None; k_range: tuple[int, ...]; seed: int; n_init: int; "
@@ -96,6 +96,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "spark.delta_jars": ("local", "packages"),
     "spark.log_level": ("ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"),
     "generate.format": ("csv", "parquet"),
+    "generate.population": ("growing", "stationary"),
     "clean.missing_customer": ("quarantine", "keep"),
     "clean.outlier_policy": ("quarantine", "cap"),
     "fpgrowth.engine": ("pfp", "mllib"),
@@ -103,7 +104,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 _POSITIVE = {
     "spark.shuffle_partitions",
-    "generate.customers", "generate.days", "generate.files",
+    "generate.customers", "generate.days", "generate.files", "features.window_days",
     "clean.max_unit_price",
     "ingest.xlsx_max_mb",
     "clean.max_quantity",

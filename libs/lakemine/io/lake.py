@@ -289,9 +289,11 @@ class Lake:
         options = {**(options or {}), "replaceWhere": predicate, **({"mergeSchema": "true"} if merge_schema else {})}
         return self._write(df, table, "overwrite", options, tag=tag)
 
-    def overwrite_as_of(self, df: DataFrame, table: str, as_of: date) -> int:
-        """Idempotent write of one logical date: the table's `as_of` rows become `df`."""
-        return self.replace_where(df, table, f"as_of = DATE'{as_of.isoformat()}'", partition_by=("as_of",))
+    def overwrite_as_of(self, df: DataFrame, table: str, as_of: date, merge_schema: bool = False) -> int:
+        """Idempotent write of one logical date: the table's `as_of` rows become `df` (with
+        `merge_schema`, columns new to the table are added, null in its other dates)."""
+        return self.replace_where(df, table, f"as_of = DATE'{as_of.isoformat()}'", merge_schema=merge_schema,
+                                  partition_by=("as_of",))
 
     def replace_dates(self, df: DataFrame, table: str, dates, column: str = "invoice_date",
                       options: dict | None = None, tag: str | None = None) -> int:

@@ -32,7 +32,6 @@ from lakemine.io.runs import Run, deterministic_run_id, record_run
 from lakemine.learning import drift
 from lakemine.learning.train import MODEL_KIND, WEIGHTS, load_metadata, model_versions
 from lakemine.learning.trainset import SegmentModel, model_inputs
-from lakemine.stages.features import FEATURES
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +105,19 @@ class DriftResult:
 
 
 def feature_drift(features: DataFrame, meta: dict, warn_psi: float) -> tuple[list[DriftResult], int]:
-    """PSI of each original-unit feature against the training snapshot's bins."""
+    """PSI of each original-unit feature against the training snapshot's bins, over the
+    population the reference describes (the active customers; everyone for a model trained
+    before that), and its status (see lakemine.learning.drift); the rows compared."""
     reference = meta["drift_reference"]
-    edges = {f: reference["edges"][f] for f in FEATURES if f in reference["edges"]}
+    if reference.get("population") == "active":
+        features = drift.active(features, reference["window_days"])
+    edges = {f: e for f, e in reference["edges"].items() if f in features.columns}
     actual, n = drift.proportions(features, edges)
     out = []
     for f in edges:
         value = drift.psi(reference["expected"][f], actual[f])
-        out.append(DriftResult(f, value, "warn" if value > warn_psi else "ok", reference["expected"][f], actual[f], edges[f]))
+        out.append(DriftResult(f, value, drift.status(f, value, warn_psi, reference), reference["expected"][f], actual[f],
+                               edges[f]))
     return out, n
 
 

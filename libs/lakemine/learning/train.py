@@ -37,7 +37,6 @@ from lakemine.io.runs import Run, deterministic_run_id, record_run
 from lakemine.learning import drift
 from lakemine.learning.trainset import LABEL, SegmentModel, Split, input_columns, latest_segment_model, training_frame
 from lakemine.learning.worker import logit_offset, train_worker
-from lakemine.stages.features import FEATURES
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +171,7 @@ class TrainingData:
     val_url: str
     baseline: dict  # logistic regression's validation metrics
     gbt: dict | None  # gradient-boosted trees' (None: train.gbt_trees 0)
-    drift_edges: dict
-    drift_expected: dict
+    drift_reference: dict
     scaler: list[dict]
 
     @property
@@ -258,12 +256,11 @@ def _prepare_data(lake: Lake, cfg: Config, p: TrainParams, run: Run, tables: dic
         baseline = logistic_baseline(frame, inputs)
         gbt = gbt_baseline(frame, inputs, p.gbt_trees, p.gbt_depth, p.seed) if p.gbt_trees else None
         train_rows = frame.where(F.col("split") == "train")
-        edges = drift.quantile_edges(train_rows, FEATURES, cfg.score.drift_bins)
-        expected, _ = drift.proportions(train_rows, edges)
+        reference = drift.reference(train_rows, cfg.score.drift_bins, cfg.features.window_days)
     finally:
         frame.unpersist()
     return TrainingData(as_of, version, lineage, model_dir, tables, segments, split, inputs, counts, train_url, val_url,
-                        baseline, gbt, edges, expected, _scaler_rows(lake, tables[schemas.GOLD_FEATURE_SCALER], split))
+                        baseline, gbt, reference, _scaler_rows(lake, tables[schemas.GOLD_FEATURE_SCALER], split))
 
 
 def _model_version(frame, segments: SegmentModel | None, as_of: date, params: dict) -> tuple[str, str, str]:
@@ -381,7 +378,7 @@ def _metadata(cfg: Config, p: TrainParams, params: dict, data: TrainingData, spe
         "validation": {"auc": best["val_auc"], "log_loss": best["val_log_loss"]},
         "baseline": {"model": "logistic regression (Spark ML)", **data.baseline},
         "baselines": [{"model": "logistic regression (Spark ML)", **data.baseline}, *([data.gbt] if data.gbt else [])],
-        "drift_reference": {"bins": cfg.score.drift_bins, "edges": data.drift_edges, "expected": data.drift_expected},
+        "drift_reference": data.drift_reference,
         "rank_digests": {str(r["rank"]): r["digest"] for r in results},
         "placement": {str(r["rank"]): r["placement"] for r in results},
     }

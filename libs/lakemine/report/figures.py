@@ -247,11 +247,15 @@ def segment_histograms_figure(hist: pd.DataFrame, bins: int, series: list[tuple[
 
 
 def drift_figure(psi: pd.DataFrame, warn_psi: float) -> Figure:
-    """PSI per feature (psi: feature, psi, highest first), bars above `warn_psi` in the warning colour."""
-    warned = psi["psi"] > warn_psi
-    fig, ax = _hbar(list(psi["feature"]), list(psi["psi"]), [WARN_COLOUR if w else OK_COLOUR for w in warned],
+    """PSI per feature (psi: feature, psi, status, highest first): warnings in the warning
+    colour, lifetime and age-like features above `warn_psi` ("info": expected to grow) in grey."""
+    status = psi["status"] if "status" in psi else pd.Series(["warn" if v > warn_psi else "ok" for v in psi["psi"]])
+    colours = {"warn": WARN_COLOUR, "info": NO_SEGMENT_COLOUR}
+    info = int((status == "info").sum())
+    fig, ax = _hbar(list(psi["feature"]), list(psi["psi"]), [colours.get(s, OK_COLOUR) for s in status],
                     [f"{v:.3f}" for v in psi["psi"]],
-                    f"PSI per feature ({int(warned.sum())} of {len(psi)} above {warn_psi:g})",
+                    f"PSI per feature ({int((status == 'warn').sum())} of {len(psi)} warn"
+                    + (f"; {info} lifetime or age-like above {warn_psi:g}, grey" if info else "") + ")",
                     "population stability index (PSI) vs the training snapshot")
     ax.axvline(warn_psi, color="#333", linestyle="--", linewidth=1, label=f"warn above PSI {warn_psi:g}")
     ax.legend(fontsize=8, frameon=False, loc="lower right")

@@ -337,10 +337,13 @@ def _drift_section(d: Drift, as_of: date, warn_psi: float) -> str:
     title = "8. Feature drift"
     if d.missing:
         return _section("drift", title, _not_available(d.missing, as_of))
-    warned = d.psi["psi"] > warn_psi
+    warned = d.psi["status"] == "warn"
     rows = [[r["feature"], float(r["psi"]), r["status"]] for _, r in d.psi.iterrows()]
     table = _table(["feature", "PSI", "status"], rows, "drift", ["warn" if w else "" for w in warned])
-    note = _note(_model_note(d.version) + f"; PSI below 0.1 is stable, 0.1–0.2 moderate, above {warn_psi:g} flagged.")
+    note = _note(_model_note(d.version) + f"; PSI below 0.1 is stable, 0.1–0.2 moderate, above {warn_psi:g} flagged. "
+                 "Compared: the customers with a sale in the trailing window, on both sides. Lifetime totals and "
+                 "age-like features grow with the customers' age, so above the threshold they are marked "
+                 "\"info\", not warned on.")
     return _section("drift", title, note + _row(_figure(figures.drift_figure(d.psi, warn_psi), "PSI per feature"), table))
 
 

@@ -45,6 +45,9 @@ FEATURES = (
 # heavy-tailed: log1p before the z-score
 LOG_FEATURES = frozenset({"frequency", "monetary", "mean_basket_size", "mean_basket_value", "distinct_items"})
 Z_FEATURES = tuple(f"z_{f}" for f in FEATURES)
+# totals over the trailing `window_days`: beside the lifetime totals in the table (not model
+# inputs), for drift (lakemine.learning.drift), since they do not grow with a customer's age
+WINDOW_FEATURES = ("recent_frequency", "recent_monetary")
 SILVER_COLUMNS = ("invoice_no", "stock_code", "description", "invoice_date", "line_amount", "customer_id", "is_return")
 
 
@@ -162,6 +165,7 @@ def features_from_days(days: DataFrame, p: FeatureParams) -> DataFrame:
     as_of = F.lit(p.as_of)
     hist = days.where(F.col("invoice_date") <= as_of)
     sale_day = F.when(F.col("invoices") > 0, F.col("invoice_date"))
+    recent = F.col("invoice_date") > F.date_sub(as_of, p.window_days)
     df = hist.groupBy("customer_id").agg(
         F.max(sale_day).alias("last_day"),
         F.min(sale_day).alias("first_day"),
@@ -171,6 +175,8 @@ def features_from_days(days: DataFrame, p: FeatureParams) -> DataFrame:
         F.sum("sale_lines").alias("sale_lines"),
         F.sum("return_lines").alias("return_lines"),
         F.size(F.array_distinct(F.flatten(F.collect_list("items")))).alias("distinct_items"),
+        F.sum(F.when(recent, F.col("invoices")).otherwise(0)).alias("recent_frequency"),
+        F.sum(F.when(recent, F.col("value")).otherwise(0.0)).alias("recent_monetary"),
     ).where(F.col("frequency") > 0)
 
     spend = hist.select("customer_id", F.explode("category_spend").alias("category", "spend"))
@@ -202,6 +208,8 @@ def features_from_days(days: DataFrame, p: FeatureParams) -> DataFrame:
         F.when(F.col("monetary") > 0, F.coalesce(F.col("top_spend"), F.lit(0.0)) / F.col("monetary"))
         .otherwise(F.lit(0.0))
         .alias("top_category_share"),
+        F.col("recent_frequency").cast("long"),
+        F.round("recent_monetary", 2).alias("recent_monetary"),
     )
 
 
@@ -446,7 +454,8 @@ def run_snapshot(lake: Lake, p: FeatureParams, silver_version: int, days_version
         raw = features_from_days(days, p).persist()
         try:
             features, scaler = standardize(raw)
-            run.outputs[schemas.GOLD_CUSTOMER_FEATURES] = lake.overwrite_as_of(features, schemas.GOLD_CUSTOMER_FEATURES, as_of)
+            run.outputs[schemas.GOLD_CUSTOMER_FEATURES] = lake.overwrite_as_of(features, schemas.GOLD_CUSTOMER_FEATURES, as_of,
+                                                                                 merge_schema=True)
             run.rows_out = lake.rows_written(schemas.GOLD_CUSTOMER_FEATURES, run.outputs[schemas.GOLD_CUSTOMER_FEATURES])
             run.rows_in = days.where(F.col("invoice_date") <= F.lit(as_of)).count()
             run.outputs[schemas.GOLD_FEATURE_SCALER] = lake.overwrite_as_of(scaler, schemas.GOLD_FEATURE_SCALER, as_of)

@@ -35,6 +35,7 @@ BASE_DATE = date(2010, 12, 1)
 DATE_FORMAT = "M/d/yyyy H:mm"
 FIRST_CUSTOMER_ID = 12346
 MAX_INVOICES = 4000
+LIFETIME_DAYS = 365.0  # the mean customer lifetime of a stationary population
 
 # name, share of customers, mean days between invoices, mean lines, mean quantity
 GROUPS = (
@@ -190,10 +191,20 @@ def customers(spark: SparkSession, p: GenerateParams) -> DataFrame:
         .when(F.col("churn_prone"), F.lit(d - 120) + u_end * 110)
         .otherwise(F.lit(d))
     )
+    if p.population == "stationary":
+        # arrivals even over [-2 lifetimes, days), exponential lifetimes: the active population's
+        # make-up stays put; invoices before day 0 are not written (k_first: the first after it)
+        start = F.lit(-2 * LIFETIME_DAYS) + u_start * F.lit(d + 2 * LIFETIME_DAYS)
+        df = df.withColumn("start_day", F.floor(start).cast("int"))
+        end = F.col("start_day") + F.lit(1.0) - F.lit(LIFETIME_DAYS) * F.log(F.lit(1.0) - u_end)
     df = df.withColumn("end_day", F.least(F.lit(d), F.greatest(F.floor(end), F.col("start_day") + 1)).cast("int"))
     df = df.withColumn("gap", _by_group(g, 2) * (F.lit(1.25) - F.lit(0.5) * e))
     n = F.floor((F.col("end_day") - F.col("start_day")) / F.col("gap")) + 1
-    df = df.withColumn("n_invoices", F.least(F.lit(MAX_INVOICES), F.greatest(F.lit(1), n)).cast("int"))
+    k_first = F.greatest(F.lit(0), F.ceil(-F.col("start_day") / F.col("gap")))
+    df = df.withColumn("k_first", k_first.cast("int"))
+    df = df.withColumn("n_invoices", F.least(F.col("k_first") + F.lit(MAX_INVOICES), F.greatest(F.lit(1), n)).cast("int"))
+    # a stationary population's customers who left before day 0 buy nothing in the period
+    df = df.where(F.col("k_first") < F.col("n_invoices"))
     df = df.withColumn("return_rate", F.lit(0.02) + F.lit(0.25) * F.pow(F.lit(1.0) - e, 2))
     df = df.withColumn("customer_id", (F.lit(FIRST_CUSTOMER_ID) + c).cast("string"))
     df = df.withColumn("country", _pick(_COUNTRIES, F.floor(_u(s, "country", c) * len(_COUNTRIES))))
@@ -206,12 +217,13 @@ def _lines(spark: SparkSession, p: GenerateParams) -> DataFrame:
     """Every line item (sales and behavioural returns) with its raw field values and defect."""
     s = p.seed
     df = customers(spark, p)
-    df = df.withColumn("k", F.explode(F.sequence(F.lit(0), F.col("n_invoices") - 1)))
-    inv_key = F.col("c") * MAX_INVOICES + F.col("k")
+    df = df.withColumn("k", F.explode(F.sequence(F.col("k_first"), F.col("n_invoices") - 1)))
+    inv_key = F.col("c") * MAX_INVOICES + (F.col("k") - F.col("k_first"))  # below MAX_INVOICES: unique
     jitter = (_u(s, "jit", inv_key) - 0.5) * 0.6 * F.col("gap")
     day = F.col("start_day") + F.col("k") * F.col("gap") + jitter
     df = df.withColumn("inv_key", inv_key)
-    df = df.withColumn("day", F.least(F.lit(p.days - 1), F.greatest(F.col("start_day"), F.floor(day))).cast("int"))
+    first = F.greatest(F.col("start_day"), F.lit(0))
+    df = df.withColumn("day", F.least(F.lit(p.days - 1), F.greatest(first, F.floor(day))).cast("int"))
     g = F.col("group")
     um = _u(s, "lines", F.col("inv_key"))
     m = F.when(g == 4, F.lit(150) + F.floor(F.lit(950.0) * F.pow(um, 3))).otherwise(
@@ -249,7 +261,7 @@ def _lines(spark: SparkSession, p: GenerateParams) -> DataFrame:
     )
     invoice = (F.lit(500000) + F.col("inv_key")).cast("string")
     df = df.select(
-        "c", "group", "customer_id", "first_in_file", "k", "i", "line_key", "is_ret", F.col("country").alias("cust_country"), "item",
+        "c", "group", "customer_id", "first_in_file", "k", "k_first", "i", "line_key", "is_ret", F.col("country").alias("cust_country"), "item",
         F.when(F.col("is_ret"), F.concat(F.lit("C"), invoice)).otherwise(invoice).alias("invoice"),
         qty.cast("long").alias("qty"),
         price.alias("price"),
@@ -312,7 +324,7 @@ def _csv_text(df: DataFrame) -> DataFrame:
     cut = F.concat_ws(",", *fields[:5])
     text = F.when(F.col("defect") == "truncated_line", cut).otherwise(full)
     header = F.lit(",".join(RAW_COLUMNS))
-    is_first = F.col("first_in_file") & (F.col("k") == 0) & (F.col("i") == 0)
+    is_first = F.col("first_in_file") & (F.col("k") == F.col("k_first")) & (F.col("i") == 0)
     parts = F.array(
         F.when(is_first, header),
         text,
