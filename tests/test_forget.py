@@ -5,6 +5,7 @@ and every other customer's rows are as they were."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import date
 from pathlib import Path
@@ -123,6 +124,10 @@ def landing_beside(lake) -> Path:
     return folder
 
 
+def as_of_of(lake):
+    return lake.read_table(schemas.GOLD_CUSTOMER_FEATURES).agg(F.max("as_of")).first()[0]
+
+
 def when_of(lake) -> str:
     """An invoice time on the lake's last day, as the exports write it."""
     last = lake.read_table(schemas.SILVER_TRANSACTIONS).agg(F.max("invoice_date")).first()[0]
@@ -171,10 +176,12 @@ def test_forget_leaves_no_trace_of_the_ids_and_every_other_row_as_it_was(erased,
             assertDataFrameEqual(after, before[table])  # others unchanged; baskets keep the items, id null
         with pytest.raises(Exception):  # the versions from before the erasure are gone
             lake.read_table(table, version=versions[table]).count()
+        assert not (root / table / "_delta_log" / f"{versions[table]:020d}.json").exists(), table
     assert lake.read_table(schemas.SILVER_QUARANTINE).where("CustomerID = '12346'").count() >= 1
 
-    hashes = {r["id_hash"] for r in lake.read_table(schemas.OPS_ERASURES).collect()}
-    assert hashes == {privacy.id_hash(KEY.encode(), i) for i in ids}
+    erasures = lake.read_table(schemas.OPS_ERASURES).collect()
+    assert {r["id_hash"] for r in erasures} == {privacy.id_hash(KEY.encode(), i) for i in ids}
+    assert {r["key_check"] for r in erasures} == {privacy.key_check(KEY.encode())}
     flagged = [v for v in storage.list_dirs(f"{lake.root}/models/churn")
                if storage.read_json(f"{lake.root}/models/churn/{v}/metadata.json").get("erasure")]
     assert flagged and not any(storage.exists(f"{lake.root}/models/churn/{v}/data") for v in flagged)
@@ -199,6 +206,9 @@ def test_forget_leaves_no_trace_of_the_ids_and_every_other_row_as_it_was(erased,
     ])
     monkeypatch.delenv("LAKEMINE_PRIVACY_KEY", raising=False)
     with pytest.raises(UsageError, match="erasure key"):
+        ingest_files(lake, cfg, str(resent))
+    monkeypatch.setenv("LAKEMINE_PRIVACY_KEY", "another key")
+    with pytest.raises(UsageError, match="not the one"):
         ingest_files(lake, cfg, str(resent))
     monkeypatch.setenv("LAKEMINE_PRIVACY_KEY", KEY)
     run = ingest_files(lake, cfg, str(resent))
@@ -225,6 +235,15 @@ def test_forget_leaves_no_trace_of_the_ids_and_every_other_row_as_it_was(erased,
             except AssertionError as exc:
                 differ.append(f"{table}: {str(exc)[:600]}")
     assert differ == [], "\n".join(differ)
+
+    # the next features run goes on from where the erasure left gold: customer days were up to
+    # date with silver, so nothing is rebuilt and the baskets keep their anonymized items
+    baskets = lake.read_table(schemas.GOLD_BASKETS).localCheckpoint(eager=True)
+    run_features(lake, cfg, as_of_of(lake))
+    steps = [json.loads(r["params"]) for r in lake.read_table(schemas.OPS_RUNS).where("stage = 'features'")
+             .orderBy(F.desc("started_at")).collect()]
+    assert next(s for s in steps if s.get("step") == "aggregates")["mode"] == "noop"
+    assertDataFrameEqual(lake.read_table(schemas.GOLD_BASKETS), baskets)
 
 
 def test_pseudonymized_lake_holds_keyed_hashes_from_silver_on_and_forget_finds_them(lake, cfg, tmp_path, monkeypatch):

@@ -15,8 +15,9 @@ import os
 import re
 from typing import Mapping
 
+import pandas as pd
 import pyspark.sql.functions as F
-from pyspark.sql import Column
+from pyspark.sql import Column, SparkSession
 
 from lakemine.core import storage
 from lakemine.core.errors import UsageError
@@ -24,7 +25,6 @@ from lakemine.core.errors import UsageError
 # the customer id as clean writes it to silver: the raw string trimmed of spaces, a float-looking
 # ".0" suffix (Excel exports of numeric ids) dropped
 _FLOAT_SUFFIX = re.compile(r"\.0+$")
-_BLOCK = 64  # SHA-256's block size in bytes, for HMAC
 
 
 def normalize_id(raw: str) -> str:
@@ -59,20 +59,65 @@ def id_hash(key: bytes, customer_id: str) -> str:
     return hmac.new(key, normalize_id(customer_id).encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def normalized_column(column: Column) -> Column:
-    """`normalize_id` as a Spark expression."""
-    return F.regexp_replace(F.trim(column), r"\.0+$", "")
+def _shared_key(key: bytes):
+    """The key as a broadcast variable: it reaches the executors without being part of any
+    plan (a literal would show in the Spark UI, event logs and explain output)."""
+    return SparkSession.getActiveSession().sparkContext.broadcast(key)
 
 
 def hash_column(key: bytes, column: Column) -> Column:
-    """`id_hash` as a Spark expression (HMAC-SHA256 by RFC 2104 from Spark's sha2), so ids are
-    hashed where the rows are, never collected: null for a null id."""
-    if len(key) > _BLOCK:
-        key = hashlib.sha256(key).digest()
-    key = key.ljust(_BLOCK, b"\0")
-    inner_pad, outer_pad = bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
-    inner = F.unhex(F.sha2(F.concat(F.lit(bytearray(inner_pad)), F.encode(normalized_column(column), "UTF-8")), 256))
-    return F.sha2(F.concat(F.lit(bytearray(outer_pad)), inner), 256)
+    """`id_hash` of a string column, computed where the rows are (an Arrow UDF, the key
+    broadcast), never collected: null for a null id."""
+    shared = _shared_key(key)
+
+    @F.pandas_udf("string")
+    def keyed_hash(ids: pd.Series) -> pd.Series:
+        k = shared.value
+        return ids.map(lambda v: id_hash(k, v) if isinstance(v, str) else None)
+
+    return keyed_hash(column)
+
+
+# what separates the fields of a raw line that did not parse: the delimiters exports use
+_FIELD_SEPARATORS = re.compile(r"[,;\t|]")
+
+
+def erased_match(key: bytes, hashes: list[str], customer: Column, raw_line: Column) -> Column:
+    """struct(hash, by_field) for a line of an erased customer, else null: its `customer`
+    field's keyed hash when that is in `hashes` (by_field true), else the hash of the first
+    field of `raw_line` (split at , ; tab or |, quotes and spaces stripped) that is."""
+    shared, wanted = _shared_key(key), _shared_key("\n".join(hashes).encode())
+
+    @F.pandas_udf("hash string, by_field boolean")
+    def match(ids: pd.Series, lines: pd.Series) -> pd.DataFrame:
+        k, targets = shared.value, set(wanted.value.decode().split("\n"))
+        found, by_field = [], []
+        for value, line in zip(ids, lines):
+            h = id_hash(k, value) if isinstance(value, str) and value.strip(" ") else None
+            if h in targets:
+                found.append(h)
+                by_field.append(True)
+                continue
+            h = None
+            if isinstance(line, str):
+                for field in _FIELD_SEPARATORS.split(line):
+                    token = field.strip(" \"'")
+                    if token and id_hash(k, token) in targets:
+                        h = id_hash(k, token)
+                        break
+            found.append(h)
+            by_field.append(False)
+        return pd.DataFrame({"hash": found, "by_field": by_field})
+
+    result = match(customer, raw_line)
+    return F.when(result["hash"].isNotNull(), result)
+
+
+def require_same_key(key: bytes, recorded: set[str | None]) -> None:
+    """UsageError unless `key` is the key the recorded erasures were hashed with."""
+    if recorded - {key_check(key)}:
+        raise UsageError("the erasure key is not the one this lake's erasures were recorded with: their hashes would "
+                         "not match (erased customers would come back); use the original key")
 
 
 def key_check(key: bytes) -> str:

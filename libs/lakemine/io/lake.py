@@ -169,7 +169,10 @@ class Lake:
         DeltaTable.forPath(spark, self.path(table)).vacuum(float(retention_hours))
 
     def operation_metrics(self, table: str, version: int | None) -> dict:
-        """Delta's operationMetrics (strings) of the commit that made `version` (None: the latest)."""
+        """Delta's operationMetrics (strings) of the commit that made `version` (None: the
+        latest); {} for the version a write that made no commit returned (see `commit`)."""
+        if (table, version) in self._unchanged:
+            return {}
         return self._operation_metrics(table, version)
 
     def _operation_metrics(self, table: str, version: int | None) -> dict:

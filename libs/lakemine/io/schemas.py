@@ -96,9 +96,10 @@ DRIFT_SCHEMA = T.StructType(fields(
     "as_of date, model_version string, feature string, psi double, status string, expected array<double>, "
     "actual array<double>, edges array<double>, run_id string"
 ))
-# one row per erased customer: the keyed hash of its id (never the id), when, by which run, and
-# its rows per table when it was erased
-ERASURES_SCHEMA = T.StructType(fields("id_hash string, erased_at timestamp, run_id string, rows map<string,long>"))
+# one row per erased customer: the keyed hash of its id (never the id), when, by which run, its
+# rows per table when it was erased, and the key's check value (privacy.key_check: which key)
+ERASURES_SCHEMA = T.StructType(fields("id_hash string, erased_at timestamp, run_id string, rows map<string,long>, "
+                                      "key_check string"))
 RECOMMEND_EVAL_SCHEMA = T.StructType(fields(
     "as_of date, method string, k int, customers long, hit_rate double, map_at_k double, coverage double, "
     "training_baskets long, training_rules long, run_id string"

@@ -38,8 +38,12 @@ def reference(rows: DataFrame, bins: int, window_days: int) -> dict:
     features = [f for f in WATCHED + INFO if f in rows.columns]
     edges = quantile_edges(population, features, bins)
     expected, n = proportions(population, edges)
+    # a feature with no value in the reference (no active customer, or a column older
+    # snapshots lack) has nothing to compare against: left out rather than always "drifting"
+    kept = [f for f in features if sum(expected[f]) > 0]
+    edges, expected = {f: edges[f] for f in kept}, {f: expected[f] for f in kept}
     return {"bins": bins, "edges": edges, "expected": expected, "population": "active", "window_days": window_days,
-            "rows": n, "watched": [f for f in WATCHED if f in features]}
+            "rows": n, "watched": [f for f in WATCHED if f in kept]}
 
 
 def status(feature: str, value: float, warn_psi: float, reference: dict) -> str:

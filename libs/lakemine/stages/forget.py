@@ -23,6 +23,7 @@ the same ids finishes the job.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -35,8 +36,9 @@ from lakemine.core import privacy, storage
 from lakemine.core.config import Config, PrivacyConfig, StageParams
 from lakemine.core.errors import UsageError
 from lakemine.io import schemas
-from lakemine.io.lake import Lake
+from lakemine.io.lake import COMMIT_METADATA, Lake
 from lakemine.io.runs import Run, record_run
+from lakemine.stages import features as features_stage
 
 STAGE = "forget"
 MODEL_KIND = "churn"
@@ -103,14 +105,14 @@ def _condition(kind: str, raw_line: bool = True) -> str:
     if kind == RAW:
         parsed = "regexp_replace(trim(t.CustomerID), '\\\\.0+$', '') = s.id"
         return f"{parsed} OR (t.CustomerID IS NULL AND t._raw RLIKE s.pattern)" if raw_line else parsed
-    return "t.customer_id = s.id"
+    # the id, or its keyed hash where privacy.pseudonymize wrote that (either, should it have changed)
+    return "t.customer_id IN (s.id, s.hash)"
 
 
-def _ids_frame(spark, ids: tuple[str, ...], as_held: dict[str, str] | None = None):
-    """(name: the id, id: as the table holds it, pattern: the id as a field of a raw line);
-    `as_held` maps an id to what a pseudonymized table holds instead (its keyed hash)."""
-    rows = [(i, (as_held or {}).get(i, i), f"(^|[^0-9A-Za-z]){re.escape(i)}(\\.0+)?([^0-9A-Za-z]|$)") for i in ids]
-    return spark.createDataFrame(rows, "name string, id string, pattern string")
+def _ids_frame(spark, hashes: dict[str, str]):
+    """(name and id: the id, hash: its keyed hash, pattern: the id as a field of a raw line)."""
+    rows = [(i, i, h, f"(^|[^0-9A-Za-z]){re.escape(i)}(\\.0+)?([^0-9A-Za-z]|$)") for i, h in hashes.items()]
+    return spark.createDataFrame(rows, "name string, id string, hash string, pattern string")
 
 
 def _matches(lake: Lake, table: str, kind: str, ids) -> dict[str, int]:
@@ -125,8 +127,17 @@ def _erase(lake: Lake, table: str, kind: str, ids) -> int:
     """Delete (or, for baskets, anonymize) the erased ids' rows of `table`; rows touched."""
     condition = _condition(kind, "_raw" in lake.read_table(table).columns)
     version = lake.commit(table, lambda: _merge(lake, table, ids, condition, kind))
-    metrics = lake.operation_metrics(table, version)
-    return int(metrics.get("numTargetRowsDeleted", 0)) + int(metrics.get("numTargetRowsUpdated", 0))
+    metrics = lake.operation_metrics(table, version)  # {} when the MERGE matched nothing (no commit)
+    touched = int(metrics.get("numTargetRowsDeleted", 0)) + int(metrics.get("numTargetRowsUpdated", 0))
+    if touched and _table_property(lake, table, "delta.enableDeletionVectors") == "true":
+        # deleted rows would stay in their files, marked by deletion vectors: rewrite those files
+        lake.spark.sql(f"REORG TABLE delta.`{lake.path(table)}` APPLY (PURGE)")
+    return touched
+
+
+def _table_property(lake: Lake, table: str, name: str) -> str | None:
+    properties = DeltaTable.forPath(lake.spark, lake.path(table)).detail().first()["properties"] or {}
+    return properties.get(name)
 
 
 def _merge(lake: Lake, table: str, ids, condition: str, kind: str) -> None:
@@ -138,12 +149,20 @@ def _merge(lake: Lake, table: str, ids, condition: str, kind: str) -> None:
     merge.execute()
 
 
-def _cut_history(lake: Lake, table: str, run_id: str) -> int:
-    """VACUUM with no retention, a marker commit, a checkpoint at it and the log's older files
-    deleted: the table's first readable version from now on (returned)."""
+def _cut_history(lake: Lake, table: str, run_id: str, mark: dict | None = None) -> int:
+    """VACUUM with no retention, a marker commit (its commit metadata `mark`, when given), a
+    checkpoint at it and the log's older files deleted: the table's first readable version
+    from now on (returned)."""
     lake.vacuum(table, 0)
     path = lake.path(table)
-    lake.spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('lakemine.erasure' = '{run_id}')")
+    previous = lake.spark.conf.get(COMMIT_METADATA, None)
+    if mark is not None:
+        lake.spark.conf.set(COMMIT_METADATA, json.dumps(mark))
+    try:
+        lake.spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('lakemine.erasure' = '{run_id}')")
+    finally:
+        if mark is not None:
+            lake.spark.conf.unset(COMMIT_METADATA) if previous is None else lake.spark.conf.set(COMMIT_METADATA, previous)
     jvm = lake.spark.sparkContext._jvm
     log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(lake.spark._jsparkSession, path)
     log.checkpoint()
@@ -155,22 +174,25 @@ def _cut_history(lake: Lake, table: str, run_id: str) -> int:
         m = _LOG_FILE.match(name)
         if m and int(m.group(1)) < first:
             storage.delete(f"{path}/_delta_log/{name}")
-    for sub in ("_sidecars",):
-        if storage.exists(f"{path}/_delta_log/{sub}"):
-            for name in storage.list_files(f"{path}/_delta_log/{sub}"):
-                storage.delete(f"{path}/_delta_log/{sub}/{name}")
+    # the sidecars of V2 checkpoints: a classic checkpoint (the default) uses none, so those
+    # left belong to the deleted ones; a V2 checkpoint's own are kept
+    sidecars = f"{path}/_delta_log/_sidecars"
+    if storage.exists(sidecars) and _table_property(lake, table, "delta.checkpointPolicy") != "v2":
+        for name in storage.list_files(sidecars):
+            storage.delete(f"{sidecars}/{name}")
     return first
 
 
 def _already_cut(lake: Lake, table: str) -> bool:
-    """Whether the table's log starts at its last checkpoint: an earlier forget cut its
-    history and nothing older came back (no commit file before the checkpoint)."""
+    """Whether the table's log starts and ends at its last checkpoint: an earlier forget cut
+    its history and nothing was committed since (a run killed after its MERGE, or after its
+    marker commit, has commits after the checkpoint and is cut again)."""
     log = f"{lake.path(table)}/_delta_log"
     if not storage.exists(f"{log}/_last_checkpoint"):
         return False
     first = int(storage.read_json(f"{log}/_last_checkpoint")["version"])
     versions = [int(m.group(1)) for m in map(_LOG_FILE.match, storage.list_files(log)) if m]
-    return bool(versions) and min(versions) == first
+    return bool(versions) and min(versions) == first == lake.table_version(table)
 
 
 def _flag_models(lake: Lake, ids, run_id: str, now: datetime) -> list[str]:
@@ -179,12 +201,13 @@ def _flag_models(lake: Lake, ids, run_id: str, now: datetime) -> list[str]:
     root = f"{lake.root}/models/{MODEL_KIND}"
     if not storage.exists(root) or not lake.exists(schemas.GOLD_CUSTOMER_FEATURES):
         return []
-    features = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES).join(ids, F.col("customer_id") == F.col("id"))
+    features = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES).join(ids, F.col("customer_id").isin(F.col("id"), F.col("hash")))
     seen_dates = {r["as_of"].isoformat() for r in features.select("as_of").distinct().collect()}
     flagged = []
     for version in sorted(storage.list_dirs(root)):
         meta_path = f"{root}/{version}/metadata.json"
-        if not storage.exists(meta_path):
+        if not storage.exists(meta_path):  # a training run that never finished: its data copy goes
+            storage.delete_dir(f"{root}/{version}/data")
             continue
         meta = storage.read_json(meta_path)
         split = meta.get("split") or {}
@@ -229,30 +252,36 @@ def run(lake: Lake, cfg: Config, p: ForgetParams) -> Run:
     as_of = p.as_of or now.date()
     say = p.progress or (lambda text: None)
     params = {"customers": len(ids), "id_hashes": sorted(hashes.values())}
+    if lake.exists(schemas.OPS_ERASURES):
+        privacy.require_same_key(key, {r["key_check"] for r in lake.read_table(schemas.OPS_ERASURES).select("key_check").collect()})
     with record_run(lake, STAGE, as_of, params) as run:
-        raw_frame = _ids_frame(lake.spark, ids)
-        # with privacy.pseudonymize, silver and what is built from it hold the keyed hashes
-        held = _ids_frame(lake.spark, ids, hashes) if cfg.privacy.pseudonymize else raw_frame
-        frames = {RAW: raw_frame, CUSTOMER: held, BASKETS: held}
+        frame = _ids_frame(lake.spark, hashes)
         tables = [t for t in TABLES if lake.exists(t)]
         say(f"counting the rows of {len(ids)} customer(s) in {len(tables)} tables")
         per_id: dict[str, dict[str, int]] = {i: {} for i in ids}
         for table in tables:
-            for i, n in _matches(lake, table, TABLES[table], frames[TABLES[table]]).items():
+            for i, n in _matches(lake, table, TABLES[table], frame).items():
                 per_id[i][table] = n
-        rows = [(hashes[i], now, run.run_id, per_id[i]) for i in ids]
+        rows = [(hashes[i], now, run.run_id, per_id[i], privacy.key_check(key)) for i in ids]
         erasures = lake.spark.createDataFrame(rows, schemas.ERASURES_SCHEMA)
         # first: the hashes, so the ids count as erased whatever happens next; an id erased
         # before keeps its first record
         run.outputs[schemas.OPS_ERASURES] = lake.merge_into(erasures, schemas.OPS_ERASURES, ["id_hash"], update_when="false")
         result = Erasure(customers=len(ids))
         say("models trained on these customers")
-        result.models = _flag_models(lake, held, run.run_id, now)
+        result.models = _flag_models(lake, frame, run.run_id, now)
+        # gold/customer_days records the silver version it was brought up to; when it was up to
+        # date, its marker commit records silver's new first version, so the next features run
+        # goes on incrementally (its history before that is gone) and baskets stay as erased
+        current = (lake.exists(schemas.SILVER_TRANSACTIONS) and lake.exists(schemas.GOLD_CUSTOMER_DAYS)
+                   and features_stage._built_from(lake) == lake.table_version(schemas.SILVER_TRANSACTIONS))
         for i, table in enumerate(tables, 1):
             say(f"[{i}/{len(tables)}] {table}")
-            result.rows[table] = _erase(lake, table, TABLES[table], frames[TABLES[table]])
+            result.rows[table] = _erase(lake, table, TABLES[table], frame)
             if result.rows[table] or not _already_cut(lake, table):
-                result.first_versions[table] = _cut_history(lake, table, run.run_id)
+                mark = ({"silver_version": result.first_versions[schemas.SILVER_TRANSACTIONS]}
+                        if table == schemas.GOLD_CUSTOMER_DAYS and current else None)
+                result.first_versions[table] = _cut_history(lake, table, run.run_id, mark)
             else:  # a rerun with nothing left to delete, on a table already cut: nothing older to purge
                 result.first_versions[table] = int(storage.read_json(f"{lake.path(table)}/_delta_log/_last_checkpoint")["version"])
             run.outputs[table] = result.first_versions[table]

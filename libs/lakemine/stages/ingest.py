@@ -490,35 +490,31 @@ def erased_ids(lake: Lake, cfg: Config) -> tuple[bytes, list[str]] | None:
     """(key, keyed hashes) of the customers `lakemine forget` erased; None when none was."""
     if not lake.exists(schemas.OPS_ERASURES):
         return None
-    hashes = sorted(r["id_hash"] for r in lake.read_table(schemas.OPS_ERASURES).select("id_hash").collect())
-    if not hashes:
+    rows = lake.read_table(schemas.OPS_ERASURES).select("id_hash", "key_check").collect()
+    if not rows:
         return None
     try:
         key = privacy.load_key(cfg.privacy.key_env, cfg.privacy.key_file, lake.root)
     except UsageError as exc:
         raise UsageError(f"this lake has erased customers, and ingest needs the erasure key to keep their lines out: {exc}") from None
-    return key, hashes
+    privacy.require_same_key(key, {r["key_check"] for r in rows})
+    return key, sorted(r["id_hash"] for r in rows)
 
 
 def quarantine_erased(rows: DataFrame, key: bytes, hashes: list[str]) -> DataFrame:
     """Parsed rows with the lines of erased customers turned into quarantine rows with reason
     `erased`: the CustomerID replaced by its keyed hash, the raw text dropped, and for a line
     matched only through its raw text (it did not parse into fields) every field dropped."""
-    by_field = privacy.hash_column(key, F.col("CustomerID"))
-    by_field = F.when(by_field.isin(hashes), by_field)
-    tokens = F.split(F.coalesce(F.col("_raw"), F.lit("")), r"[^0-9A-Za-z._-]+")
-    in_line = F.when(F.col("_raw").isNotNull(), F.try_element_at(F.filter(F.transform(tokens, lambda t: privacy.hash_column(key, t)),
-                                        lambda h: h.isin(hashes)), F.lit(1)))
-    marked = rows.withColumn("_erased_by_field", by_field).withColumn("_erased_hash", F.coalesce("_erased_by_field", in_line))
-    erased = F.col("_erased_hash").isNotNull()
-    keep = F.col("_erased_by_field").isNotNull()
+    marked = rows.withColumn("_erased", privacy.erased_match(key, hashes, F.col("CustomerID"), F.col("_raw")))
+    erased = F.col("_erased").isNotNull()
+    keep = F.coalesce(F.col("_erased.by_field"), F.lit(False))
     replaced = {c: F.when(~erased, F.col(c)).when(keep, F.col(c)) for c in schemas.SOURCE_COLUMNS if c != "_source"}
-    replaced["CustomerID"] = F.when(erased, F.col("_erased_hash")).otherwise(F.col("CustomerID"))
+    replaced["CustomerID"] = F.when(erased, F.col("_erased.hash")).otherwise(F.col("CustomerID"))
     replaced["_raw"] = F.when(~erased, F.col("_raw"))
     replaced["reason"] = F.when(erased, F.lit("erased")).otherwise(F.col("reason"))
     replaced["detail"] = F.when(erased, F.lit("customer erased by lakemine forget: CustomerID is its keyed hash, "
                                               "the raw line is not kept")).otherwise(F.col("detail"))
-    return marked.withColumns(replaced).drop("_erased_by_field", "_erased_hash")
+    return marked.withColumns(replaced).drop("_erased")
 
 
 def run(lake: Lake, cfg: Config, p: IngestParams) -> Run:
