@@ -142,6 +142,15 @@ def test_hash_column_is_the_keyed_hash_of_the_normalized_id(spark):
         assert got == [privacy.id_hash(key, i) if i is not None else None for i in ids]
     assert privacy.id_hash(b"k", " 12346.0 ") == privacy.id_hash(b"k", "12346")
 
+    # a line of an erased customer: by its CustomerID field, else by a field of its raw text
+    # (any characters but the delimiters), else none
+    hashes = [privacy.id_hash(b"k", i) for i in ("12346", "änne 7/b")]
+    lines = spark.createDataFrame([("12346.0", None), (None, '536365;"änne 7/b";x'), ("99", "99,12346 ,y"),
+                                   (None, "no,id,here"), (None, None)], "c string, raw string")
+    got = [(r["m"]["hash"], r["m"]["by_field"]) if r["m"] else None
+           for r in lines.select(privacy.erased_match(b"k", hashes, F.col("c"), F.col("raw")).alias("m")).collect()]
+    assert got == [(hashes[0], True), (hashes[1], False), (hashes[0], False), None, None]
+
 
 def _forget(argv, monkeypatch, capsys, key=KEY) -> tuple[int, str, str]:
     if key is None:
