@@ -76,13 +76,18 @@ def test_customer_features_by_hand(spark):
     got = compute_customer_features(silver_df(spark, ROWS), FeatureParams.from_config(None, as_of=D(2011, 1, 15), top_categories=1))
     expected = spark.createDataFrame([
         # recency, frequency, monetary, tenure, mean basket size, mean value, distinct items,
-        # return rate, mean days between, top-category (MUG) share
-        ("A", D(2011, 1, 15), 4, 2, 40.0, 14, 1.5, 20.0, 2, 1 / 4, 10.0, 35.0 / 40.0),
-        ("B", D(2011, 1, 15), 10, 1, 30.0, 10, 1.0, 30.0, 1, 0.0, 10.0, 0.0),
+        # return rate, mean days between, top-category (MUG) share, and over the trailing
+        # window (365 days: everything here) frequency and monetary
+        ("A", D(2011, 1, 15), 4, 2, 40.0, 14, 1.5, 20.0, 2, 1 / 4, 10.0, 35.0 / 40.0, 2, 40.0),
+        ("B", D(2011, 1, 15), 10, 1, 30.0, 10, 1.0, 30.0, 1, 0.0, 10.0, 0.0, 1, 30.0),
     ], "customer_id string, as_of date, recency_days int, frequency long, monetary double, tenure_days int, "
        "mean_basket_size double, mean_basket_value double, distinct_items long, return_rate double, "
-       "mean_days_between double, top_category_share double")
+       "mean_days_between double, top_category_share double, recent_frequency long, recent_monetary double")
     assertDataFrameEqual(got, expected, rtol=1e-9)
+    # a 7-day window, (8 Jan, 15 Jan]: A's second invoice only (its return is no sale), none of B's
+    week = compute_customer_features(silver_df(spark, ROWS), FeatureParams.from_config(None, as_of=D(2011, 1, 15), window_days=7))
+    assert sorted((r["customer_id"], r["recent_frequency"], r["recent_monetary"]) for r in week.collect()) == [
+        ("A", 1, 20.0), ("B", 0, 0.0)]
 
 
 def test_no_feature_reads_past_as_of(spark):
