@@ -13,14 +13,13 @@ import hashlib
 import hmac
 import os
 import re
-from typing import Mapping
-
-import pandas as pd
-import pyspark.sql.functions as F
-from pyspark.sql import Column, SparkSession
+from typing import TYPE_CHECKING, Mapping
 
 from lakemine.core import storage
 from lakemine.core.errors import UsageError
+
+if TYPE_CHECKING:  # Spark is imported where a column is built: the DAG files import this module
+    from pyspark.sql import Column
 
 # the customer id as clean writes it to silver: the raw string trimmed of spaces, a float-looking
 # ".0" suffix (Excel exports of numeric ids) dropped
@@ -62,12 +61,17 @@ def id_hash(key: bytes, customer_id: str) -> str:
 def _shared_key(key: bytes):
     """The key as a broadcast variable: it reaches the executors without being part of any
     plan (a literal would show in the Spark UI, event logs and explain output)."""
+    from pyspark.sql import SparkSession
+
     return SparkSession.getActiveSession().sparkContext.broadcast(key)
 
 
 def hash_column(key: bytes, column: Column) -> Column:
     """`id_hash` of a string column, computed where the rows are (an Arrow UDF, the key
     broadcast), never collected: null for a null id."""
+    import pandas as pd
+    import pyspark.sql.functions as F
+
     shared = _shared_key(key)
 
     @F.pandas_udf("string")
@@ -86,6 +90,9 @@ def erased_match(key: bytes, hashes: list[str], customer: Column, raw_line: Colu
     """struct(hash, by_field) for a line of an erased customer, else null: its `customer`
     field's keyed hash when that is in `hashes` (by_field true), else the hash of the first
     field of `raw_line` (split at , ; tab or |, quotes and spaces stripped) that is."""
+    import pandas as pd
+    import pyspark.sql.functions as F
+
     shared, wanted = _shared_key(key), _shared_key("\n".join(hashes).encode())
 
     @F.pandas_udf("hash string, by_field boolean")
