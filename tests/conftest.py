@@ -22,7 +22,8 @@ GBT_TREES = os.environ.setdefault("LAKEMINE_TRAIN__GBT_TREES", "10")
 SPARK_CONF = os.environ.setdefault(
     "LAKEMINE_SPARK__CONF",
     "{spark.ui.retainedJobs: 50, spark.ui.retainedStages: 100, spark.sql.ui.retainedExecutions: 20, "
-    "spark.ui.retainedTasks: 10000, spark.sql.codegen.wholeStage: false, spark.sql.codegen.factoryMode: NO_CODEGEN}")
+    "spark.ui.retainedTasks: 10000, spark.sql.codegen.wholeStage: false, spark.sql.codegen.factoryMode: NO_CODEGEN, "
+    "spark.cleaner.periodicGC.interval: 3min}")
 from pathlib import Path
 
 import pytest

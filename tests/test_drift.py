@@ -33,13 +33,17 @@ def stationary(spark, cfg, tmp_path_factory):
     lcfg = cfg.with_lake(lake.root)
     ingest_files(lake, lcfg, str(tmp / "raw"))
     clean_lake(lake, lcfg)
-    silver = lake.read_table(schemas.SILVER_TRANSACTIONS).localCheckpoint(eager=True)
+    silver = lake.read_table(schemas.SILVER_TRANSACTIONS)  # read from the lake each time: nothing held in memory
     trained, later = BASE_DATE + timedelta(days=400), BASE_DATE + timedelta(days=765)
+    cached = []
 
     def features(rows, as_of):
-        return compute_customer_features(rows, FeatureParams.from_config(lcfg, as_of=as_of)).localCheckpoint(eager=True)
+        cached.append(compute_customer_features(rows, FeatureParams.from_config(lcfg, as_of=as_of)).cache())
+        return cached[-1]
 
-    return lcfg, silver, features, features(silver, trained), later
+    yield lcfg, silver, features, features(silver, trained), later
+    for df in cached:  # the shared session runs the rest of the suite
+        df.unpersist()
 
 
 def _drift(reference_rows, rows, window_days: int) -> dict[str, DriftResult]:

@@ -108,7 +108,7 @@ def erased(scored_lake, tmp_path_factory):
             df = df.where(~F.col("customer_id").isin(ids))
         elif kind == forget.BASKETS:
             df = df.withColumn("customer_id", F.when(F.col("customer_id").isin(ids), None).otherwise(F.col("customer_id")))
-        before[table] = df.localCheckpoint(eager=True)  # kept in memory: the erasure vacuums the files
+        before[table] = df.collect()  # kept in Python (small tables): the erasure vacuums the files
     versions = {t: lake.table_version(t) for t in forget.TABLES}
     return lake, cfg, ids, before, versions, scored_lake[0]
 
@@ -180,7 +180,7 @@ def test_forget_leaves_no_trace_of_the_ids_and_every_other_row_as_it_was(erased,
         if kind == forget.RAW:
             ids_of = F.regexp_replace(F.trim(F.col("CustomerID")), r"\.0+$", "")
             assert after.where(ids_of.isin(ids)).count() == 0, table
-            assert after.count() < before[table].count() or table == schemas.SILVER_QUARANTINE, table
+            assert after.count() < len(before[table]) or table == schemas.SILVER_QUARANTINE, table
         else:
             assertDataFrameEqual(after, before[table])  # others unchanged; baskets keep the items, id null
         with pytest.raises(Exception):  # the versions from before the erasure are gone
@@ -247,7 +247,7 @@ def test_forget_leaves_no_trace_of_the_ids_and_every_other_row_as_it_was(erased,
 
     # the next features run goes on from where the erasure left gold: customer days were up to
     # date with silver, so nothing is rebuilt and the baskets keep their anonymized items
-    baskets = lake.read_table(schemas.GOLD_BASKETS).localCheckpoint(eager=True)
+    baskets = lake.read_table(schemas.GOLD_BASKETS).collect()
     run_features(lake, cfg, as_of_of(lake))
     steps = [json.loads(r["params"]) for r in lake.read_table(schemas.OPS_RUNS).where("stage = 'features'")
              .orderBy(F.desc("started_at")).collect()]
