@@ -61,9 +61,9 @@ def id_hash(key: bytes, customer_id: str) -> str:
 def _shared_key(key: bytes):
     """The key as a broadcast variable: it reaches the executors without being part of any
     plan (a literal would show in the Spark UI, event logs and explain output)."""
-    from pyspark.sql import SparkSession
+    from pyspark import SparkContext
 
-    return SparkSession.getActiveSession().sparkContext.broadcast(key)
+    return SparkContext.getOrCreate().broadcast(key)
 
 
 def hash_column(key: bytes, column: Column) -> Column:
@@ -74,12 +74,13 @@ def hash_column(key: bytes, column: Column) -> Column:
 
     shared = _shared_key(key)
 
-    @F.pandas_udf("string")
     def keyed_hash(ids: pd.Series) -> pd.Series:
         k = shared.value
         return ids.map(lambda v: id_hash(k, v) if isinstance(v, str) else None)
 
-    return keyed_hash(column)
+    # the hints as objects (this module's annotations are strings, pandas imported here)
+    keyed_hash.__annotations__ = {"ids": pd.Series, "return": pd.Series}
+    return F.pandas_udf(keyed_hash, "string")(column)
 
 
 # what separates the fields of a raw line that did not parse: the delimiters exports use
@@ -95,7 +96,6 @@ def erased_match(key: bytes, hashes: list[str], customer: Column, raw_line: Colu
 
     shared, wanted = _shared_key(key), _shared_key("\n".join(hashes).encode())
 
-    @F.pandas_udf("hash string, by_field boolean")
     def match(ids: pd.Series, lines: pd.Series) -> pd.DataFrame:
         k, targets = shared.value, set(wanted.value.decode().split("\n"))
         found, by_field = [], []
@@ -116,7 +116,8 @@ def erased_match(key: bytes, hashes: list[str], customer: Column, raw_line: Colu
             by_field.append(False)
         return pd.DataFrame({"hash": found, "by_field": by_field})
 
-    result = match(customer, raw_line)
+    match.__annotations__ = {"ids": pd.Series, "lines": pd.Series, "return": pd.DataFrame}
+    result = F.pandas_udf(match, "hash string, by_field boolean")(customer, raw_line)
     return F.when(result["hash"].isNotNull(), result)
 
 
