@@ -107,11 +107,8 @@ def erased_match(key: bytes, hashes: list[str], customer: Column, raw_line: Colu
                 continue
             h = None
             if isinstance(line, str):
-                for field in _FIELD_SEPARATORS.split(line):
-                    token = field.strip(" \"'")
-                    if token and id_hash(k, token) in targets:
-                        h = id_hash(k, token)
-                        break
+                tokens = (field.strip(" \"'") for field in _FIELD_SEPARATORS.split(line))
+                h = next((t for t in (id_hash(k, token) for token in tokens if token) if t in targets), None)
             found.append(h)
             by_field.append(False)
         return pd.DataFrame({"hash": found, "by_field": by_field})
