@@ -93,7 +93,8 @@ def test_dag_files_parse_without_lookups_or_heavy_imports(tmp_path, venv_env):
     assert tasks["ingest"]["args"][4] == "--input" and tasks["ingest"]["args"][6:] == ["--source", "online_retail_ii"]
     weekly = parsed["dags"]["weekly_insights"]
     assert weekly["schedule"] == "@weekly"
-    assert weekly["tasks"]["package"]["downstream"] == ["evaluate_recommendations", "forecast"]
+    assert weekly["tasks"]["package"]["downstream"] == ["evaluate_recommendations", "forecast", "tune"]
+    assert weekly["tasks"]["tune"]["outlets"] == [f"{lake_uri}/ops/tune_trials"]
     assert weekly["tasks"]["forecast"]["outlets"] == [f"{lake_uri}/gold/demand_forecast", f"{lake_uri}/ops/forecast_backtest"]
     assert "--no-evaluate" not in weekly["tasks"]["evaluate_recommendations"]["args"]
     maintenance = parsed["dags"]["lake_maintenance"]

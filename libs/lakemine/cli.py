@@ -107,8 +107,8 @@ def _command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
 
 
 INPUT_HELP = "export file, folder or glob, Delta table folder, or table:NAME (a metastore table)"
-STAGES = ("ingest", "clean", "features", "fpgrowth", "recommend", "forecast", "kmeans", "train", "score", "report",
-          "maintain")
+STAGES = ("ingest", "clean", "features", "fpgrowth", "recommend", "forecast", "kmeans", "tune", "train", "score",
+          "report", "maintain")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,6 +228,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_int, help=f"K-means seed (default from config: {km.seed})")
     p.add_argument("--n-init", type=_int, help=f"k-means++ runs per k, the lowest cost kept (default from config: {km.n_init})")
 
+    p = _command(sub, "tune", help="seeded random search over the churn MLP's settings, trials in parallel as Spark tasks",
+                       description="Build train's training set (same dates, split and seed) and train one MLP per trial, "
+                       "each a single-process trainer in one Spark task reading the split through Petastorm, as many "
+                       "at once as there are task slots. Trial 0 is the config's train settings; the others draw "
+                       "hidden layers (depth, width), activation (relu, leaky_relu, gelu, tanh), dropout, batch norm, "
+                       "learning rate and weight decay from the tune section, seeded. Every trial's settings, "
+                       "validation AUC and log loss go to ops/tune_trials beside the logistic-regression and "
+                       "gradient-boosted-trees baselines on the same split. `lakemine train --params best` then "
+                       "trains the winner on the configured workers.",
+                       epilog="Why Spark tasks and not Horovod: the network is small, so a trial is seconds of "
+                       "arithmetic and a per-step allreduce would cost more than the step; independent trials fill "
+                       "every core with no communication, and one process makes each trial reproducible.")
+    tu = d.tune
+    p.add_argument("--trials", type=_int, metavar="N", help=f"random trials besides the config's own (default from config: {tu.trials})")
+    p.add_argument("--seed", type=_int, help=f"seed of the draws (default from config: {tu.seed})")
+    p.add_argument("--epochs", type=_int, metavar="E", help=f"at most E epochs per trial (default from config: {tu.epochs})")
+
     p = _command(sub, "train", help="features and labels into a churn model (Petastorm -> Horovod or TorchDistributor)",
                        description="Build the training set (standardized features + labels + segment one-hot; earlier "
                        "as_of dates train and the latest validates, or a seeded customer split when one date has "
@@ -247,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=_float, metavar="LR", help=f"per-worker Adam rate, scaled by workers (default from config: {tr.learning_rate})")
     p.add_argument("--patience", type=_int, metavar="P", help=f"epochs without a better validation AUC before stopping (default from config: {tr.patience})")
     p.add_argument("--seed", type=_int, help=f"seed of the split, the initial weights and the shuffling (default from config: {tr.seed})")
+    p.add_argument("--params", choices=("config", "best"),
+                   help="network and optimizer settings: the config's, or the best trial of the latest `lakemine tune` "
+                   f"on or before the training date (default from config: {tr.params})")
     p.add_argument("--write-spec", metavar="FILE", help="prepare the data and write the worker spec for horovodrun, then stop")
 
     p = _command(sub, "score", help="score customers with a churn model into gold/customer_scores (MERGE)",
@@ -261,8 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate data when no --input is given, then ingest, clean, features (as-of and "
                        f"its training snapshots), fpgrowth (the config's fpgrowth section: support {d.fpgrowth.min_support}), "
                        "recommend (with its held-out evaluation), forecast (weekly demand of the best sellers), "
-                       "kmeans (k by silhouette over run.k_range, %d-%d), train " % d.run.k_range +
-                       "(config's train section), score and drift, write <lake>/reports/<as_of>/report.html, and "
+                       "kmeans (k by silhouette over run.k_range, %d-%d), tune (the model search), train " % d.run.k_range +
+                       "(the search's best settings), score and drift, write <lake>/reports/<as_of>/report.html, and "
                        "print a summary: rows per table, quarantine by reason, rules, segments, model AUC against "
                        "the baseline, scores, drift warnings, wall time per stage.",
                        epilog="Re-running with the same input leaves the same rows: ingested files are skipped and "
@@ -274,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_int, metavar="N", help=f"training processes (default from config: {tr.workers})")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     p.add_argument("--skip-slow", action="store_true",
-                   help="skip the slow parts: the recommendations' held-out evaluation and the demand forecasts")
+                   help="skip the slow parts: the recommendations' held-out evaluation, the demand forecasts and "
+                   "the model search (train then takes the config's settings)")
 
     p = _command(sub, "report", help="write <lake>/reports/<as_of>/report.html with its plots",
                        description="A self-contained HTML page (plots embedded): data quality, segments, top rules "
@@ -493,12 +514,47 @@ def cmd_kmeans(args, cfg, console, submitted) -> int:
     return 0
 
 
+def cmd_tune(args, cfg, console, submitted) -> int:
+    from lakemine.learning import tune
+
+    p = tune.TuneParams.from_config(cfg, trials=args.trials, seed=args.seed, epochs=args.epochs, as_of=args.as_of)
+    lake = _open(cfg, args, submitted)
+    console.step("tune", f"{schemas.GOLD_CUSTOMER_FEATURES} + {schemas.GOLD_LABELS} -> {schemas.OPS_TUNE_TRIALS} "
+                         f"({p.trials} trials + the config's, seed {p.seed}, at most {p.epochs} epochs each)")
+    run = tune.run(lake, cfg, p)
+    _print_run(console, run)
+    console.out(format_trials(run.result))
+    return 0
+
+
+def format_trials(rows: list[dict]) -> str:
+    """The search as a table, best first, the baselines at the end."""
+    from lakemine.learning.tune import MLP, ranked
+
+    lines = ["  trial  val AUC  log loss  epochs  seconds  settings"]
+    for r in ranked(rows) + [r for r in rows if r["model"] == MLP and r["error"]]:
+        metrics = (f"{r['val_auc']:7.4f}  {r['val_log_loss']:8.4f}  {r['best_epoch']:>2}/{r['epochs_run']:<3}"
+                   if not r["error"] else f"{'failed':>7}  {'':8}  {'':6}")
+        settings = r["error"] or (f"hidden {r['hidden']} {r['activation']}, dropout {r['dropout']:g}, "
+                                  f"batch norm {'on' if r['batch_norm'] else 'off'}, lr {r['learning_rate']:.3g}, "
+                                  f"weight decay {r['weight_decay']:.3g}")
+        lines.append(f"  {r['trial']:>5}  {metrics}  {_secs(r['seconds'])}  {settings}")
+    for r in rows:
+        if r["model"] != MLP:
+            lines.append(f"  {'':>5}  {r['val_auc']:7.4f}  {r['val_log_loss']:8.4f}  {'':6}  {_secs(r['seconds'])}  {r['model']}")
+    return "\n".join(lines)
+
+
+def _secs(seconds: float | None) -> str:
+    return f"{seconds:7.1f}" if seconds is not None else f"{'-':>7}"
+
+
 def cmd_train(args, cfg, console, submitted) -> int:
     from lakemine.learning import train
 
     p = train.TrainParams.from_config(cfg, backend=args.backend, workers=args.workers, epochs=args.epochs,
                                       batch_size=args.batch_size, learning_rate=args.learning_rate,
-                                      patience=args.patience, seed=args.seed, as_of=args.as_of,
+                                      patience=args.patience, seed=args.seed, params=args.params, as_of=args.as_of,
                                       spec_out=args.write_spec, verbose=args.verbose)
     lake = _open(cfg, args, submitted)
     console.step("train", f"{schemas.GOLD_CUSTOMER_FEATURES} + {schemas.GOLD_LABELS} -> churn model "
@@ -650,6 +706,7 @@ COMMANDS: dict[str, Callable] = {
     "recommend": cmd_recommend,
     "forecast": cmd_forecast,
     "kmeans": cmd_kmeans,
+    "tune": cmd_tune,
     "train": cmd_train,
     "score": cmd_score,
     "run": cmd_run,

@@ -26,8 +26,9 @@ class Timings:
 
 def run_pipeline(lake: Lake, cfg: Config, args, console) -> str:
     """Generate (when no input), ingest, clean, features (with the training snapshots),
-    fpgrowth, recommend, forecast, kmeans, train, score and the report; returns the summary.
-    `args.skip_slow`: recommend without its held-out evaluation, and no forecast."""
+    fpgrowth, recommend, forecast, kmeans, tune, train (the best trial's settings), score and
+    the report; returns the summary. `args.skip_slow`: recommend without its held-out
+    evaluation, no forecast, no tune (train takes the config's settings)."""
     from lakemine.learning import forecast
     from lakemine.mining import fpgrowth, kmeans, recommend
     from lakemine.stages import clean, features, ingest
@@ -100,6 +101,7 @@ class Learned:
     skipped: str | None = None
     scored: int = 0
     drifts: list = field(default_factory=list)
+    tuned: str | None = None  # the model search's message (None: skipped)
 
 
 def _learn(lake: Lake, cfg: Config, args, console, timings: Timings, as_of, trainable: bool) -> Learned:
@@ -110,8 +112,13 @@ def _learn(lake: Lake, cfg: Config, args, console, timings: Timings, as_of, trai
                f"plus {cfg.features.snapshot_spacing_days} days of history")
         console.step("train", f"skipped: {why}")
         return Learned(skipped=why)
+    tuned = None
+    if getattr(args, "skip_slow", False):
+        console.step("tune", "skipped (--skip-slow): training takes the config's settings")
+    else:
+        tuned = _tune(lake, cfg, args, console, timings)
     p = train.TrainParams.from_config(cfg, epochs=getattr(args, "epochs", None), workers=getattr(args, "workers", None),
-                                      verbose=args.verbose)
+                                      params="best" if tuned else None, verbose=args.verbose)
     console.step("train", f"features + labels -> churn model ({p.backend} x {p.workers} processes, at most {p.epochs} epochs)")
     trained = timings.timed("train", train.run, lake, cfg, p)
     meta = trained.result
@@ -121,7 +128,19 @@ def _learn(lake: Lake, cfg: Config, args, console, timings: Timings, as_of, trai
                            score.ScoreParams.from_config(cfg, model_version=meta["model_version"], as_of=as_of))
     warned = [d.feature for d in scored.result if d.status == "warn"]
     console.step("score", f"{scored.rows_out:,} customers scored; drift warnings: {', '.join(warned) or 'none'}")
-    return Learned(meta=meta, scored=scored.rows_out, drifts=scored.result)
+    return Learned(meta=meta, scored=scored.rows_out, drifts=scored.result, tuned=tuned)
+
+
+def _tune(lake: Lake, cfg: Config, args, console, timings: Timings) -> str | None:
+    """The model search (its trials capped at --epochs too); its message."""
+    from lakemine.learning import tune
+
+    epochs = getattr(args, "epochs", None)
+    p = tune.TuneParams.from_config(cfg, epochs=min(epochs, cfg.tune.epochs) if epochs else None)
+    console.step("tune", f"{p.trials} trials + the config's, at most {p.epochs} epochs each -> {schemas.OPS_TUNE_TRIALS}")
+    tuned = timings.timed("tune", tune.run, lake, cfg, p)
+    console.step("tune", tuned.message or "")
+    return tuned.message
 
 
 def summarize(lake: Lake, timings: Timings, ingest_run, clean_run, as_of=None, learned: Learned | None = None,
@@ -177,6 +196,10 @@ def summarize(lake: Lake, timings: Timings, ingest_run, clean_run, as_of=None, l
                          f"{m['baseline']['auc']:.4f} ({gain:+.4f})")
             for b in m.get("baselines", [])[1:]:
                 lines.append(f"  {'':14} vs {b['model']} {b['auc']:.4f} ({m['validation']['auc'] - b['auc']:+.4f})")
+            if learned.tuned:
+                lines.append(f"  model search: {learned.tuned}")
+            if m.get("tuned_from"):
+                lines.append(f"  trained with the settings of the search's trial {m['tuned_from']['trial']}")
             lines.append(f"  scores written: {learned.scored:,} customers as of {as_of}")
             warned = [d for d in learned.drifts if d.status == "warn"]
             if warned:

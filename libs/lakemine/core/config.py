@@ -54,7 +54,11 @@ KmeansConfig = _section("KmeansConfig", "k: int | None; k_range: tuple[int, ...]
                         "max_iter: int; tol: float; sample_size: int; columns: tuple[str, ...]")
 TrainConfig = _section("TrainConfig", "backend: str; workers: int; epochs: int; batch_size: int; learning_rate: float; "
                        "warmup_epochs: int; patience: int; cache_rows: int; hidden: tuple[int, ...]; dropout: float; "
-                       "batch_norm: bool; val_fraction: float; seed: int; gbt_trees: int; gbt_depth: int")
+                       "batch_norm: bool; activation: str; weight_decay: float; val_fraction: float; seed: int; "
+                       "gbt_trees: int; gbt_depth: int; params: str")
+TuneConfig = _section("TuneConfig", "trials: int; seed: int; epochs: int; depths: tuple[int, ...]; widths: tuple[int, ...]; "
+                      "activations: tuple[str, ...]; dropouts: tuple[float, ...]; learning_rate: tuple[float, ...]; "
+                      "weight_decay: tuple[float, ...]")
 ForecastConfig = _section("ForecastConfig", "volume_share: float; max_items: int; min_weeks: int; window_weeks: int; "
                           "horizon_weeks: int; backtest_weeks: int; season_weeks: int; interval: float")
 RecommendConfig = _section("RecommendConfig", "top_n: int; history_baskets: int; regular_baskets: int; evaluate: bool")
@@ -80,6 +84,7 @@ class Config:
     recommend: RecommendConfig
     forecast: ForecastConfig
     train: TrainConfig
+    tune: TuneConfig
     score: ScoreConfig
     maintain: MaintainConfig
     privacy: PrivacyConfig
@@ -101,6 +106,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "clean.outlier_policy": ("quarantine", "cap"),
     "fpgrowth.engine": ("pfp", "mllib"),
     "train.backend": ("horovod", "torch"),
+    "train.activation": ("relu", "leaky_relu", "gelu", "tanh"),
+    "train.params": ("config", "best"),
 }
 _POSITIVE = {
     "spark.shuffle_partitions",
@@ -125,13 +132,14 @@ _POSITIVE = {
     "forecast.max_items", "forecast.min_weeks", "forecast.horizon_weeks", "forecast.backtest_weeks",
     "forecast.season_weeks",
     "train.gbt_depth",
+    "tune.trials", "tune.epochs",
     "score.drift_bins",
     "score.drift_warn_psi",
 }
 _NON_NEGATIVE = {
     "maintain.retention_hours", "train.warmup_epochs", "train.dropout", "features.training_snapshots",
     "orchestration.retries", "orchestration.train_weekday", "train.cache_rows", "fpgrowth.window_days",
-    "train.gbt_trees", "forecast.window_weeks",
+    "train.gbt_trees", "forecast.window_weeks", "train.weight_decay",
 }
 # dotted key -> (low, high, low inclusive, high inclusive, how to say it)
 _RANGES: dict[str, tuple[float, float, bool, bool, str]] = {
@@ -158,6 +166,7 @@ _SECTIONS: dict[str, type] = {
     "recommend": RecommendConfig,
     "forecast": ForecastConfig,
     "train": TrainConfig,
+    "tune": TuneConfig,
     "score": ScoreConfig,
     "maintain": MaintainConfig,
     "privacy": PrivacyConfig,
@@ -224,7 +233,7 @@ def _said(dotted: str, value: Any, option: bool) -> str:
 
 
 def _coerce(dotted: str, value: Any, kind: Any, said: str) -> Any:
-    """`value` as the annotated type `kind` (str, int, float, bool, dict, tuple[str | int, ...],
+    """`value` as the annotated type `kind` (str, int, float, bool, dict, tuple[str | int | float, ...],
     or any of them | None)."""
     args = typing.get_args(kind)
     if type(None) in args:  # X | None
@@ -252,6 +261,10 @@ def _coerce(dotted: str, value: Any, kind: Any, said: str) -> Any:
         if origin is tuple:
             if isinstance(value, str) or not isinstance(value, (list, tuple)):
                 raise ValueError
+            if typing.get_args(kind)[0] is float:
+                if any(isinstance(v, bool) for v in value):
+                    raise ValueError
+                return tuple(float(v) for v in value)
             if typing.get_args(kind)[0] is int:
                 if any(isinstance(v, bool) or int(v) != v or int(v) <= 0 for v in value):
                     raise ValueError
@@ -284,6 +297,8 @@ def _check(dotted: str, value: Any, said: str) -> None:
             raise ConfigError(f"{said} must be {say}")
     if dotted in _K_RANGES and not (len(value) == 2 and 2 <= value[0] <= value[1]):
         raise ConfigError(f"{said} needs [low, high] with 2 <= low <= high")
+    if dotted.startswith("tune."):
+        _check_search_space(dotted, value, said)
     if dotted == "kmeans.k" and value < 2:
         raise ConfigError(f"{said} must be at least 2")
     if dotted == "features.service_pattern" and value:
@@ -293,6 +308,21 @@ def _check(dotted: str, value: Any, said: str) -> None:
             raise ConfigError(f"{said} not a regular expression ({exc})") from None
     if dotted == "clean.date_formats" and not value:
         raise ConfigError("config key 'clean.date_formats' is empty; give at least one pattern")
+
+
+def _check_search_space(dotted: str, value: Any, said: str) -> None:
+    """The tune section's lists: none empty, each value allowed, ranges as [low, high]."""
+    if isinstance(value, tuple) and not value:
+        raise ConfigError(f"{said} is empty; give at least one value")
+    allowed = _CHOICES["train.activation"]
+    if dotted == "tune.activations" and not set(value) <= set(allowed):
+        raise ConfigError(f"{said} allowed: {', '.join(allowed)}")
+    if dotted == "tune.dropouts" and not all(0 <= v < 1 for v in value):
+        raise ConfigError(f"{said} each must be in [0, 1)")
+    if dotted in ("tune.learning_rate", "tune.weight_decay") and not (
+            len(value) == 2 and 0 < value[0] <= value[1] and (dotted != "tune.learning_rate" or value[1] <= 1)):
+        raise ConfigError(f"{said} needs [low, high] with 0 < low <= high" + (" <= 1" if dotted == "tune.learning_rate" else "")
+                          + " (drawn log-uniformly between)")
 
 
 def _build(section_cls: type, values: dict, section: str, options: frozenset[str] = frozenset()):

@@ -33,6 +33,7 @@ OPS_DRIFT = "ops/drift"
 OPS_RECOMMEND_EVAL = "ops/recommend_eval"
 OPS_FORECAST_BACKTEST = "ops/forecast_backtest"
 OPS_ERASURES = "ops/erasures"
+OPS_TUNE_TRIALS = "ops/tune_trials"
 
 # Bronze keeps every source's raw strings under the UCI Online Retail names, whatever its
 # profile called them (lakemine.core.sources.FIELDS), plus a line total and a cancellation flag
@@ -100,6 +101,12 @@ DRIFT_SCHEMA = T.StructType(fields(
 # rows per table when it was erased, and the key's check value (privacy.key_check: which key)
 ERASURES_SCHEMA = T.StructType(fields("id_hash string, erased_at timestamp, run_id string, rows map<string,long>, "
                                       "key_check string"))
+# one row per model-search trial (model "mlp") and per baseline on the same split (trial null)
+TUNE_TRIALS_SCHEMA = T.StructType(fields(
+    "as_of date, model string, trial int, hidden string, activation string, dropout double, batch_norm boolean, "
+    "learning_rate double, weight_decay double, params string, val_auc double, val_log_loss double, best_epoch int, "
+    "epochs_run int, error string, seed int, run_id string"
+))
 RECOMMEND_EVAL_SCHEMA = T.StructType(fields(
     "as_of date, method string, k int, customers long, hit_rate double, map_at_k double, coverage double, "
     "training_baskets long, training_rules long, run_id string"

@@ -56,7 +56,7 @@ def _load_model(weights_uri: str, architecture: dict, sha256: str | None = None)
             raise StageError(f"{weights_uri}: its SHA-256 is not the one its model's metadata.json records; "
                              "the weights were changed after training, retrain the model")
         model = ChurnMLP(architecture["n_inputs"], tuple(architecture["hidden"]), architecture["dropout"],
-                         architecture["batch_norm"])
+                         architecture["batch_norm"], architecture.get("activation", "relu"))
         model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
         model.eval()
         _LOADED[(weights_uri, sha256)] = model

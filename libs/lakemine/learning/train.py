@@ -18,6 +18,7 @@ set; rank 0 returns the best epoch's weights, which the driver writes with the m
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -189,13 +190,20 @@ def run(lake: Lake, cfg: Config, p: TrainParams) -> Run:
     model version from its checkpoint. With `p.spec_out`, prepare the data, write the worker
     spec there (for `horovodrun ... python -m lakemine.learning.train --spec FILE`) and stop
     (`Run.result` None)."""
-    tables = _input_versions(lake)
+    tables = input_versions(lake)
     labels = lake.read_table(schemas.GOLD_LABELS, tables[schemas.GOLD_LABELS])
-    as_of = p.as_of if p.as_of is not None else _latest_complete(labels)
+    as_of = p.as_of if p.as_of is not None else latest_complete(labels)
+    tuned_from = None
+    if p.params == "best":
+        from lakemine.learning import tune
+
+        tuned_from = tune.best_trial(lake, as_of)
+        p = dataclasses.replace(p, **{k: tuned_from["params"][k] for k in tune.SEARCHED})
     # the lake's latest k-means model (also for an older as_of: one-shot runs fit k-means on
     # the last snapshot only); the churn model records its version, so scoring one-hots with it
     segments = latest_segment_model(lake, cfg.kmeans.columns)
-    params = {**{k: v for k, v in asdict(p).items() if k not in ("as_of", "spec_out", "verbose")}, "hidden": list(p.hidden)}
+    params = {**{k: v for k, v in asdict(p).items() if k not in ("as_of", "spec_out", "verbose", "params")},
+              "hidden": list(p.hidden)}
     with record_run(lake, STAGE, as_of, params) as run:
         run.inputs.update(tables)
         data = _prepare_data(lake, cfg, p, run, tables, labels, segments)
@@ -207,7 +215,7 @@ def run(lake: Lake, cfg: Config, p: TrainParams) -> Run:
             return run
         resumed_from = _seed_checkpoint(lake, data, p.epochs)
         results = launch(lake.spark, spec, p.backend, p.workers, p.verbose)
-        meta = _write_model(cfg, p, params, data, spec, results, resumed_from)
+        meta = _write_model(cfg, p, params, data, spec, results, resumed_from, tuned_from)
         gbt = f", gradient-boosted trees {data.gbt['auc']:.4f}" if data.gbt else ""
         run.message = (f"model {data.version}: validation AUC {meta['validation']['auc']:.4f} "
                        f"(logistic baseline {meta['baseline']['auc']:.4f}{gbt}), best epoch {meta['epochs']['best']} of "
@@ -216,7 +224,7 @@ def run(lake: Lake, cfg: Config, p: TrainParams) -> Run:
     return run
 
 
-def _input_versions(lake: Lake) -> dict[str, int]:
+def input_versions(lake: Lake) -> dict[str, int]:
     """The Delta versions of the gold tables training reads; all must exist."""
     versions = {t: lake.table_version(t) for t in (schemas.GOLD_CUSTOMER_FEATURES, schemas.GOLD_LABELS, schemas.GOLD_FEATURE_SCALER)}
     for table, v in versions.items():
@@ -225,7 +233,7 @@ def _input_versions(lake: Lake) -> dict[str, int]:
     return versions
 
 
-def _latest_complete(labels) -> date:
+def latest_complete(labels) -> date:
     as_of = labels.where("complete").agg(F.max("as_of")).first()[0]
     if as_of is None:
         raise StageError(
@@ -247,12 +255,12 @@ def _prepare_data(lake: Lake, cfg: Config, p: TrainParams, run: Run, tables: dic
     try:
         version, lineage, run.run_id = _model_version(frame, segments, as_of, run.params)
         model_dir = lake.model_path(MODEL_KIND, version)
-        counts = _class_counts(frame, as_of)
+        counts = class_counts(frame, as_of)
         run.rows_in = sum(counts[(part, cls)] for part in ("train", "val") for cls in (0, 1))
         inputs = input_columns(segments)
         files = max(4, 2 * p.workers)
-        train_url = _write_split(frame, "train", inputs, files, model_dir)
-        val_url = _write_split(frame, "val", inputs, files, model_dir)
+        train_url = write_split(frame, "train", inputs, files, model_dir)
+        val_url = write_split(frame, "val", inputs, files, model_dir)
         baseline = logistic_baseline(frame, inputs)
         gbt = gbt_baseline(frame, inputs, p.gbt_trees, p.gbt_depth, p.seed) if p.gbt_trees else None
         train_rows = frame.where(F.col("split") == "train")
@@ -301,7 +309,7 @@ def _metadata_of(lake: Lake, version: str) -> dict:
     return storage.read_json(f"{lake.model_path(MODEL_KIND, version)}/{METADATA}")
 
 
-def _class_counts(frame, as_of: date) -> dict[tuple[str, int], int]:
+def class_counts(frame, as_of: date) -> dict[tuple[str, int], int]:
     """Rows by (split, label); both splits must have both classes."""
     counts = {(r["split"], int(r[LABEL])): r["count"] for r in frame.groupBy("split", LABEL).count().collect()}
     for part in ("train", "val"):
@@ -314,10 +322,15 @@ def _class_counts(frame, as_of: date) -> dict[tuple[str, int], int]:
     return counts
 
 
-def _write_split(frame, split: str, inputs: list[str], files: int, model_dir: str) -> str:
-    """The inputs and label of one split as Parquet under <model_dir>/data/<split>; its URL."""
+def write_split(frame, split: str, inputs: list[str], files: int, model_dir: str) -> str:
+    """The inputs and label of one split as Parquet under <model_dir>/data/<split>; its URL.
+    The rows are in the order of a hash of (customer_id, as_of), across the files in name order:
+    well mixed, and the same for the same rows, so a reader of the files in order (the
+    in-memory shards, the tuner's trials) sees the same sequence every time."""
     url = storage.file_url(f"{model_dir}/data/{split}")
-    frame.where(F.col("split") == split).select(*inputs, LABEL).repartition(files).write.mode("overwrite").parquet(url)
+    order = F.xxhash64("customer_id", "as_of")
+    (frame.where(F.col("split") == split).withColumn("_order", order).repartitionByRange(files, "_order")
+     .sortWithinPartitions("_order").select(*inputs, LABEL).write.mode("overwrite").parquet(url))
     return url
 
 
@@ -345,12 +358,12 @@ def _worker_spec(spark, p: TrainParams, params: dict, data: TrainingData) -> dic
 
 
 def _write_model(cfg: Config, p: TrainParams, params: dict, data: TrainingData, spec: dict,
-                 results: list[dict], resumed_from: str | None) -> dict:
+                 results: list[dict], resumed_from: str | None, tuned_from: dict | None) -> dict:
     """Rank 0's best weights and metadata.json into the model folder; the metadata."""
     chief = next(r for r in results if r["rank"] == 0)
     storage.write_bytes(f"{data.model_dir}/{WEIGHTS}", chief["state"])
     meta = _metadata(cfg, p, params, data, spec, results, chief)
-    meta.update({"resumed_from": resumed_from, "weights_sha256": hashlib.sha256(chief["state"]).hexdigest()})
+    meta.update({"resumed_from": resumed_from, "tuned_from": tuned_from, "weights_sha256": hashlib.sha256(chief["state"]).hexdigest()})
     storage.write_json(f"{data.model_dir}/{METADATA}", meta)
     return meta
 
@@ -366,7 +379,7 @@ def _metadata(cfg: Config, p: TrainParams, params: dict, data: TrainingData, spe
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "features": data.inputs, "label": LABEL, "architecture": {
             "class": "lakemine.learning.model.ChurnMLP", "n_inputs": len(data.inputs), "hidden": list(p.hidden),
-            "dropout": p.dropout, "batch_norm": p.batch_norm},
+            "dropout": p.dropout, "batch_norm": p.batch_norm, "activation": p.activation},
         "segment_model": segments.record() if segments else None,
         "scaler": data.scaler, "inputs": data.tables, "split": asdict(data.split),
         "rows": {"train": data.n_train, "val": data.n_val, "train_churned": counts[("train", 1)], "val_churned": counts[("val", 1)]},

@@ -10,7 +10,8 @@ shard_count=size)`, seeded shuffling), so no rank holds the whole set. Horovod:
 broadcast from rank 0. Both: learning rate scaled by the world size after a linear warm-up,
 metrics summed with allreduce, validation AUC from allreduced score histograms (a fixed
 size, whatever the rows), early stopping
-with patience, a checkpoint by rank 0 after every epoch and resumption from it on a re-run.
+with patience, a checkpoint by rank 0 after every epoch and resumption from it on a re-run
+(none when `spec["checkpoint"]` is None: the tuner's trials).
 The network (lakemine.learning.model.ChurnMLP) knows nothing of any of this.
 
 The driver imports this module: torch, Petastorm and Horovod are imported inside the
@@ -121,6 +122,34 @@ class _TorchComm:
         self.dist.destroy_process_group()
 
 
+class _LocalComm:
+    """One process, no collectives: a model-search trial (lakemine.learning.tune) in one Spark task."""
+
+    rank, size, local_rank = 0, 1, 0
+
+    def __init__(self, cuda: bool) -> None:
+        pass
+
+    def wrap(self, model, optimizer, optimizer_state):
+        if optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
+        return model, optimizer
+
+    def sum(self, values: list[float]) -> list[float]:
+        return [float(v) for v in values]
+
+    def broadcast_object(self, obj):
+        return obj
+
+    def average_(self, tensor) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+_COMMS = {"horovod": _HorovodComm, "torch": _TorchComm, "local": _LocalComm}
+
 # validation AUC from histograms of the calibrated logit over [-AUC_LOGIT, AUC_LOGIT] (clipped):
 # bins 4.9e-4 wide in logit (1.2e-4 in probability near 0.5); pairs within one bin count half
 AUC_BINS, AUC_LOGIT = 1 << 16, 16.0
@@ -215,8 +244,8 @@ def train_worker(spec: dict) -> dict:
             trained = _train_epoch(spec, comm, net, model, optimizer, losses.weighted, batches, epoch)
             scores = _evaluate(comm, net, losses, validation())
             best_state = _record_epoch(progress, epoch, trained, scores, model, best_state)
-            if comm.rank == 0:
-                _save_checkpoint(spec, progress, model, optimizer, best_state)
+            if comm.rank == 0 and spec["checkpoint"]:  # (trials: no checkpoint, and no epoch lines
+                _save_checkpoint(spec, progress, model, optimizer, best_state)  # interleaving in the log)
                 _print_epoch(comm, progress["history"][-1])
     finally:
         batches.close()  # stops a streaming reader
@@ -241,7 +270,7 @@ def _set_up(spec: dict):
 
     torch.set_num_threads(spec["threads"])
     cuda = spec["use_gpu"] and torch.cuda.is_available()
-    comm = _HorovodComm(cuda) if spec["backend"] == "horovod" else _TorchComm(cuda)
+    comm = _COMMS[spec["backend"]](cuda)
     device = torch.device(f"cuda:{comm.local_rank}") if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
@@ -249,14 +278,16 @@ def _set_up(spec: dict):
 
 
 def _new_model(spec: dict, device):
-    """The seeded network and its Adam optimizer (not yet distributed)."""
+    """The seeded network and its optimizer, not yet distributed: AdamW (Adam with decoupled
+    weight decay; with `weight_decay` 0 it is Adam)."""
     import torch
 
     from lakemine.learning.model import ChurnMLP
 
     torch.manual_seed(spec["seed"])
-    model = ChurnMLP(len(spec["inputs"]), tuple(spec["hidden"]), spec["dropout"], spec["batch_norm"]).to(device)
-    return model, torch.optim.Adam(model.parameters(), lr=spec["learning_rate"])
+    model = ChurnMLP(len(spec["inputs"]), tuple(spec["hidden"]), spec["dropout"], spec["batch_norm"],
+                     spec["activation"]).to(device)
+    return model, torch.optim.AdamW(model.parameters(), lr=spec["learning_rate"], weight_decay=spec["weight_decay"])
 
 
 def _restore_checkpoint(spec: dict, comm, model):
@@ -265,7 +296,7 @@ def _restore_checkpoint(spec: dict, comm, model):
     import torch
 
     checkpoint = None
-    if comm.rank == 0 and storage.exists(spec["checkpoint"]):
+    if comm.rank == 0 and spec["checkpoint"] and storage.exists(spec["checkpoint"]):
         checkpoint = torch.load(io.BytesIO(storage.read_bytes(spec["checkpoint"])), map_location="cpu", weights_only=True)
         model.load_state_dict(checkpoint["model"])
     progress = comm.broadcast_object(
@@ -332,7 +363,8 @@ def _training_batches(spec: dict, comm, device):
         return _read_shard(spec, comm, device, spec["train_url"], spec["batch_size"], 4 * spec["batch_size"],
                            num_epochs=None, shuffle_row_groups=True, shuffle_rows=True, seed=seed,
                            shard_seed=spec["seed"], workers_count=2)
-    shard = list(_read_shard(spec, comm, device, spec["train_url"], 65536, **{**_ONCE, "workers_count": 2}))
+    # read in file order by one thread, so the same files give the same passes
+    shard = list(_read_shard(spec, comm, device, spec["train_url"], 65536, **_ONCE))
     if not shard:
         raise RuntimeError(f"rank {comm.rank} of {comm.size}: its shard of {spec['train_url']} has no rows")
     return in_memory_passes(torch.cat([x for x, _ in shard]), torch.cat([y for _, y in shard]), spec["batch_size"], seed)

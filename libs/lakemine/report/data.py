@@ -109,10 +109,13 @@ class Forecasts:
 
 @dataclass(frozen=True)
 class Training:
-    """meta: the latest churn model's metadata (None: no model); model_dir: where models live."""
+    """meta: the latest churn model's metadata (None: no model); model_dir: where models live;
+    search: the rows of the latest model search on or before the date (ops/tune_trials: MLP
+    trials and baselines; empty when none ran)."""
 
     meta: dict | None
     model_dir: str
+    search: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -197,7 +200,8 @@ def gather(lake: Lake, as_of: date | None = None) -> Report:
     return Report(lake_root=lake.root, as_of=as_of, generated_at=generated_at, versions=dict(src.versions),
                   quality=quality, segments=segments, rules=rules, recommendations=_recommendations(src, as_of),
                   forecasts=_forecasts(src, as_of),
-                  training=Training(meta, f"{lake.root}/models/{MODEL_KIND}"), scores=scores, drift=drift)
+                  training=Training(meta, f"{lake.root}/models/{MODEL_KIND}", _search(src, as_of)), scores=scores,
+                  drift=drift)
 
 
 def score_histogram(scores: DataFrame, bins: int = SCORE_BINS) -> pd.DataFrame:
@@ -305,6 +309,13 @@ def _recommendations(src: _Source, as_of: date) -> Recommendations:
     evaluation = [] if evals is None else [r.asDict() for r in evals.orderBy("method").collect()]
     return Recommendations(customers=int(counts["customers"]), rows=int(counts["rows"]), evaluation=evaluation,
                            top=[r.asDict() for r in top])
+
+
+def _search(src: _Source, as_of: date) -> list[dict]:
+    """The rows of the latest model search on or before `as_of` (it runs on its own schedule)."""
+    table = src.table(schemas.OPS_TUNE_TRIALS)
+    latest = None if table is None else table.where(F.col("as_of") <= F.lit(as_of)).agg(F.max("as_of")).first()[0]
+    return [] if latest is None else [r.asDict() for r in table.where(F.col("as_of") == F.lit(latest)).collect()]
 
 
 def _forecasts(src: _Source, as_of: date) -> Forecasts:

@@ -209,6 +209,29 @@ def auc_figure(history: list[dict], best: int | None, baselines: dict[str, float
     return fig
 
 
+def search_figure(trials: list[dict], baselines: dict[str, float], chosen: int | None) -> Figure:
+    """Validation AUC of every finished trial (dicts with trial, val_auc), best first, the
+    trial a model was trained with (`chosen`) and the config's own (trial 0) marked, and each
+    baseline's AUC as a line."""
+    fig = _new_figure(5.6, 3.2)
+    ax = fig.add_subplot()
+    colours = ["#e15759" if t["trial"] == chosen else ("#f28e2b" if t["trial"] == 0 else "#4e79a7") for t in trials]
+    ax.bar(range(len(trials)), [t["val_auc"] for t in trials], color=colours)
+    ax.set_xticks(range(len(trials)), [str(t["trial"]) for t in trials], fontsize=7)
+    for (model, auc), (colour, style) in zip(baselines.items(), (("#555", "--"), ("#b07aa1", ":"))):
+        ax.axhline(auc, color=colour, linestyle=style, linewidth=1, label=f"{model.split(' (')[0]} {auc:.3f}")
+    low = min([t["val_auc"] for t in trials] + list(baselines.values()))
+    high = max([t["val_auc"] for t in trials] + list(baselines.values()))
+    ax.set_ylim(max(0.0, low - 0.6 * (high - low) - 0.005), min(1.0, high + 0.3 * (high - low) + 0.005))
+    ax.set_xlabel("trial, best first (orange: the config's settings; red: the trained model's)")
+    ax.set_ylabel("validation AUC")
+    ax.set_title("Model search: validation AUC per trial", fontsize=9.5, loc="left")
+    _style(ax)
+    if baselines:
+        ax.legend(fontsize=8, frameon=False, loc="lower left")
+    return fig
+
+
 def _bin_counts(hist: pd.DataFrame, bins: int) -> pd.Series:
     return hist.groupby("bin")["count"].sum().reindex(range(bins), fill_value=0)
 

@@ -284,13 +284,45 @@ def _training_facts(meta: dict, best: int | None) -> str:
     ])
 
 
+def _search_part(rows: list[dict], meta: dict | None) -> str:
+    """The latest model search: AUC per trial against the baselines, and its best trials."""
+    from lakemine.learning.tune import MLP, ranked
+
+    if not rows:
+        return ("<h3>Model search</h3>" + _note("No model search on or before this date: <code>lakemine tune</code> "
+                                                 "(the weekly_insights DAG runs it) searches the network's settings."))
+    order = ranked(rows)
+    baselines = {r["model"]: r["val_auc"] for r in rows if r["model"] != MLP and r["val_auc"] is not None}
+    tuned = (meta or {}).get("tuned_from") or {}
+    chosen = tuned.get("trial") if tuned.get("run_id") == rows[0]["run_id"] else None
+    failed = [r for r in rows if r["model"] == MLP and r["error"]]
+    note = _note(f"The search of {_e(rows[0]['as_of'])} (seed {rows[0]['seed']}): {len(order)} trials finished"
+                 + (f", {len(failed)} failed" if failed else "") + ", each a single-process trainer in one Spark task on "
+                 "the training split; trial 0 is the config's own settings. "
+                 + ("The churn model above was trained with the settings of trial "
+                    f"{chosen} (<code>train --params best</code>)." if chosen is not None else
+                    "The churn model above was trained with the config's settings."))
+    shown = order[:10]
+    table = _table(["trial", "validation AUC", "log loss", "hidden", "activation", "dropout", "batch norm",
+                    "learning rate", "weight decay", "best epoch"],
+                   [[r["trial"], r["val_auc"], r["val_log_loss"], r["hidden"], r["activation"], r["dropout"],
+                     "on" if r["batch_norm"] else "off", f"{r['learning_rate']:.3g}", f"{r['weight_decay']:.3g}",
+                     f"{r['best_epoch']} of {r['epochs_run']}"] for r in shown]
+                   + [[r["model"], r["val_auc"], r["val_log_loss"], "", "", "", "", "", "", ""]
+                      for r in sorted(rows, key=lambda r: r["model"]) if r["model"] != MLP],
+                   "search", ["best" if r["trial"] == chosen else "" for r in shown] + [""] * len(baselines))
+    chart = _figure(figures.search_figure(order, baselines, chosen), "validation AUC of every trial of the model search")
+    return "<h3>Model search</h3>" + note + _row(chart, table)
+
+
 def _training_section(t: Training) -> str:
     title = "6. Churn model training"
     meta = t.meta
+    search = _search_part(t.search, meta)
     if meta is None:
         note = (f'<p class="na">not available: no churn model under {_e(t.model_dir)} — '
                 f"run <code>lakemine train</code></p>")
-        return _section("training", title, note)
+        return _section("training", title, note + search)
     history = sorted(meta.get("history") or [], key=lambda h: h["epoch"])
     best = (meta.get("epochs") or {}).get("best")  # 1-based, as in history
     validation, baseline = meta.get("validation") or {}, meta.get("baseline") or {}
@@ -302,7 +334,7 @@ def _training_section(t: Training) -> str:
         "training-summary",
     )
     if not history:
-        return _section("training", title, facts + summary + _note("The metadata has no history."))
+        return _section("training", title, facts + summary + _note("The metadata has no history.") + search)
     rows = [[h["epoch"], h.get("train_loss"), h.get("val_loss"), h.get("val_log_loss"), h.get("val_auc")]
             for h in history]
     epochs_table = _table(["epoch", "train loss", "val loss", "val log loss", "val AUC"], rows, "epochs",
@@ -310,7 +342,7 @@ def _training_section(t: Training) -> str:
     loss = _figure(figures.loss_figure(history, best), "training and validation loss per epoch")
     others = {b["model"]: b["auc"] for b in (meta.get("baselines") or [baseline]) if b.get("auc") is not None}
     auc = _figure(figures.auc_figure(history, best, others), "validation AUC per epoch with the baselines")
-    return _section("training", title, facts + _row(loss, auc) + _row(summary, epochs_table))
+    return _section("training", title, facts + _row(loss, auc) + _row(summary, epochs_table) + search)
 
 
 def _score_row(name: str, r: dict) -> list:

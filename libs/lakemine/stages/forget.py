@@ -6,7 +6,8 @@ For each erased id (GDPR art. 17):
    id is known as erased;
 2. every churn model whose training or validation dates hold the customer's features is
    flagged in its metadata (`erasure`) and its Parquet copy of the training data
-   (`models/churn/<version>/data/`) is deleted; the next scheduled day retrains;
+   (`models/churn/<version>/data/`) is deleted; the next scheduled day retrains. A model
+   search's data copy left by a killed `lakemine tune` (`models/tune/<run>/`) is deleted too;
 3. its rows are deleted from every table holding customer rows: bronze and silver lines and
    their quarantines (raw lines included), customer days, features, labels, segments, scores
    and recommendations. Baskets keep their items with the customer id set to null, so rules
@@ -198,6 +199,9 @@ def _already_cut(lake: Lake, table: str) -> bool:
 def _flag_models(lake: Lake, ids, run_id: str, now: datetime) -> list[str]:
     """Flag each churn model trained on an erased customer's features and delete its copy of
     the training data; the versions flagged (by this run or an earlier one)."""
+    searches = f"{lake.root}/models/tune"  # a search deletes its data copy when it ends; one killed may not have
+    for run in storage.list_dirs(searches) if storage.exists(searches) else []:
+        storage.delete_dir(f"{searches}/{run}")
     root = f"{lake.root}/models/{MODEL_KIND}"
     if not storage.exists(root) or not lake.exists(schemas.GOLD_CUSTOMER_FEATURES):
         return []
