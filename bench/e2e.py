@@ -45,7 +45,8 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 LINES_PER_CUSTOMER = 365.0  # measured (bench/ingest_clean.py): 2,475 customers -> 912,161 lines at --days 365
 STAGES = ("ingest", "clean", "features", "fpgrowth", "kmeans", "train", "score")
-LAKEMINE_STAGES = ("ingest", "clean", "features", "fpgrowth", "recommend", "forecast", "kmeans", "train", "score", "report")
+LAKEMINE_STAGES = ("ingest", "clean", "features", "fpgrowth", "recommend", "forecast", "kmeans", "tune", "train", "score",
+                   "report")
 PROGRESS = re.compile(r"^\[\s*([\d.]+)s\] (\S+)\s?(.*)$")
 SAMPLE_SECS = 0.1
 T_START = time.monotonic()

@@ -135,6 +135,15 @@ def read_back(lake_dir: Path, raw: dict, services: set[str], pattern: re.Pattern
                      "models": {r["model"]: r["count"] for r in fc.groupBy("model").agg(
                          F.countDistinct("stock_code").alias("count")).collect()},
                      "backtest": summarize_backtest(lake.read_table(schemas.OPS_FORECAST_BACKTEST))}
+    search = None
+    if lake.exists(schemas.OPS_TUNE_TRIALS):
+        from lakemine.learning.tune import ranked
+
+        rows = [r.asDict() for r in lake.read_table(schemas.OPS_TUNE_TRIALS).collect()]
+        for r in rows:
+            r["as_of"] = str(r["as_of"])
+        search = {"ranked": ranked(rows), "baselines": [r for r in rows if r["model"] != "mlp"],
+                  "trials": sum(1 for r in rows if r["model"] == "mlp")}
     version = sorted((lake_dir / "models" / "churn").iterdir())[-1]
     meta = json.loads((version / "metadata.json").read_text())
     return {
@@ -142,10 +151,12 @@ def read_back(lake_dir: Path, raw: dict, services: set[str], pattern: re.Pattern
         "quarantine_reasons": {"bronze": dict(ing["quarantine_reasons"] or {}), "silver": dict(cln["quarantine_reasons"] or {})},
         "silver_rows": silver.count(), "silver_guest_lines": silver.where(F.col("customer_id").isNull()).count(),
         "baskets": baskets.count(), "guest_baskets": guest_baskets, "rules": len(rules), "top_rules": top,
-        "segments": profiles, "recommendations": recommended, "forecasts": forecasts,
+        "segments": profiles, "recommendations": recommended, "forecasts": forecasts, "search": search,
         "model": {"version": version.name, "val_auc": meta["validation"]["auc"], "baseline_auc": meta["baseline"]["auc"],
                   "val_log_loss": meta["validation"].get("log_loss"), "baseline_log_loss": meta["baseline"].get("log_loss"),
                   "baselines": meta.get("baselines", []), "epochs_run": meta["epochs"]["run"], "world_size": meta["world_size"],
+                  "tuned_from": meta.get("tuned_from"), "architecture": meta.get("architecture"),
+                  "learning_rate": meta["params"].get("learning_rate"), "weight_decay": meta["params"].get("weight_decay"),
                   "train_rows": meta["rows"]["train"], "val_rows": meta["rows"]["val"]},
         "scores": lake.read_table(schemas.GOLD_CUSTOMER_SCORES).count(),
         "report": str(next((lake_dir / "reports").glob("*/report.html"), "")),
@@ -226,7 +237,26 @@ def markdown(result: dict) -> str:
               f"(log loss {m['val_log_loss']:.3f} vs {m['baseline_log_loss']:.3f}); {m['train_rows']:,} training and "
               f"{m['val_rows']:,} validation rows, {m['epochs_run']} epochs on {m['world_size']} Horovod workers.", "",
               *[f"- {b['model']}: validation AUC {b['auc']:.3f}, log loss {b['log_loss']:.3f}" for b in m.get("baselines", [])],
-              "",
+              ""]
+    search = lm.get("search")
+    if search:
+        t = m.get("tuned_from") or {}
+        a = m.get("architecture") or {}
+        lines += [f"Trained with the settings of the model search's trial {t.get('trial')} (hidden "
+                  f"{'-'.join(map(str, a.get('hidden', [])))} {a.get('activation')}, dropout {a.get('dropout')}, batch norm "
+                  f"{a.get('batch_norm')}, learning rate {m.get('learning_rate')}, weight decay {m.get('weight_decay')}).", "",
+                  "### Model search", "",
+                  f"{search['trials']} trials (trial 0: the config's settings), each one process in one Spark task; the "
+                  "five best, trial 0 and the baselines on the same split:", "",
+                  "| trial | validation AUC | log loss | hidden | activation | dropout | batch norm | learning rate | weight decay |",
+                  "|---|---:|---:|---|---|---:|---|---:|---:|"]
+        shown = search["ranked"][:5] + [t for t in search["ranked"][5:] if t["trial"] == 0]
+        for t in shown:
+            lines.append(f"| {t['trial']} | {t['val_auc']:.4f} | {t['val_log_loss']:.4f} | {t['hidden']} | {t['activation']} | "
+                         f"{t['dropout']:g} | {'on' if t['batch_norm'] else 'off'} | {t['learning_rate']:.3g} | {t['weight_decay']:.3g} |")
+        for b in search["baselines"]:
+            lines.append(f"| {b['model']} | {b['val_auc']:.4f} | {b['val_log_loss']:.4f} | | | | | | |")
+    lines += ["",
               "## Wall time (median)", "", "| stage | seconds |", "|---|---:|"]
     for stage, secs in r["stage_secs"].items():
         lines.append(f"| {stage} | {secs:.1f} |")
