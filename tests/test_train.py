@@ -19,7 +19,7 @@ from lakemine.core.errors import StageError
 from lakemine.io import schemas
 from lakemine.learning import train
 from lakemine.learning.model import ChurnMLP
-from lakemine.learning.train import TrainParams, effective_batch_size
+from lakemine.learning.train import TrainParams, effective_batch_size, lr_scale
 from lakemine.learning.trainset import input_columns, latest_segment_model, training_frame
 from lakemine.learning.worker import auc_from_histogram, auc_histogram, in_memory_passes, logit_offset, roc_auc
 from lakemine.stages.features import Z_FEATURES
@@ -190,6 +190,12 @@ def test_small_training_sets_get_smaller_batches_not_fewer_steps():
     assert effective_batch_size(256, 0, 2) == 16
     assert effective_batch_size(8, 100, 2) == 8               # ... nor above what was asked
     assert effective_batch_size(8, 1_000_000, 2) == 8
+    # the learning rate scales with the rows of a step over one process's, not with the ranks alone
+    assert lr_scale(4096, 1_000_000, 2) == 2                  # each rank takes the configured batch
+    assert lr_scale(4096, 1_000, 2) == 1                      # 2 x 25 rows = one process's 50
+    assert lr_scale(64, 2_560, 2) == 2
+    assert lr_scale(256, 100, 2) == 2                         # the floor: 2 x 16 rows against 16
+    assert lr_scale(4096, 1_000, 1) == 1
 
 
 def test_logit_offset_turns_weighted_odds_back_into_probabilities():

@@ -65,6 +65,15 @@ def effective_batch_size(batch_size: int, train_rows: int, workers: int) -> int:
     return max(min(MIN_BATCH, batch_size), min(batch_size, train_rows // (workers * MIN_STEPS_PER_EPOCH)))
 
 
+def lr_scale(batch_size: int, train_rows: int, workers: int) -> float:
+    """How many times the configured (one process's) learning rate the workers take after the
+    warm-up: the rows of one step over all ranks over those of one process's step (the linear
+    scaling rule). `workers` when each rank takes the configured batch; less when a small set
+    cut the batch per rank, so a model search's trial (one process) and `train --params best`
+    on N workers take steps of the same rows at the same rate."""
+    return effective_batch_size(batch_size, train_rows, workers) * workers / effective_batch_size(batch_size, train_rows, 1)
+
+
 @dataclass(frozen=True)
 class TrainParams(TrainConfig, StageParams):
     """The train section of the config (checked as the config is, command-line overrides
@@ -352,6 +361,7 @@ def _worker_spec(spark, p: TrainParams, params: dict, data: TrainingData) -> dic
         **params, "inputs": data.inputs, "train_url": data.train_url, "val_url": data.val_url,
         "checkpoint": f"{data.model_dir}/{CHECKPOINT}", "pos_weight": data.counts[("train", 0)] / data.counts[("train", 1)],
         "batch_size": batch, "steps_per_epoch": max(1, math.ceil(data.n_train / (batch * p.workers))),
+        "lr_scale": lr_scale(p.batch_size, data.n_train, p.workers),
         "train_rows": data.n_train, "val_rows": data.n_val,
         "threads": max(1, (os.cpu_count() or 1) // p.workers), "use_gpu": use_gpu,
     }

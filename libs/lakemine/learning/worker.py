@@ -374,13 +374,14 @@ def _train_epoch(spec: dict, comm, net, model, optimizer, weighted, batches, epo
     """`steps_per_epoch` optimizer steps; the loss, rows and seconds summed over the ranks."""
     net.train()
     steps, lr, size = spec["steps_per_epoch"], spec["learning_rate"], comm.size
+    target = spec.get("lr_scale", size)  # the rows of a step over one process's (see train.lr_scale)
     warm = spec["warmup_epochs"] * steps
     loss_sum, seen = 0.0, 0
     started = time.perf_counter()
     for step in range(steps):
-        # from the single-worker rate to size x that rate over the warm-up (Goyal et al.)
+        # from the single-worker rate to target x that rate over the warm-up (Goyal et al.)
         g = epoch * steps + step
-        scale = 1 + (size - 1) * min(1.0, g / warm) if warm else size
+        scale = 1 + (target - 1) * min(1.0, g / warm) if warm else target
         for group in optimizer.param_groups:
             group["lr"] = lr * scale
         x, y = next(batches)
