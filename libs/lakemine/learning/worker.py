@@ -125,10 +125,19 @@ class _TorchComm:
 class _LocalComm:
     """One process, no collectives: a model-search trial (lakemine.learning.tune) in one Spark task."""
 
-    rank, size, local_rank = 0, 1, 0
+    rank, size = 0, 1
 
     def __init__(self, cuda: bool) -> None:
-        pass
+        # on a GPU executor, the GPU Spark gave this task (spark.task.resource.gpu.amount), so
+        # trials running side by side do not share one device
+        self.local_rank = 0
+        if cuda:
+            from pyspark import TaskContext
+
+            task = TaskContext.get()
+            gpus = task.resources().get("gpu") if task is not None else None
+            if gpus is not None and gpus.addresses:
+                self.local_rank = int(gpus.addresses[0])
 
     def wrap(self, model, optimizer, optimizer_state):
         if optimizer_state is not None:
