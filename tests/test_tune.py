@@ -97,12 +97,34 @@ def test_the_search_is_deterministic_and_train_takes_its_winner(learn_lake, tmp_
     with pytest.raises(StageError, match="no search on or before"):
         tune.best_trial(lake, first.as_of.replace(year=first.as_of.year - 5))
 
-    # the report's training section shows the search: every trial best first, then the baselines
+    # `lakemine run`'s learning steps: the search (the same one: a noop), then train with its
+    # winner on 2 Horovod workers, then score
+    from argparse import Namespace
+
+    import pyspark.sql.functions as F
+
+    from lakemine.cli import Console
+    from lakemine.pipeline import Timings, _learn
+
+    latest = lake.read_table(schemas.GOLD_CUSTOMER_FEATURES).agg(F.max("as_of")).first()[0]
+    searched = dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, trials=3, epochs=4, seed=5))
+    learned = _learn(lake, searched, Namespace(epochs=4, workers=2, verbose=False), Console(quiet=True), Timings(), latest,
+                     trainable=True)
+    assert learned.tuned.startswith("already searched") and learned.scored > 0
+    meta = learned.meta
+    assert meta["tuned_from"]["trial"] == best["trial"] and meta["tuned_from"]["run_id"] == first.run_id
+    assert meta["architecture"]["activation"] == winner["activation"]
+    assert meta["architecture"]["hidden"] == winner["hidden"] and meta["params"]["weight_decay"] == winner["weight_decay"]
+
+    # the report's training section shows the search: every trial best first, then the baselines,
+    # and which trial the model was trained with
     from test_report import Page
 
     from lakemine.report import write_report
 
-    page = Page(open(write_report(lake, cfg), encoding="utf-8").read())
+    text = open(write_report(lake, cfg), encoding="utf-8").read()
+    assert f"trained with the settings of trial {best['trial']} (<code>train --params best</code>)" in text
+    page = Page(text)
     shown = page.tables["search"][1:]
     assert [row[0] for row in shown] == [str(r["trial"]) for r in tune.ranked(table)] + [
         "gradient-boosted trees (Spark ML)", "logistic regression (Spark ML)"]
