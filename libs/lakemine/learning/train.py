@@ -353,17 +353,24 @@ def _scaler_rows(lake: Lake, version: int, split: Split) -> list[dict]:
     ]
 
 
+def data_spec(spark, counts: dict[tuple[str, int], int], batch_size: int, workers: int) -> dict:
+    """The worker-spec values that follow from the split and the launch, shared by training
+    and the model search's trials: class weight, batch and steps per rank, the learning-rate
+    scale, row counts and whether the executors have GPUs."""
+    n_train, n_val = counts[("train", 0)] + counts[("train", 1)], counts[("val", 0)] + counts[("val", 1)]
+    batch = effective_batch_size(batch_size, n_train, workers)
+    return {"pos_weight": counts[("train", 0)] / counts[("train", 1)], "batch_size": batch,
+            "steps_per_epoch": max(1, math.ceil(n_train / (batch * workers))),
+            "lr_scale": lr_scale(batch_size, n_train, workers), "train_rows": n_train, "val_rows": n_val,
+            "use_gpu": spark.sparkContext.getConf().get("spark.executor.resource.gpu.amount", None) is not None}
+
+
 def _worker_spec(spark, p: TrainParams, params: dict, data: TrainingData) -> dict:
     """The plain values `train_worker` runs on (pickled to the workers, or written as JSON)."""
-    use_gpu = spark.sparkContext.getConf().get("spark.executor.resource.gpu.amount", None) is not None
-    batch = effective_batch_size(p.batch_size, data.n_train, p.workers)
     return {
         **params, "inputs": data.inputs, "train_url": data.train_url, "val_url": data.val_url,
-        "checkpoint": f"{data.model_dir}/{CHECKPOINT}", "pos_weight": data.counts[("train", 0)] / data.counts[("train", 1)],
-        "batch_size": batch, "steps_per_epoch": max(1, math.ceil(data.n_train / (batch * p.workers))),
-        "lr_scale": lr_scale(p.batch_size, data.n_train, p.workers),
-        "train_rows": data.n_train, "val_rows": data.n_val,
-        "threads": max(1, (os.cpu_count() or 1) // p.workers), "use_gpu": use_gpu,
+        "checkpoint": f"{data.model_dir}/{CHECKPOINT}", **data_spec(spark, data.counts, p.batch_size, p.workers),
+        "threads": max(1, (os.cpu_count() or 1) // p.workers),
     }
 
 

@@ -192,22 +192,16 @@ def _baselines(frame, inputs: list[str], tc: TrainConfig) -> list[dict]:
 def _search(lake: Lake, p: TuneParams, tc: TrainConfig, settings: list[dict], inputs: list[str],
             counts: dict, urls: dict[str, str]) -> list[dict]:
     """Every trial as one Spark task; their results in trial order."""
-    from lakemine.learning.train import effective_batch_size
+    from lakemine.learning.train import data_spec
 
     sc = lake.spark.sparkContext
-    n_train = counts[("train", 0)] + counts[("train", 1)]
-    n_val = counts[("val", 0)] + counts[("val", 1)]
     slots = max(1, min(len(settings), sc.defaultParallelism))
     # a trial's torch threads: the cores Spark gives each task (spark.task.cpus), or in local mode the
     # machine's cores shared by the trials that run at once
     local = sc.master.startswith("local")
     threads = max(1, (os.cpu_count() or 1) // slots) if local else int(sc.getConf().get("spark.task.cpus", "1"))
-    batch = effective_batch_size(tc.batch_size, n_train, 1)
-    use_gpu = sc.getConf().get("spark.executor.resource.gpu.amount", None) is not None
     base = {"backend": "local", "inputs": inputs, "train_url": urls["train"], "val_url": urls["val"], "checkpoint": None,
-            "pos_weight": counts[("train", 0)] / counts[("train", 1)], "batch_size": batch,
-            "steps_per_epoch": max(1, math.ceil(n_train / batch)), "train_rows": n_train, "val_rows": n_val,
-            "threads": threads, "use_gpu": use_gpu, "epochs": p.epochs,
+            **data_spec(lake.spark, counts, tc.batch_size, 1), "threads": threads, "epochs": p.epochs,
             "patience": tc.patience, "warmup_epochs": tc.warmup_epochs, "cache_rows": tc.cache_rows, "seed": tc.seed}
     specs = [(i, {**base, **s}) for i, s in enumerate(settings)]
     log.info("tune: %d trials, %d at a time", len(specs), slots)
