@@ -109,6 +109,18 @@ def test_guest_lines_stay_in_silver_without_a_customer_by_default(spark):
     assert [(r["invoice_no"], r["customer_id"]) for r in rows] == [("9", None)]
 
 
+def test_the_deduplication_takes_partitions_enough_for_its_rows(spark):
+    from lakemine.stages.clean import ROWS_PER_PARTITION, dedupe_exact, shuffle_partitions
+
+    configured = int(spark.conf.get("spark.sql.shuffle.partitions"))
+    assert shuffle_partitions(spark, configured * ROWS_PER_PARTITION) is None
+    assert shuffle_partitions(spark, configured * ROWS_PER_PARTITION + 1) == configured + 1
+    assert shuffle_partitions(spark, 50_000_000) == 50_000_000 // ROWS_PER_PARTITION
+    rows = bronze_df(spark, [(str(i), "A", "X", "1", f"12/{i % 9 + 1}/2010 8:26", "1.00", "100", "UK") for i in range(30)])
+    deduped = dedupe_exact(schemas.with_source_columns(rows), by=F.col("InvoiceDate"), partitions=configured + 3)
+    assert deduped.rdd.getNumPartitions() == configured + 3 and deduped.count() == 30
+
+
 def test_clean_names_the_missing_column(spark):
     df = spark.createDataFrame([("1",)], "InvoiceNo string")
     with pytest.raises(SchemaError, match="table bronze/transactions has no column 'StockCode'"):

@@ -158,6 +158,27 @@ def test_line_numbers_are_exact_when_a_file_is_split_across_tasks(spark, lake, l
     assertDataFrameEqual(got, expected)
 
 
+def test_bronze_and_quarantine_each_classify_a_line_once(spark, lake_cfg, tmp_path):
+    """The passes writing bronze and its quarantine filter on the line's reason: Spark must not
+    copy the classification into the filter below its projection (SPARK-47672), which had
+    every line split and counted twice."""
+    import datetime as dt
+
+    import pyspark.sql.functions as F
+
+    from lakemine.stages import ingest as stage
+
+    path = write_lines(tmp_path / "a.csv", [HEADER, '1,A,"X, Y",1,12/1/2010 8:26,1.00,100,UK', "2,A,X,1,12/1/2010 8:26,1.00"])
+    files, _ = stage.inspect_inputs(spark, str(path), lake_cfg.ingest.suffixes, lake_cfg.sources)
+    parsed, _ = stage.read_group(spark, files)
+    good, bad = stage.split_rows(parsed.withColumn("_batch_id", F.lit("b")), dt.datetime(2026, 1, 1))
+    for rows in (good, bad):
+        plan = rows._jdf.queryExecution().optimizedPlan().toString()
+        assert plan.count("size(split(") == 1 and plan.count("regexp_replace(") == 1
+    assert [r["InvoiceNo"] for r in good.collect()] == ["1"]
+    assert [r["reason"] for r in bad.collect()] == ["bad_field_count"]
+
+
 def test_parquet_input_in_layout_ii_is_read_as_strings(lake, lake_cfg, tmp_path):
     table = pa.table({
         "Invoice": ["489434", "489435"],

@@ -78,17 +78,19 @@ def parse_timestamp(col: Column, formats: tuple[str, ...]) -> Column:
     return F.when(F.year(ts).between(MIN_YEAR, MAX_YEAR), ts)
 
 
-def dedupe_exact(bronze: DataFrame, by: Column | None = None) -> DataFrame:
+def dedupe_exact(bronze: DataFrame, by: Column | None = None, partitions: int | None = None) -> DataFrame:
     """One row per distinct raw record: lineage of its first copy (the least file, line,
     batch), `copies` (>= 1) and `_record_hash`, a 64-bit hash of the record.
 
     `by`, an expression of the record's columns, groups the records into Spark partitions
     (copies are equal, so they share it): the shuffle of the de-duplication then also places
-    every row of one `by` value in one partition."""
+    every row of one `by` value in one partition. `partitions`: how many (None: the session's
+    shuffle partitions)."""
     first = F.min(F.struct("_source_file", "_line", "_batch_id"))
     keys = list(schemas.SOURCE_COLUMNS)
     if by is not None:
-        bronze = bronze.withColumn("_by", by).repartition("_by")
+        bronze = bronze.withColumn("_by", by)
+        bronze = bronze.repartition(partitions, "_by") if partitions else bronze.repartition("_by")
         keys.append("_by")
     return bronze.groupBy(*keys).agg(
         first.alias("_first"), F.count(F.lit(1)).alias("copies")
@@ -271,18 +273,20 @@ def classify(rows: DataFrame, p: CleanParams, profiles: dict[str, SourceProfile]
     return typed
 
 
-def clean_transactions(bronze: DataFrame, p: CleanParams, profiles: dict[str, SourceProfile] | None = None) -> DataFrame:
+def clean_transactions(bronze: DataFrame, p: CleanParams, profiles: dict[str, SourceProfile] | None = None,
+                       partitions: int | None = None) -> DataFrame:
     """Bronze rows -> classified rows: silver columns, `reason`, `detail`, `_record`, `copies`.
 
     Rows with a null `reason` are silver; the rest are quarantine. `copies - 1` per row are the
-    exact duplicates removed. The rows of one invoice date are in one Spark partition.
+    exact duplicates removed. The rows of one invoice date are in one Spark partition, of
+    `partitions` (None: the session's shuffle partitions).
     """
     schemas.require_columns(bronze, schemas.RAW_COLUMNS + ("_source_file", "_line", "_batch_id"), schemas.BRONZE_TRANSACTIONS)
     profiles = profiles if profiles is not None else packaged_defaults().sources
     # the de-duplication's shuffle places each invoice date in one partition, so silver is
     # written one file per date with no second shuffle
     by_date = invoice_date_of_record(p, profiles)
-    return classify(dedupe_exact(schemas.with_source_columns(bronze), by=by_date), p, profiles)
+    return classify(dedupe_exact(schemas.with_source_columns(bronze), by=by_date, partitions=partitions), p, profiles)
 
 
 def silver_rows(classified: DataFrame) -> DataFrame:
@@ -330,12 +334,11 @@ def _fingerprint(p: CleanParams, profiles: dict[str, SourceProfile], pseudonym_k
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _plan(lake: Lake, bronze: DataFrame, fingerprint: str) -> tuple[str, list[str], str]:
+def _plan(lake: Lake, live: list[str], fingerprint: str) -> tuple[str, list[str], str]:
     """(mode, bronze batches to classify, why): "incremental" with the batches silver has not
     seen, "noop" when there are none, or "full" with every batch, when silver is missing, was
     built under other parameters or profiles, or holds a batch bronze no longer has (a
-    corrected file superseded it)."""
-    live = sorted(r["_batch_id"] for r in bronze.select("_batch_id").distinct().collect())
+    corrected file superseded it). `live`: the batches bronze holds."""
     if not lake.exists(schemas.OPS_CLEAN_BATCHES) or not lake.exists(schemas.SILVER_TRANSACTIONS):
         return "full", live, "silver is new"
     silver = lake.read_table(schemas.SILVER_TRANSACTIONS)
@@ -349,6 +352,24 @@ def _plan(lake: Lake, bronze: DataFrame, fingerprint: str) -> tuple[str, list[st
         return "full", live, f"{len(gone)} cleaned batch(es) no longer in bronze (superseded by a corrected file)"
     new = [b for b in live if b not in done]
     return ("incremental", new, f"{len(new)} new batch(es)") if new else ("noop", [], "no new batches")
+
+
+def bronze_batches(bronze: DataFrame) -> dict[str, int]:
+    """{batch id: rows} of bronze, from one pass over its `_batch_id` column."""
+    return {r["_batch_id"]: int(r["count"]) for r in bronze.groupBy("_batch_id").count().collect()}
+
+
+# rows per partition of the de-duplication's shuffle: its hash aggregation and the sort of the
+# date-partitioned write then stay in memory (8 partitions of 6 M rows spilled 23 GiB at 50 M lines)
+ROWS_PER_PARTITION = 500_000
+
+
+def shuffle_partitions(spark, rows: int) -> int | None:
+    """The de-duplication's partitions for `rows` bronze rows: None (the session's shuffle
+    partitions, which adaptive execution may coalesce) unless that leaves over
+    ROWS_PER_PARTITION rows in one; then enough for ROWS_PER_PARTITION."""
+    needed = -(-rows // ROWS_PER_PARTITION)
+    return needed if needed > int(spark.conf.get("spark.sql.shuffle.partitions")) else None
 
 
 def _mark_batches(lake: Lake, run: Run, batches: list[str], fingerprint: str, full: bool) -> None:
@@ -473,14 +494,16 @@ def run(lake: Lake, cfg: Config, p: CleanParams) -> Run:
     with record_run(lake, STAGE, as_of, params) as run:
         bronze = lake.read_table(schemas.BRONZE_TRANSACTIONS, version=version)
         run.inputs[schemas.BRONZE_TRANSACTIONS] = version
-        mode, batches, why = _plan(lake, bronze, fingerprint)
+        counts = bronze_batches(bronze)
+        mode, batches, why = _plan(lake, sorted(counts), fingerprint)
         params.update({"mode": mode, "why": why, "batches": batches})
         log.info("clean: %s (%s)", mode, why)
         if mode == "noop":
             run.status, run.message = "noop", "no new bronze batches; silver unchanged"
         else:
             rows = bronze if mode == "full" else bronze.where(F.col("_batch_id").isin(batches))
-            classified = clean_transactions(rows, p, cfg.sources)
+            partitions = shuffle_partitions(lake.spark, sum(counts[b] for b in batches))
+            classified = clean_transactions(rows, p, cfg.sources, partitions)
             # the raw strings are kept for quarantined records only: half the bytes spilled
             classified = classified.withColumn("_record", F.when(F.col("reason").isNotNull(), F.col("_record")))
             if pseudonym_key is not None:

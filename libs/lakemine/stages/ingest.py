@@ -20,6 +20,7 @@ unreadable Parquet or Excel) stop the stage before anything is written: InputErr
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -31,7 +32,6 @@ from datetime import date, datetime, timezone
 from urllib.parse import unquote
 
 import pyspark.sql.functions as F
-from pyspark import StorageLevel
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 
@@ -315,6 +315,15 @@ def decode_lines(value: Column, encoding: str) -> tuple[Column, Column]:
     return F.when(valid, value).otherwise(cp1252), ~valid & undefined
 
 
+def evaluated_once(col: Column) -> Column:
+    """`col`, computed in its own projection, once per row. Spark 4.0 pushes a filter on a
+    projected column below the projection by copying the column's expression into it
+    (SPARK-47672), so bronze's `reason IS NULL` would classify every line twice; a projection
+    holding a nondeterministic expression is one it does not push through. A partition id is
+    never negative: the value is `col`'s (Spark's optimizer folds `rand() >= 0`, so not that)."""
+    return F.when(F.spark_partition_id() >= 0, col)
+
+
 def parse_csv_lines(lines: DataFrame, columns: tuple[str, ...], mapping: dict[str, str],
                     profile: SourceProfile | None = None) -> DataFrame:
     """Classify and split CSV data lines (`value`, lineage columns) of one header: `columns` in
@@ -354,7 +363,7 @@ def parse_csv_lines(lines: DataFrame, columns: tuple[str, ...], mapping: dict[st
     if has_header:
         reason = reason.when(F.translate(value, quote, "") == delim.join(columns), F.lit("repeated_header"))
     reason = reason.when(F.col("_unbalanced"), F.lit("bad_quoting")).when(n != len(columns), F.lit("bad_field_count"))
-    step = step.withColumn("reason", reason)
+    step = step.withColumn("reason", evaluated_once(reason))
     r = F.col("reason")
     detail = (
         F.when(r == "bad_field_count", F.format_string(f"%d fields, expected {len(columns)}", n))
@@ -517,6 +526,25 @@ def quarantine_erased(rows: DataFrame, key: bytes, hashes: list[str]) -> DataFra
     return marked.withColumns(replaced).drop("_erased")
 
 
+# Spark's input splits while ingest reads exports: at most 32 MiB (Spark's default is 128), so
+# that a few large files become tasks enough to balance over the cores (3 exports of 127 MiB
+# were 3 tasks on 2 cores: a third of each pass ran on one core)
+INPUT_SPLIT = 32 * 2**20
+
+
+@contextlib.contextmanager
+def split_size(spark: SparkSession, most: int):
+    """`spark.sql.files.maxPartitionBytes` at most `most` bytes inside the block, then as it was."""
+    key = "spark.sql.files.maxPartitionBytes"
+    before = spark.conf.get(key)
+    current = spark._jsparkSession.sessionState().conf().filesMaxPartitionBytes()
+    spark.conf.set(key, str(min(current, most)))
+    try:
+        yield
+    finally:
+        spark.conf.set(key, before)
+
+
 def run(lake: Lake, cfg: Config, p: IngestParams) -> Run:
     """Ingest `p.input` (file, folder or glob) into bronze; records the run in ops/runs.
     `Run.result` is an IngestResult."""
@@ -532,7 +560,7 @@ def run(lake: Lake, cfg: Config, p: IngestParams) -> Run:
     params = {"input": input_path, "files": [f.path for f in files],
               "profiles": {f.path: f.profile.name for f in files}, "unchanged": [f.path for f in unchanged]}
     erasures = erased_ids(lake, cfg) if files else None
-    with record_run(lake, STAGE, as_of, params) as run:
+    with record_run(lake, STAGE, as_of, params) as run, split_size(spark, INPUT_SPLIT):
         # created here, once the inputs are known to be usable: an unusable input writes nothing
         ledger = open_ledger(lake).cache()
         groups: dict[tuple, list[RawFile]] = {}
@@ -583,23 +611,23 @@ def run(lake: Lake, cfg: Config, p: IngestParams) -> Run:
         rows = rows.join(F.broadcast(batch_map), "_source_file")
         if erasures is not None:
             rows = quarantine_erased(rows, *erasures)
-        rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+        # Not cached: each write reads and parses the files again, which costs less than a cache
+        # of every line (at 50 M lines, reading the cache back took longer than parsing twice).
+        # The quarantine's pass splits only the lines it keeps. A file changed between the passes
+        # fails the conservation check against the line counts of the numbering pass.
         good, bad = split_rows(rows, datetime.now(timezone.utc).replace(tzinfo=None))
         batch_ids = sorted(new.values())
         # a corrected file's earlier batches leave bronze in the same commits that add its new one
         replaced = batch_ids + sorted({r["batch_id"] for r in superseded} - set(batch_ids))
-        try:
-            run.outputs[schemas.BRONZE_TRANSACTIONS] = lake.replace_batches(good, schemas.BRONZE_TRANSACTIONS, replaced)
-            run.rows_out = lake.rows_written(schemas.BRONZE_TRANSACTIONS, run.outputs[schemas.BRONZE_TRANSACTIONS])
-            run.outputs[schemas.BRONZE_QUARANTINE] = lake.replace_batches(bad, schemas.BRONZE_QUARANTINE, replaced)
-            run.rows_quarantined = lake.rows_written(schemas.BRONZE_QUARANTINE, run.outputs[schemas.BRONZE_QUARANTINE])
-            # the quarantine just written holds exactly the bad rows of these batches (none when it made no commit)
-            if run.rows_quarantined:
-                written = lake.read_table(schemas.BRONZE_QUARANTINE, run.outputs[schemas.BRONZE_QUARANTINE])
-                reasons = written.where(F.col("_batch_id").isin(batch_ids)).groupBy("reason").count().collect()
-                run.quarantine_reasons = {r["reason"]: int(r["count"]) for r in reasons}
-        finally:
-            rows.unpersist()
+        run.outputs[schemas.BRONZE_TRANSACTIONS] = lake.replace_batches(good, schemas.BRONZE_TRANSACTIONS, replaced)
+        run.rows_out = lake.rows_written(schemas.BRONZE_TRANSACTIONS, run.outputs[schemas.BRONZE_TRANSACTIONS])
+        run.outputs[schemas.BRONZE_QUARANTINE] = lake.replace_batches(bad, schemas.BRONZE_QUARANTINE, replaced)
+        run.rows_quarantined = lake.rows_written(schemas.BRONZE_QUARANTINE, run.outputs[schemas.BRONZE_QUARANTINE])
+        # the quarantine just written holds exactly the bad rows of these batches (none when it made no commit)
+        if run.rows_quarantined:
+            written = lake.read_table(schemas.BRONZE_QUARANTINE, run.outputs[schemas.BRONZE_QUARANTINE])
+            reasons = written.where(F.col("_batch_id").isin(batch_ids)).groupBy("reason").count().collect()
+            run.quarantine_reasons = {r["reason"]: int(r["count"]) for r in reasons}
         conservation_check(run)
         if superseded:
             run.message = (f"{len(superseded)} earlier batch(es) of corrected file(s) superseded: "
