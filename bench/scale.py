@@ -51,7 +51,7 @@ from e2e import MemoryLimit, attribute, log_axes, parse_summary, run_tracked  # 
 
 REPO = Path(__file__).resolve().parents[1]
 T_START = time.monotonic()
-STAGES = ("ingest", "clean", "features", "fpgrowth", "recommend", "kmeans", "train", "score", "report")
+STAGES = ("ingest", "clean", "features", "fpgrowth", "recommend", "forecast", "kmeans", "tune", "train", "score", "report")
 FRONT = ("ingest", "clean", "features")
 VARIANTS = ("session", "dag", "duckdb", "spark", "pandas")
 PEAK_TARGET_MIB = 8 * 1024
@@ -220,7 +220,10 @@ def targets(results: list[dict]) -> list[str]:
         out.append(f"- Peak of the process tree at most 8 GiB at every size: **{'met' if ok else 'not met'}** at the sizes "
                    f"measured ({sizes} lines; highest {worst[1] / 1024:.2f} GiB at {worst[0]:,}).")
     five, fifty = by.get(5_000_000), by.get(50_000_000)
-    if five and fifty and five["median"].get("session") and fifty["median"].get("session"):
+    if five and fifty and five.get("commit") != fifty.get("commit"):
+        out.append(f"- Time per line at 50 M at most 1.2x that at 5 M: **not judged** (5 M ran at {five.get('commit')}, 50 M at "
+                   f"{fifty.get('commit')}: other code, other stages and another day's machine; run both in one go)")
+    elif five and fifty and five["median"].get("session") and fifty["median"].get("session"):
         a = five["median"]["session"]["total_secs"] / five["lines"]
         b = fifty["median"]["session"]["total_secs"] / fifty["lines"]
         out.append(f"- Time per line at 50 M at most 1.2x that at 5 M (one session, every stage): "
