@@ -268,6 +268,28 @@ def test_the_ledger_skips_known_files_unread_and_reads_changed_ones(lake, lake_c
     assert sorted(r["Description"] for r in bronze(lake, ["Description"]).collect()) == ["HEARD", "HEART"]
 
 
+def test_a_corrected_file_without_bad_lines_takes_its_earlier_lines_out_of_the_quarantine(lake, lake_cfg, tmp_path):
+    """When every line of a run is in bronze, the quarantine's commit does not read the files
+    again, and still takes out the rows of the batch a corrected file superseded."""
+    import os
+
+    good = "536365,85123A,HEART,6,12/1/2010 8:26,2.55,17850,United Kingdom"
+    a = write_lines(tmp_path / "in" / "a.csv", [HEADER, good, "1,2,3"])
+    first = ingest(lake, lake_cfg, str(tmp_path / "in"))
+    assert (first.rows_out, first.rows_quarantined) == (1, 1)
+    assert [r["reason"] for r in quarantine(lake).collect()] == ["bad_field_count"]
+    stat = a.stat()
+    write_lines(a, [HEADER, good, good.replace("HEART", "HEARTS")])
+    os.utime(a, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    second = ingest(lake, lake_cfg, str(tmp_path / "in"))
+    assert (second.rows_in, second.rows_out, second.rows_quarantined) == (2, 2, 0)
+    assert "superseded" in second.message
+    assert quarantine(lake).count() == 0
+    assert sorted(r["Description"] for r in bronze(lake, ["Description"]).collect()) == ["HEART", "HEARTS"]
+    batches = {r["_batch_id"] for r in bronze(lake, ["_batch_id"]).collect()}
+    assert batches == set(second.result.new_batches)
+
+
 def test_a_run_killed_between_bronze_and_quarantine_is_repaired_by_the_next(lake, lake_cfg, tmp_path, monkeypatch):
     """The crash window the ledger closes: bronze committed, quarantine not. The batch is not in
     the ledger, so the next run reads it again and both tables equal a run never interrupted."""
