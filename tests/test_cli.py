@@ -228,3 +228,15 @@ def test_a_second_config_in_one_process_gets_its_sql_settings_in_a_child_session
     assert child.sparkContext is spark.sparkContext
     assert "spark.driver.memory=3g (running: 4g)" in caplog.text
     assert session(cfg) is spark  # same settings: the running session itself
+
+
+def test_the_driver_jvm_hands_its_free_heap_back_before_training_processes_start(spark):
+    """`release_free_heap`: after a query that grew the heap, a full collection gives the
+    committed heap it no longer needs back to the system (what train and tune call first)."""
+    from lakemine.io.spark import release_free_heap
+
+    spark.range(4_000_000).selectExpr("cast(id * 7919 as string) s").orderBy("s").selectExpr("count(*)").collect()
+    runtime = spark._jvm.java.lang.Runtime.getRuntime()
+    before = runtime.totalMemory()
+    freed = release_free_heap(spark)
+    assert freed > 0 and runtime.totalMemory() < before

@@ -117,3 +117,18 @@ def _reuse(running: SparkSession, conf: dict[str, str]) -> SparkSession:
     for key, value in changed.items():
         child.conf.set(key, value)
     return child
+
+
+def release_free_heap(spark: SparkSession) -> int:
+    """Ask the driver's JVM for a full garbage collection, after which it hands the heap it no
+    longer needs back to the system; the JVM's resident MiB given back (-1 when unknown).
+
+    Called before starting memory-hungry Python processes (Horovod ranks, the search's trials):
+    in local mode every stage's tasks ran in this heap, which keeps what it grew to (a 1 M-line
+    run: 3.7 GiB resident while Horovod trained, 0.5 GiB after a collection)."""
+    runtime = spark._jvm.java.lang.Runtime.getRuntime()
+    before = runtime.totalMemory()
+    spark._jvm.java.lang.System.gc()
+    freed = (before - runtime.totalMemory()) // 2**20
+    log.info("driver JVM heap: %d MiB handed back to the system before the training processes start", freed)
+    return freed

@@ -89,6 +89,9 @@ class TrainParams(TrainConfig, StageParams):
 
 def launch(spark, spec: dict, backend: str, workers: int, verbose: bool = False) -> list[dict]:
     """Run `train_worker` on `workers` processes; the results of every rank (torch: rank 0 only)."""
+    from lakemine.io.spark import release_free_heap
+
+    release_free_heap(spark)  # before the ranks start: what the earlier stages' tasks left in the heap
     if backend == "horovod":
         import horovod.spark
 

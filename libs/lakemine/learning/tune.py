@@ -192,6 +192,7 @@ def _baselines(frame, inputs: list[str], tc: TrainConfig) -> list[dict]:
 def _search(lake: Lake, p: TuneParams, tc: TrainConfig, settings: list[dict], inputs: list[str],
             counts: dict, urls: dict[str, str]) -> list[dict]:
     """Every trial as one Spark task; their results in trial order."""
+    from lakemine.io.spark import release_free_heap
     from lakemine.learning.train import data_spec
 
     sc = lake.spark.sparkContext
@@ -205,6 +206,7 @@ def _search(lake: Lake, p: TuneParams, tc: TrainConfig, settings: list[dict], in
             "patience": tc.patience, "warmup_epochs": tc.warmup_epochs, "cache_rows": tc.cache_rows, "seed": tc.seed}
     specs = [(i, {**base, **s}) for i, s in enumerate(settings)]
     log.info("tune: %d trials, %d at a time", len(specs), slots)
+    release_free_heap(lake.spark)  # before the trials' Python processes grow
     sc.setJobDescription(f"lakemine tune: {len(specs)} trials")
     try:
         return sorted(sc.parallelize(specs, len(specs)).map(run_trial).collect(), key=lambda r: r["trial"])
