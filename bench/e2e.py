@@ -76,6 +76,7 @@ def run_tracked(cmd: list[str], log_path: Path, stages: tuple[str, ...], who: st
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1, env=env)
     over: list[int] = []
     samples: list[tuple[float, int]] = []
+    at_peak: dict[str, int] = {}  # the largest sample's resident bytes by kind of process (`process_kind`)
     marks: list[tuple[float, str]] = []
     messages: dict[str, list[str]] = {}
     done = threading.Event()
@@ -91,12 +92,18 @@ def run_tracked(cmd: list[str], log_path: Path, stages: tuple[str, ...], who: st
                 procs = [root, *root.children(recursive=True)]
             except psutil.Error:
                 break
-            rss = 0
+            rss, parts = 0, {}
             for p in procs:
                 try:
-                    rss += p.memory_info().rss
+                    size = p.memory_info().rss
+                    kind = process_kind(p, root)
                 except psutil.Error:
-                    pass
+                    continue
+                rss += size
+                parts[kind] = parts.get(kind, 0) + size
+            if rss > max((r for _, r in samples), default=0):
+                at_peak.clear()
+                at_peak.update(parts)
             samples.append((time.monotonic() - t0, rss))
             if limit_bytes is not None and rss > limit_bytes:
                 over.append(rss)
@@ -134,7 +141,23 @@ def run_tracked(cmd: list[str], log_path: Path, stages: tuple[str, ...], who: st
     if proc.returncode != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); log {log_path}:\n{tail}")
-    return {"wall": wall, "samples": samples, "marks": marks, "messages": messages, "stdout": "".join(out)}
+    return {"wall": wall, "samples": samples, "marks": marks, "messages": messages, "stdout": "".join(out),
+            "peak_parts_mib": {k: round(v / 2**20, 1) for k, v in sorted(at_peak.items(), key=lambda kv: -kv[1])}}
+
+
+def process_kind(p: psutil.Process, root: psutil.Process) -> str:
+    """What a process of the tracked tree is: the command itself, the JVM, a Spark Python
+    worker, a Horovod process, or its executable's name."""
+    if p.pid == root.pid:
+        return "main process"
+    line = " ".join(p.cmdline())
+    if p.name() == "java" or "/java " in line:
+        return "JVM"
+    if "horovod" in line:
+        return "Horovod processes"
+    if "pyspark" in line or "daemon" in line:
+        return "Spark Python workers"
+    return p.name()
 
 
 def attribute(tracked: dict, stage_secs: dict[str, float]) -> dict:
