@@ -232,7 +232,8 @@ def targets(results: list[dict]) -> list[str]:
         base = five["median"]["session"]["total_secs"] / five["lines"]
         for r in results:
             s = r["median"].get("session")
-            if s and r["lines_target"] not in (5_000_000, 50_000_000) and r["lines"] > five["lines"]:
+            if (s and r["lines_target"] not in (5_000_000, 50_000_000) and r["lines"] > five["lines"]
+                    and r.get("commit") == five.get("commit")):  # other code on another day compares nothing
                 x = s["total_secs"] / r["lines"] / base
                 out.append(f"- (beside it, not a target) time per line at {r['lines']:,} lines: {x:.2f}x that at 5 M"
                            + (f"; ingest -> clean -> features alone {s['front_secs'] / r['lines'] / (five['median']['session']['front_secs'] / five['lines']):.2f}x"))
