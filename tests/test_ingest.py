@@ -269,8 +269,8 @@ def test_the_ledger_skips_known_files_unread_and_reads_changed_ones(lake, lake_c
 
 
 def test_a_corrected_file_without_bad_lines_takes_its_earlier_lines_out_of_the_quarantine(lake, lake_cfg, tmp_path):
-    """When every line of a run is in bronze, the quarantine's commit does not read the files
-    again, and still takes out the rows of the batch a corrected file superseded."""
+    """When every line of a run is in bronze, the quarantine's commit (which then has no rows to
+    read the files for) still takes out the rows of the batch a corrected file superseded."""
     import os
 
     good = "536365,85123A,HEART,6,12/1/2010 8:26,2.55,17850,United Kingdom"

@@ -121,7 +121,7 @@ def _reuse(running: SparkSession, conf: dict[str, str]) -> SparkSession:
 
 def release_free_heap(spark: SparkSession) -> int:
     """Ask the driver's JVM for a full garbage collection, after which it hands the heap it no
-    longer needs back to the system; the JVM's resident MiB given back (-1 when unknown).
+    longer needs back to the system; the MiB of committed heap given back.
 
     Called before starting memory-hungry Python processes (Horovod ranks, the search's trials):
     in local mode every stage's tasks ran in this heap, which keeps what it grew to (a 1 M-line
