@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import numpy as np
@@ -14,6 +15,9 @@ from lakemine.stages.features import (
     build_baskets,
     compute_customer_features,
     compute_labels,
+    customer_days,
+    features_from_days,
+    labels_from_days,
     product_lines,
     standardize,
 )
@@ -103,6 +107,27 @@ def test_no_feature_reads_past_as_of(spark):
     z_base, _ = standardize(base)
     z_later, _ = standardize(later)
     assertDataFrameEqual(z_later, z_base)
+
+
+def test_several_dates_in_one_aggregation_equal_each_date_alone(spark):
+    """The stage computes every snapshot date in one aggregation: its rows equal each date's
+    features and labels computed alone, the top category chosen per date (BAG leads on 5
+    January, MUG by 15 January) and no date reading another's rows."""
+    p = FeatureParams.from_config(None, as_of=D(2011, 1, 15), top_categories=1, horizon_days=6)
+    silver = silver_df(spark, ROWS)
+    days = customer_days(silver)
+    dates = [D(2011, 1, 5), D(2011, 1, 11), D(2011, 1, 15)]
+    together = features_from_days(days, p, dates)
+    alone = [compute_customer_features(silver, dataclasses.replace(p, as_of=d)) for d in dates]
+    assertDataFrameEqual(together, alone[0].unionByName(alone[1]).unionByName(alone[2]), rtol=1e-9)
+    assert together.where(F.col("as_of") == D(2011, 1, 5)).where("customer_id = 'B'").first()["top_category_share"] == 1.0
+    labels = labels_from_days(days, together, p, D(2011, 1, 15), dates)
+    expected = [compute_labels(silver, a, dataclasses.replace(p, as_of=d)) for a, d in zip(alone, dates)]
+    assertDataFrameEqual(labels, expected[0].unionByName(expected[1]).unionByName(expected[2]))
+    # A buys again on 11 January, 6 days after the 5th (its return on the 12th is no purchase)
+    assert {(r["as_of"], r["customer_id"]): r["churned"] for r in labels.collect()} == {
+        (D(2011, 1, 5), "A"): 0, (D(2011, 1, 5), "B"): 1, (D(2011, 1, 11), "A"): 1, (D(2011, 1, 11), "B"): 1,
+        (D(2011, 1, 15), "A"): 1, (D(2011, 1, 15), "B"): 1}
 
 
 def test_labels_mark_customers_without_purchases_in_the_horizon(spark):

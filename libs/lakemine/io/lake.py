@@ -292,11 +292,14 @@ class Lake:
         options = {**(options or {}), "replaceWhere": predicate, **({"mergeSchema": "true"} if merge_schema else {})}
         return self._write(df, table, "overwrite", options, tag=tag)
 
-    def overwrite_as_of(self, df: DataFrame, table: str, as_of: date, merge_schema: bool = False) -> int:
-        """Idempotent write of one logical date: the table's `as_of` rows become `df` (with
-        `merge_schema`, columns new to the table are added, null in its other dates)."""
-        return self.replace_where(df, table, f"as_of = DATE'{as_of.isoformat()}'", merge_schema=merge_schema,
-                                  partition_by=("as_of",))
+    def overwrite_as_of(self, df: DataFrame, table: str, as_of: date | list[date], merge_schema: bool = False) -> int:
+        """Idempotent write of logical dates (one, or a list in one commit): the table's rows
+        of those dates become `df` (with `merge_schema`, columns new to the table are added,
+        null in its other dates)."""
+        dates = sorted(as_of) if isinstance(as_of, list) else [as_of]
+        predicate = (f"as_of = DATE'{dates[0].isoformat()}'" if len(dates) == 1
+                     else "as_of IN ({})".format(", ".join(f"DATE'{d.isoformat()}'" for d in dates)))
+        return self.replace_where(df, table, predicate, merge_schema=merge_schema, partition_by=("as_of",))
 
     def replace_dates(self, df: DataFrame, table: str, dates, column: str = "invoice_date",
                       options: dict | None = None, tag: str | None = None) -> int:

@@ -8,6 +8,7 @@ counts and money) are what models use; their parameters go to `gold/feature_scal
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -159,14 +160,21 @@ def customer_days(silver: DataFrame) -> DataFrame:
     return days_from_invoices(invoice_lines(silver))
 
 
-def features_from_days(days: DataFrame, p: FeatureParams) -> DataFrame:
-    """RFM and behaviour features per customer with a sale on or before `p.as_of`, from
-    `customer_days` rows."""
-    as_of = F.lit(p.as_of)
-    hist = days.where(F.col("invoice_date") <= as_of)
+def on_dates(days: DataFrame, dates: list[date], admits) -> DataFrame:
+    """`days` rows once for each date `a` of `dates` with `admits(invoice_date, a)`, that date
+    as `as_of`: every snapshot's rows in one DataFrame, so one aggregation serves them all."""
+    listed = F.array(*[F.lit(d) for d in sorted(dates)])
+    return days.select("*", F.explode(F.filter(listed, lambda a: admits(F.col("invoice_date"), a))).alias("as_of"))
+
+
+def features_from_days(days: DataFrame, p: FeatureParams, dates: list[date] | None = None) -> DataFrame:
+    """RFM and behaviour features per customer with a sale on or before the date, for each of
+    `dates` (default: `p.as_of`; a row per customer and date), from `customer_days` rows."""
+    hist = on_dates(days, dates or [p.as_of], lambda day, a: day <= a)
+    as_of = F.col("as_of")
     sale_day = F.when(F.col("invoices") > 0, F.col("invoice_date"))
     recent = F.col("invoice_date") > F.date_sub(as_of, p.window_days)
-    df = hist.groupBy("customer_id").agg(
+    df = hist.groupBy("as_of", "customer_id").agg(
         F.max(sale_day).alias("last_day"),
         F.min(sale_day).alias("first_day"),
         F.sum("invoices").alias("frequency"),
@@ -179,21 +187,22 @@ def features_from_days(days: DataFrame, p: FeatureParams) -> DataFrame:
         F.sum(F.when(recent, F.col("value")).otherwise(0.0)).alias("recent_monetary"),
     ).where(F.col("frequency") > 0)
 
-    spend = hist.select("customer_id", F.explode("category_spend").alias("category", "spend"))
+    spend = hist.select("as_of", "customer_id", F.explode("category_spend").alias("category", "spend"))
     top = (
-        spend.groupBy("category").agg(F.sum("spend").alias("spend"))
-        .withColumn("rank", F.row_number().over(Window.orderBy(F.desc("spend"), "category")))
+        spend.groupBy("as_of", "category").agg(F.sum("spend").alias("spend"))
+        .withColumn("rank", F.row_number().over(Window.partitionBy("as_of").orderBy(F.desc("spend"), "category")))
         .where(F.col("rank") <= p.top_categories)
-        .select("category")
+        .select("as_of", "category")
     )
-    top_spend = spend.join(F.broadcast(top), "category").groupBy("customer_id").agg(F.sum("spend").alias("top_spend"))
+    top_spend = (spend.join(F.broadcast(top), ["as_of", "category"])
+                 .groupBy("as_of", "customer_id").agg(F.sum("spend").alias("top_spend")))
 
-    df = df.join(top_spend, "customer_id", "left")
+    df = df.join(top_spend, ["as_of", "customer_id"], "left")
     freq = F.col("frequency")
     tenure = F.datediff(as_of, F.col("first_day"))
     return df.select(
         "customer_id",
-        as_of.alias("as_of"),
+        "as_of",
         F.datediff(as_of, F.col("last_day")).alias("recency_days"),
         freq.cast("long").alias("frequency"),
         F.round("monetary", 2).alias("monetary"),
@@ -259,28 +268,30 @@ def standardize(features: DataFrame) -> tuple[DataFrame, DataFrame]:
     return out, scaler
 
 
-def labels_from_days(days: DataFrame, features: DataFrame, p: FeatureParams, data_end: date | None) -> DataFrame:
+def labels_from_days(days: DataFrame, features: DataFrame, p: FeatureParams, data_end: date | None,
+                     dates: list[date] | None = None) -> DataFrame:
     """churned = 1 when a featured customer buys nothing in (as_of, as_of + horizon], from
-    `customer_days` rows.
+    `customer_days` rows, for the features of each of `dates` (default: `p.as_of`).
 
     `complete` says whether the data (which end on `data_end`) reach the end of the horizon
     (labels of a recent as_of are not yet known and must not be trained on).
     """
-    as_of = F.lit(p.as_of)
-    end = F.date_add(as_of, p.horizon_days)
+    horizon = p.horizon_days
     future = (
-        days.where((F.col("invoices") > 0) & (F.col("invoice_date") > as_of) & (F.col("invoice_date") <= end))
-        .select("customer_id").distinct().withColumn("bought", F.lit(True))
+        on_dates(days.where(F.col("invoices") > 0), dates or [p.as_of],
+                 lambda day, a: (day > a) & (day <= F.date_add(a, horizon)))
+        .select("customer_id", "as_of").distinct().withColumn("bought", F.lit(True))
     )
+    end = F.date_add(F.col("as_of"), horizon)
     complete = F.lit(data_end).cast("date") >= end if data_end is not None else F.lit(False)
     return (
         features.select("customer_id", "as_of")
-        .join(future, "customer_id", "left")
+        .join(future, ["customer_id", "as_of"], "left")
         .select(
             "customer_id",
             "as_of",
             F.when(F.col("bought"), 0).otherwise(1).cast("int").alias("churned"),
-            F.lit(p.horizon_days).alias("horizon_days"),
+            F.lit(horizon).alias("horizon_days"),
             complete.alias("complete"),
         )
     )
@@ -427,41 +438,41 @@ def run(lake: Lake, cfg: Config, p: FeatureParams) -> Run:
     refresh_aggregates(lake, p, version, as_of)
     days_version = lake.table_version(schemas.GOLD_CUSTOMER_DAYS)
     earlier = training_dates(as_of, span["start"], p.horizon_days, p.training_snapshots, p.snapshot_spacing_days) if span["start"] else []
-    # every snapshot reads the same customer days: read once
-    days = lake.read_table(schemas.GOLD_CUSTOMER_DAYS, days_version).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        runs = [run_snapshot(lake, dataclasses.replace(p, as_of=d), version, days_version, span["end"], days)
-                for d in [*earlier, as_of]]
-    finally:
-        days.unpersist()
+    runs = run_snapshots(lake, dataclasses.replace(p, as_of=as_of), sorted({*earlier, as_of}), version, days_version,
+                         span["end"])
     runs[-1].result = runs
     return runs[-1]
 
 
-def run_snapshot(lake: Lake, p: FeatureParams, silver_version: int, days_version: int, data_end: date | None,
-                 days: DataFrame | None = None) -> Run:
-    """Write features, scaler and labels for `p.as_of` from gold/customer_days at
-    `days_version` (`days`, when read already; silver at `silver_version`, whose data end on
-    `data_end`); records ops/runs."""
-    as_of = p.as_of
+def run_snapshots(lake: Lake, p: FeatureParams, dates: list[date], silver_version: int, days_version: int,
+                  data_end: date | None) -> list[Run]:
+    """Write features, scaler and labels for each of `dates` from gold/customer_days at
+    `days_version` (silver at `silver_version`, whose data end on `data_end`): every date in
+    one aggregation and one commit per table. Records one ops/runs row per date; returns their
+    runs, in the order of `dates`."""
     params = {"horizon_days": p.horizon_days, "top_categories": p.top_categories,
               "service_codes": list(p.service_codes), "service_pattern": p.service_pattern}
-    with record_run(lake, STAGE, as_of, params) as run:
-        days = lake.read_table(schemas.GOLD_CUSTOMER_DAYS, days_version) if days is None else days
-        run.inputs[schemas.SILVER_TRANSACTIONS] = silver_version
-        run.inputs[schemas.GOLD_CUSTOMER_DAYS] = days_version
-        # computed once for both writes (the scaler's statistics come from the same rows)
-        raw = features_from_days(days, p).persist()
-        try:
-            features, scaler = standardize(raw)
-            run.outputs[schemas.GOLD_CUSTOMER_FEATURES] = lake.overwrite_as_of(features, schemas.GOLD_CUSTOMER_FEATURES, as_of,
-                                                                                 merge_schema=True)
-            run.rows_out = lake.rows_written(schemas.GOLD_CUSTOMER_FEATURES, run.outputs[schemas.GOLD_CUSTOMER_FEATURES])
-            run.rows_in = days.where(F.col("invoice_date") <= F.lit(as_of)).count()
-            run.outputs[schemas.GOLD_FEATURE_SCALER] = lake.overwrite_as_of(scaler, schemas.GOLD_FEATURE_SCALER, as_of)
+    with contextlib.ExitStack() as stack:
+        runs = [stack.enter_context(record_run(lake, STAGE, d, params)) for d in dates]
+        days = lake.read_table(schemas.GOLD_CUSTOMER_DAYS, days_version).persist(StorageLevel.MEMORY_AND_DISK)
+        stack.callback(days.unpersist)
+        # computed once for the three writes (the scaler's statistics come from the same rows)
+        raw = features_from_days(days, p, dates).persist()
+        stack.callback(raw.unpersist)
+        features, scaler = standardize(raw)
+        outputs = {
+            schemas.GOLD_CUSTOMER_FEATURES: lake.overwrite_as_of(features.repartition("as_of"), schemas.GOLD_CUSTOMER_FEATURES,
+                                                                 dates, merge_schema=True),
+            schemas.GOLD_FEATURE_SCALER: lake.overwrite_as_of(scaler.repartition("as_of"), schemas.GOLD_FEATURE_SCALER, dates),
             # the customers just written, from the rows in memory, not read back
-            labels = labels_from_days(days, raw, p, data_end)
-            run.outputs[schemas.GOLD_LABELS] = lake.overwrite_as_of(labels, schemas.GOLD_LABELS, as_of)
-        finally:
-            raw.unpersist()
-    return run
+            schemas.GOLD_LABELS: lake.overwrite_as_of(labels_from_days(days, raw, p, data_end, dates).repartition("as_of"),
+                                                      schemas.GOLD_LABELS, dates),
+        }
+        featured = {r["as_of"]: r["count"] for r in raw.groupBy("as_of").count().collect()}
+        rows_in = days.agg(*[F.count(F.when(F.col("invoice_date") <= F.lit(d), 1)).alias(f"d{i}")
+                             for i, d in enumerate(dates)]).first()
+        for i, (d, run) in enumerate(zip(dates, runs)):
+            run.inputs.update({schemas.SILVER_TRANSACTIONS: silver_version, schemas.GOLD_CUSTOMER_DAYS: days_version})
+            run.outputs.update(outputs)
+            run.rows_in, run.rows_out = int(rows_in[f"d{i}"]), int(featured.get(d, 0))
+    return runs
