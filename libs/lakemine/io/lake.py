@@ -59,6 +59,12 @@ def conflict(exc: BaseException) -> str | None:
     return f"Delta {found.group(1)}: {sentence}"[:240]
 
 
+def _dates_in(column: str, dates) -> str:
+    """A SQL predicate: `column` is one of `dates`."""
+    listed = ", ".join(f"DATE'{d.isoformat()}'" for d in sorted(dates))
+    return f"`{column}` IN ({listed})"
+
+
 def _sql_string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -296,18 +302,15 @@ class Lake:
         """Idempotent write of logical dates (one, or a list in one commit): the table's rows
         of those dates become `df` (with `merge_schema`, columns new to the table are added,
         null in its other dates)."""
-        dates = sorted(as_of) if isinstance(as_of, list) else [as_of]
-        predicate = (f"as_of = DATE'{dates[0].isoformat()}'" if len(dates) == 1
-                     else "as_of IN ({})".format(", ".join(f"DATE'{d.isoformat()}'" for d in dates)))
-        return self.replace_where(df, table, predicate, merge_schema=merge_schema, partition_by=("as_of",))
+        dates = as_of if isinstance(as_of, list) else [as_of]
+        return self.replace_where(df, table, _dates_in("as_of", dates), merge_schema=merge_schema, partition_by=("as_of",))
 
     def replace_dates(self, df: DataFrame, table: str, dates, column: str = "invoice_date",
                       options: dict | None = None, tag: str | None = None) -> int:
         """Idempotent write of whole dates: the table's rows whose `column` is one of `dates`
         become `df`, one file per date; a missing table is created partitioned by `column`, so
         a write touches only those dates' files."""
-        listed = ", ".join(f"DATE'{d.isoformat()}'" for d in sorted(dates))
-        return self.replace_where(df.repartition(column), table, f"`{column}` IN ({listed})", partition_by=(column,), options=options,
+        return self.replace_where(df.repartition(column), table, _dates_in(column, dates), partition_by=(column,), options=options,
                                   tag=tag)
 
     def replace_batches(self, df: DataFrame, table: str, batch_ids: list[str]) -> int:
