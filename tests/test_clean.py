@@ -171,3 +171,15 @@ def test_a_full_clean_writes_one_silver_file_per_date_from_the_dedupe_shuffle(la
     run = clean_lake(Lake.at(uncoalesced, lake.root), lake_cfg)
     assert (run.rows_out, run.rows_quarantined) == (120, 0)
     assert lake.files_touched(schemas.SILVER_TRANSACTIONS, run.outputs[schemas.SILVER_TRANSACTIONS]) == (3, 0)
+
+
+def test_a_full_clean_with_nothing_to_quarantine_leaves_an_empty_quarantine(lake, lake_cfg, spark):
+    """The full rebuild counts records as it writes silver (no separate tally pass); with no
+    failing record it replaces the quarantine with an empty table, without a second pass."""
+    rows = [("1", "A", "X", "1", "12/1/2010 8:26", "1.00", "100", "UK")] * 3 + [("2", "B", "Y", "2", "12/2/2010 9:00", "3.00", "101", "UK")]
+    lake.append(bronze_df(spark, rows).withColumn("_ingested_at", F.current_timestamp()), schemas.BRONZE_TRANSACTIONS)
+    run = clean_lake(lake, lake_cfg)
+    assert (run.rows_in, run.rows_out, run.rows_quarantined, run.rows_duplicate) == (4, 2, 0, 2)
+    assert run.quarantine_reasons == {}
+    assert lake.read_table(schemas.SILVER_QUARANTINE).count() == 0
+    assert lake.read_table(schemas.SILVER_TRANSACTIONS).count() == 2

@@ -20,7 +20,7 @@ from datetime import date, datetime, timezone
 import pyspark.sql.functions as F
 from delta.tables import DeltaTable
 from pyspark import StorageLevel
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame, Observation, Window
 
 from lakemine.core import privacy
 from lakemine.core.config import CleanConfig, Config, StageParams, packaged_defaults
@@ -450,20 +450,40 @@ def _merge_quarantine(lake: Lake, quarantined: DataFrame) -> int:
         .execute()))
 
 
-def _full(lake: Lake, run: Run, classified: DataFrame, by_reason: dict) -> None:
-    """Rebuild silver (partitioned by invoice date) and its quarantine from all of bronze;
-    `by_reason`: the classified records per reason (None: kept), from `_tally`."""
-    run.rows_out = by_reason.get(None, 0)
-    run.rows_quarantined = sum(n for reason, n in by_reason.items() if reason is not None)
-    conservation_check(run)  # before anything is committed
+def _full(lake: Lake, run: Run, classified: DataFrame, bronze_rows: int) -> dict:
+    """Rebuild silver (partitioned by invoice date) and its quarantine from all of bronze
+    (`bronze_rows` lines); returns the classified records per reason (None: kept).
+
+    No cache of the classified records: silver is written straight from the de-duplication,
+    and the tally is observed on the way (`DataFrame.observe`). The quarantine then takes a
+    second pass over bronze only when there is something to quarantine; Spark filters the
+    failing lines before that pass's shuffle, so only they are de-duplicated."""
+    tally = Observation("clean_tally")
+    observed = classified.observe(
+        tally, F.count(F.lit(1)).alias("records"), F.sum("copies").alias("lines"),
+        *[F.count(F.when(F.col("reason") == code, 1)).alias(code) for code in REASONS])
     # one file per date: each date's rows are in one partition already (`clean_transactions`)
     run.outputs[schemas.SILVER_TRANSACTIONS] = lake.overwrite(
-        silver_rows(classified), schemas.SILVER_TRANSACTIONS, partition_by=SILVER_PARTITIONS)
-    run.outputs[schemas.SILVER_QUARANTINE] = lake.overwrite(quarantine_rows(classified), schemas.SILVER_QUARANTINE)
+        silver_rows(observed), schemas.SILVER_TRANSACTIONS, partition_by=SILVER_PARTITIONS)
+    counted = tally.get
+    by_reason = {code: int(counted[code]) for code in REASONS if counted[code]}
+    run.rows_in = int(counted["lines"] or 0)
+    run.rows_quarantined = sum(by_reason.values())
+    run.rows_out = int(counted["records"]) - run.rows_quarantined
+    run.rows_duplicate = run.rows_in - int(counted["records"])
+    by_reason[None] = run.rows_out
+    conservation_check(run)
+    if run.rows_in != bronze_rows:
+        raise StageError(f"clean: the de-duplication saw {run.rows_in} lines of the {bronze_rows} in bronze")
+    quarantine = quarantine_rows(classified)
+    if not run.rows_quarantined:
+        quarantine = quarantine.where(F.lit(False))  # an empty table, without a second pass
+    run.outputs[schemas.SILVER_QUARANTINE] = lake.overwrite(quarantine, schemas.SILVER_QUARANTINE)
     written = tuple(lake.rows_written(t, run.outputs[t]) for t in (schemas.SILVER_TRANSACTIONS, schemas.SILVER_QUARANTINE))
     if written != (run.rows_out, run.rows_quarantined):
         raise StageError(f"clean: wrote {written[0]} silver and {written[1]} quarantine rows, "
                          f"expected {run.rows_out} and {run.rows_quarantined}")
+    return by_reason
 
 
 def _tally(run: Run, classified: DataFrame) -> dict:
@@ -508,19 +528,19 @@ def run(lake: Lake, cfg: Config, p: CleanParams) -> Run:
             classified = classified.withColumn("_record", F.when(F.col("reason").isNotNull(), F.col("_record")))
             if pseudonym_key is not None:
                 classified = classified.withColumn("customer_id", privacy.hash_column(pseudonym_key, F.col("customer_id")))
-            classified = classified.persist(SPILL)
-            try:
-                by_reason = _tally(run, classified)
-                if mode == "full":
-                    _full(lake, run, classified, by_reason)
-                    run.message = f"full rebuild: {why}"
-                else:
+            if mode == "full":
+                by_reason = _full(lake, run, classified, sum(counts.values()))
+                run.message = f"full rebuild: {why}"
+            else:
+                classified = classified.persist(SPILL)
+                try:
+                    by_reason = _tally(run, classified)
                     _incremental(lake, run, classified, batches)
-                run.quarantine_reasons = {r: n for r, n in by_reason.items() if r is not None}
-                run.as_of = run.as_of or _last_date(lake)
-                _mark_batches(lake, run, batches, fingerprint, full=mode == "full")
-            finally:
-                classified.unpersist()
+                finally:
+                    classified.unpersist()
+            run.quarantine_reasons = {r: n for r, n in by_reason.items() if r is not None}
+            run.as_of = run.as_of or _last_date(lake)
+            _mark_batches(lake, run, batches, fingerprint, full=mode == "full")
         run.as_of = run.as_of or _last_date(lake)
     return run
 
