@@ -173,13 +173,23 @@ def test_a_full_clean_writes_one_silver_file_per_date_from_the_dedupe_shuffle(la
     assert lake.files_touched(schemas.SILVER_TRANSACTIONS, run.outputs[schemas.SILVER_TRANSACTIONS]) == (3, 0)
 
 
-def test_a_full_clean_with_nothing_to_quarantine_leaves_an_empty_quarantine(lake, lake_cfg, spark):
-    """The full rebuild counts records as it writes silver (no separate tally pass); with no
-    failing record it replaces the quarantine with an empty table, without a second pass."""
-    rows = [("1", "A", "X", "1", "12/1/2010 8:26", "1.00", "100", "UK")] * 3 + [("2", "B", "Y", "2", "12/2/2010 9:00", "3.00", "101", "UK")]
+def test_a_full_clean_counts_from_its_commits_and_leaves_the_session_fit_for_mllib(lake, lake_cfg, spark):
+    """The full rebuild takes its counts from its two commits and the quarantine, with no
+    separate tally pass; copies of a failing record are duplicates, as in silver. It must not
+    leave the session unserializable (Spark 4.0 does after `DataFrame.observe`): a model with
+    a training summary, fitted in the same session afterwards, still evaluates."""
+    rows = ([("1", "A", "X", "1", "12/1/2010 8:26", "1.00", "100", "UK")] * 3
+            + [("2", "B", "Y", "2", "12/2/2010 9:00", "3.00", "101", "UK")]
+            + [("3", "C", "Z", "1", "not a date", "1.00", "102", "UK")] * 2)
     lake.append(bronze_df(spark, rows).withColumn("_ingested_at", F.current_timestamp()), schemas.BRONZE_TRANSACTIONS)
     run = clean_lake(lake, lake_cfg)
-    assert (run.rows_in, run.rows_out, run.rows_quarantined, run.rows_duplicate) == (4, 2, 0, 2)
-    assert run.quarantine_reasons == {}
-    assert lake.read_table(schemas.SILVER_QUARANTINE).count() == 0
+    assert (run.rows_in, run.rows_out, run.rows_quarantined, run.rows_duplicate) == (6, 2, 1, 3)
+    assert run.quarantine_reasons == {"bad_date": 1}
+    assert lake.read_table(schemas.SILVER_QUARANTINE).count() == 1
     assert lake.read_table(schemas.SILVER_TRANSACTIONS).count() == 2
+
+    from pyspark.ml.classification import LogisticRegression
+    from pyspark.ml.linalg import Vectors
+    points = spark.createDataFrame([(Vectors.dense([float(x)]), float(x > 1)) for x in range(4)], ["features", "label"])
+    model = LogisticRegression(maxIter=5).fit(points)
+    assert model.evaluate(points).areaUnderROC > 0.5

@@ -20,7 +20,7 @@ from datetime import date, datetime, timezone
 import pyspark.sql.functions as F
 from delta.tables import DeltaTable
 from pyspark import StorageLevel
-from pyspark.sql import Column, DataFrame, Observation, Window
+from pyspark.sql import Column, DataFrame, Window
 
 from lakemine.core import privacy
 from lakemine.core.config import CleanConfig, Config, StageParams, packaged_defaults
@@ -455,34 +455,30 @@ def _full(lake: Lake, run: Run, classified: DataFrame, bronze_rows: int) -> dict
     (`bronze_rows` lines); returns the classified records per reason (None: kept).
 
     No cache of the classified records: silver is written straight from the de-duplication,
-    and the tally is observed on the way (`DataFrame.observe`). The quarantine then takes a
-    second pass over bronze only when there is something to quarantine; Spark filters the
-    failing lines before that pass's shuffle, so only they are de-duplicated."""
-    tally = Observation("clean_tally")
-    observed = classified.observe(
-        tally, F.count(F.lit(1)).alias("records"), F.sum("copies").alias("lines"),
-        *[F.count(F.when(F.col("reason") == code, 1)).alias(code) for code in REASONS])
+    and the quarantine from a second pass over bronze in which Spark filters the failing
+    lines before the shuffle, so only they are de-duplicated. The counts are the two commits'
+    (Delta's numOutputRows) and the quarantine's reasons; the duplicates are the lines of
+    bronze beyond them. (`DataFrame.observe` could count on the way, but in Spark 4.0 an
+    `Observation` leaves the session unserializable, which fails every MLlib model with a
+    training summary fitted in it afterwards.)"""
     # one file per date: each date's rows are in one partition already (`clean_transactions`)
-    run.outputs[schemas.SILVER_TRANSACTIONS] = lake.overwrite(
-        silver_rows(observed), schemas.SILVER_TRANSACTIONS, partition_by=SILVER_PARTITIONS)
-    counted = tally.get
-    by_reason = {code: int(counted[code]) for code in REASONS if counted[code]}
-    run.rows_in = int(counted["lines"] or 0)
+    silver = lake.overwrite(silver_rows(classified), schemas.SILVER_TRANSACTIONS, partition_by=SILVER_PARTITIONS)
+    quarantine = lake.overwrite(quarantine_rows(classified), schemas.SILVER_QUARANTINE)
+    run.outputs[schemas.SILVER_TRANSACTIONS] = silver
+    run.outputs[schemas.SILVER_QUARANTINE] = quarantine
+    counted = (lake.read_table(schemas.SILVER_QUARANTINE, version=quarantine)
+               .groupBy("reason").count().collect())
+    by_reason = {r["reason"]: int(r["count"]) for r in counted}
+    run.rows_in = bronze_rows
+    run.rows_out = lake.rows_written(schemas.SILVER_TRANSACTIONS, silver)
     run.rows_quarantined = sum(by_reason.values())
-    run.rows_out = int(counted["records"]) - run.rows_quarantined
-    run.rows_duplicate = run.rows_in - int(counted["records"])
-    by_reason[None] = run.rows_out
+    run.rows_duplicate = bronze_rows - run.rows_out - run.rows_quarantined
+    written = lake.rows_written(schemas.SILVER_QUARANTINE, quarantine)
+    if written != run.rows_quarantined or run.rows_duplicate < 0:
+        raise StageError(f"clean: {bronze_rows} lines in bronze, {run.rows_out} written to silver and "
+                         f"{written} to its quarantine ({run.rows_quarantined} by reason)")
     conservation_check(run)
-    if run.rows_in != bronze_rows:
-        raise StageError(f"clean: the de-duplication saw {run.rows_in} lines of the {bronze_rows} in bronze")
-    quarantine = quarantine_rows(classified)
-    if not run.rows_quarantined:
-        quarantine = quarantine.where(F.lit(False))  # an empty table, without a second pass
-    run.outputs[schemas.SILVER_QUARANTINE] = lake.overwrite(quarantine, schemas.SILVER_QUARANTINE)
-    written = tuple(lake.rows_written(t, run.outputs[t]) for t in (schemas.SILVER_TRANSACTIONS, schemas.SILVER_QUARANTINE))
-    if written != (run.rows_out, run.rows_quarantined):
-        raise StageError(f"clean: wrote {written[0]} silver and {written[1]} quarantine rows, "
-                         f"expected {run.rows_out} and {run.rows_quarantined}")
+    by_reason[None] = run.rows_out
     return by_reason
 
 
