@@ -26,7 +26,7 @@ S = dag_settings()
 TABLES = {
     "ingest": ["bronze/transactions", "bronze/quarantine"],
     "clean": ["silver/transactions", "silver/quarantine"],
-    "features": ["gold/baskets", "gold/customer_features", "gold/feature_scaler", "gold/labels"],
+    "features": ["gold/baskets", "gold/customer_days", "gold/customer_features", "gold/feature_scaler", "gold/labels"],
     "fpgrowth": ["gold/frequent_itemsets", "gold/association_rules"],
     "recommend": ["gold/recommendations"],
     "kmeans": ["gold/customer_segments", "gold/segment_profiles"],
