@@ -77,6 +77,7 @@ def run_tracked(cmd: list[str], log_path: Path, stages: tuple[str, ...], who: st
     over: list[int] = []
     samples: list[tuple[float, int]] = []
     at_peak: dict[str, int] = {}  # the largest sample's resident bytes by kind of process (`process_kind`)
+    file_at_peak: list[int] = [0]  # of the largest sample, the bytes of file-backed pages (mapped files, not heap)
     marks: list[tuple[float, str]] = []
     messages: dict[str, list[str]] = {}
     done = threading.Event()
@@ -92,18 +93,20 @@ def run_tracked(cmd: list[str], log_path: Path, stages: tuple[str, ...], who: st
                 procs = [root, *root.children(recursive=True)]
             except psutil.Error:
                 break
-            rss, parts = 0, {}
+            rss, parts, file_backed = 0, {}, 0
             for p in procs:
                 try:
-                    size = p.memory_info().rss
+                    info = p.memory_info()
                     kind = process_kind(p, root)
                 except psutil.Error:
                     continue
-                rss += size
-                parts[kind] = parts.get(kind, 0) + size
+                rss += info.rss
+                file_backed += info.shared  # resident pages backed by a file or shared memory
+                parts[kind] = parts.get(kind, 0) + info.rss
             if rss > max((r for _, r in samples), default=0):
                 at_peak.clear()
                 at_peak.update(parts)
+                file_at_peak[0] = file_backed
             samples.append((time.monotonic() - t0, rss))
             if limit_bytes is not None and rss > limit_bytes:
                 over.append(rss)
@@ -142,7 +145,8 @@ def run_tracked(cmd: list[str], log_path: Path, stages: tuple[str, ...], who: st
         tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); log {log_path}:\n{tail}")
     return {"wall": wall, "samples": samples, "marks": marks, "messages": messages, "stdout": "".join(out),
-            "peak_parts_mib": {k: round(v / 2**20, 1) for k, v in sorted(at_peak.items(), key=lambda kv: -kv[1])}}
+            "peak_parts_mib": {k: round(v / 2**20, 1) for k, v in sorted(at_peak.items(), key=lambda kv: -kv[1])},
+            "peak_file_backed_mib": round(file_at_peak[0] / 2**20, 1)}
 
 
 def process_kind(p: psutil.Process, root: psutil.Process) -> str:

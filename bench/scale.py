@@ -130,7 +130,8 @@ def lakemine_session(raw: Path, root: Path, python: str) -> dict:
     phases = attribute(tracked, summary["stage_secs"])
     return {"stage_secs": summary["stage_secs"], "total_secs": sum(summary["stage_secs"].values()),
             "wall_secs": tracked["wall"], "peak_mib": phases["overall_peak_mib"], "stage_peak_mib": phases["peak_mib"],
-            "peak_parts_mib": tracked["peak_parts_mib"], "spill": spilled(root / "events-session"),
+            "peak_parts_mib": tracked["peak_parts_mib"], "peak_file_backed_mib": tracked["peak_file_backed_mib"],
+            "spill": spilled(root / "events-session"),
             "counts": {"silver": summary["tables"].get("silver/transactions"), "conservation": summary["conservation"]}}
 
 
@@ -280,11 +281,15 @@ def write_markdown(path: Path, meta: dict, results: list[dict]) -> None:
             peaks = r["runs"]["session"][-1]["stage_peak_mib"]
             lines.append(f"| {r['lines']:,} | " + " | ".join(
                 f"{s['stage_secs'].get(x, 0):.1f} ({peaks.get(x, 0):,.0f})" for x in STAGES) + " |")
-    parts = [(r["lines"], r["runs"]["session"][-1]["peak_parts_mib"]) for r in results
+    parts = [(r["lines"], r["runs"]["session"][-1]) for r in results
              if r["runs"].get("session") and r["runs"]["session"][-1].get("peak_parts_mib")]
     if parts:
-        lines += ["", "What held the session's peak (MiB of resident memory, by process, at the largest sample):", ""]
-        lines += [f"- {n:,} lines: " + ", ".join(f"{kind} {mib:,.0f}" for kind, mib in p.items()) for n, p in parts]
+        lines += ["", "What held the session's peak (MiB of resident memory, by process, at the largest sample; "
+                  "file-backed: pages of mapped files, such as shuffle and cache blocks Spark reads by mmap, which the "
+                  "kernel can drop, unlike heap):", ""]
+        lines += [f"- {n:,} lines: " + ", ".join(f"{kind} {mib:,.0f}" for kind, mib in one["peak_parts_mib"].items())
+                  + (f"; of all, file-backed {one['peak_file_backed_mib']:,.0f}" if "peak_file_backed_mib" in one else "")
+                  for n, one in parts]
     both = [r for r in results if r["median"].get("session") and r["median"].get("dag")]
     if both:
         # what a stage pays for being its own process (JVM start, cold JIT, every table's Delta log read afresh)
