@@ -173,11 +173,11 @@ def test_a_full_clean_writes_one_silver_file_per_date_from_the_dedupe_shuffle(la
     assert lake.files_touched(schemas.SILVER_TRANSACTIONS, run.outputs[schemas.SILVER_TRANSACTIONS]) == (3, 0)
 
 
-def test_a_full_clean_counts_from_its_commits_and_leaves_the_session_fit_for_mllib(lake, lake_cfg, spark):
-    """The full rebuild takes its counts from its two commits and the quarantine, with no
-    separate tally pass; copies of a failing record are duplicates, as in silver. It must not
-    leave the session unserializable (Spark 4.0 does after `DataFrame.observe`): a model with
-    a training summary, fitted in the same session afterwards, still evaluates."""
+def test_a_full_clean_counts_as_it_writes_and_leaves_the_session_fit_for_mllib(lake, lake_cfg, spark):
+    """The full rebuild counts records as it writes silver (no separate tally pass); copies of
+    a failing record are duplicates, as in silver. It must not leave the session
+    unserializable (Spark 4.0 does after `DataFrame.observe`): a model with a training summary,
+    fitted in the same session afterwards, still evaluates."""
     rows = ([("1", "A", "X", "1", "12/1/2010 8:26", "1.00", "100", "UK")] * 3
             + [("2", "B", "Y", "2", "12/2/2010 9:00", "3.00", "101", "UK")]
             + [("3", "C", "Z", "1", "not a date", "1.00", "102", "UK")] * 2)

@@ -6,6 +6,7 @@ the rows of one logical date or batch (Delta `replaceWhere`), `merge_into` upser
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -83,6 +84,11 @@ class Lake:
     @classmethod
     def at(cls, spark: SparkSession, root: str) -> "Lake":
         return cls(spark, storage.absolute(root))
+
+    def with_session(self, spark: SparkSession) -> "Lake":
+        """This lake read and written through another session; what it knows of its own
+        writes (`rows_written`, `operation_metrics`) is shared."""
+        return dataclasses.replace(self, spark=spark, _unchanged=self._unchanged, _metrics=self._metrics)
 
     def path(self, table: str) -> str:
         return f"{self.root}/{table}"

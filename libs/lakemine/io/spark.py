@@ -119,6 +119,18 @@ def _reuse(running: SparkSession, conf: dict[str, str]) -> SparkSession:
     return child
 
 
+def observing_session(spark: SparkSession) -> SparkSession:
+    """A child session of `spark` with its SQL settings, for queries that use
+    `DataFrame.observe`. In Spark 4.0 a session that has served an `Observation` can no longer
+    be serialized (its ObservationManager is not), so every MLlib model with a training summary
+    fitted in it afterwards fails to evaluate. The child takes that; `spark` stays usable."""
+    child = spark.newSession()
+    for key, value in spark.conf.getAll.items():
+        if child.conf.isModifiable(key) and child.conf.get(key, None) != value:
+            child.conf.set(key, value)
+    return child
+
+
 def release_free_heap(spark: SparkSession) -> int:
     """Ask the driver's JVM for a full garbage collection, after which it hands the heap it no
     longer needs back to the system; the MiB of committed heap given back.

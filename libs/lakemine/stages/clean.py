@@ -20,7 +20,7 @@ from datetime import date, datetime, timezone
 import pyspark.sql.functions as F
 from delta.tables import DeltaTable
 from pyspark import StorageLevel
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame, Observation, Window
 
 from lakemine.core import privacy
 from lakemine.core.config import CleanConfig, Config, StageParams, packaged_defaults
@@ -29,6 +29,7 @@ from lakemine.core.sources import SourceProfile
 from lakemine.io import schemas
 from lakemine.io.lake import Lake
 from lakemine.io.runs import Run, conservation_check, record_run, seal
+from lakemine.io.spark import observing_session
 
 log = logging.getLogger(__name__)
 # Classified rows are cached on disk only: a MEMORY_AND_DISK block read back from disk is first
@@ -455,30 +456,35 @@ def _full(lake: Lake, run: Run, classified: DataFrame, bronze_rows: int) -> dict
     (`bronze_rows` lines); returns the classified records per reason (None: kept).
 
     No cache of the classified records: silver is written straight from the de-duplication,
-    and the quarantine from a second pass over bronze in which Spark filters the failing
-    lines before the shuffle, so only they are de-duplicated. The counts are the two commits'
-    (Delta's numOutputRows) and the quarantine's reasons; the duplicates are the lines of
-    bronze beyond them. (`DataFrame.observe` could count on the way, but in Spark 4.0 an
-    `Observation` leaves the session unserializable, which fails every MLlib model with a
-    training summary fitted in it afterwards.)"""
+    and the tally is observed on the way (`DataFrame.observe`), so `lake`'s session must be
+    one that may serve an Observation (`observing_session`). The quarantine then takes a
+    second pass over bronze only when there is something to quarantine; Spark filters the
+    failing lines before that pass's shuffle, so only they are de-duplicated."""
+    tally = Observation("clean_tally")
+    observed = classified.observe(
+        tally, F.count(F.lit(1)).alias("records"), F.sum("copies").alias("lines"),
+        *[F.count(F.when(F.col("reason") == code, 1)).alias(code) for code in REASONS])
     # one file per date: each date's rows are in one partition already (`clean_transactions`)
-    silver = lake.overwrite(silver_rows(classified), schemas.SILVER_TRANSACTIONS, partition_by=SILVER_PARTITIONS)
-    quarantine = lake.overwrite(quarantine_rows(classified), schemas.SILVER_QUARANTINE)
-    run.outputs[schemas.SILVER_TRANSACTIONS] = silver
-    run.outputs[schemas.SILVER_QUARANTINE] = quarantine
-    counted = (lake.read_table(schemas.SILVER_QUARANTINE, version=quarantine)
-               .groupBy("reason").count().collect())
-    by_reason = {r["reason"]: int(r["count"]) for r in counted}
-    run.rows_in = bronze_rows
-    run.rows_out = lake.rows_written(schemas.SILVER_TRANSACTIONS, silver)
+    run.outputs[schemas.SILVER_TRANSACTIONS] = lake.overwrite(
+        silver_rows(observed), schemas.SILVER_TRANSACTIONS, partition_by=SILVER_PARTITIONS)
+    counted = tally.get
+    by_reason = {code: int(counted[code]) for code in REASONS if counted[code]}
+    run.rows_in = int(counted["lines"] or 0)
     run.rows_quarantined = sum(by_reason.values())
-    run.rows_duplicate = bronze_rows - run.rows_out - run.rows_quarantined
-    written = lake.rows_written(schemas.SILVER_QUARANTINE, quarantine)
-    if written != run.rows_quarantined or run.rows_duplicate < 0:
-        raise StageError(f"clean: {bronze_rows} lines in bronze, {run.rows_out} written to silver and "
-                         f"{written} to its quarantine ({run.rows_quarantined} by reason)")
-    conservation_check(run)
+    run.rows_out = int(counted["records"]) - run.rows_quarantined
+    run.rows_duplicate = run.rows_in - int(counted["records"])
     by_reason[None] = run.rows_out
+    conservation_check(run)
+    if run.rows_in != bronze_rows:
+        raise StageError(f"clean: the de-duplication saw {run.rows_in} lines of the {bronze_rows} in bronze")
+    quarantine = quarantine_rows(classified)
+    if not run.rows_quarantined:
+        quarantine = quarantine.where(F.lit(False))  # an empty table, without a second pass
+    run.outputs[schemas.SILVER_QUARANTINE] = lake.overwrite(quarantine, schemas.SILVER_QUARANTINE)
+    written = tuple(lake.rows_written(t, run.outputs[t]) for t in (schemas.SILVER_TRANSACTIONS, schemas.SILVER_QUARANTINE))
+    if written != (run.rows_out, run.rows_quarantined):
+        raise StageError(f"clean: wrote {written[0]} silver and {written[1]} quarantine rows, "
+                         f"expected {run.rows_out} and {run.rows_quarantined}")
     return by_reason
 
 
@@ -517,15 +523,21 @@ def run(lake: Lake, cfg: Config, p: CleanParams) -> Run:
         if mode == "noop":
             run.status, run.message = "noop", "no new bronze batches; silver unchanged"
         else:
-            rows = bronze if mode == "full" else bronze.where(F.col("_batch_id").isin(batches))
-            partitions = shuffle_partitions(lake.spark, sum(counts[b] for b in batches))
+            if mode == "full":
+                # the full rebuild's Observation would leave `lake`'s session unserializable: it
+                # reads and writes through a child session (`observing_session`)
+                work = lake.with_session(observing_session(lake.spark))
+                rows = work.read_table(schemas.BRONZE_TRANSACTIONS, version=version)
+            else:
+                work, rows = lake, bronze.where(F.col("_batch_id").isin(batches))
+            partitions = shuffle_partitions(work.spark, sum(counts[b] for b in batches))
             classified = clean_transactions(rows, p, cfg.sources, partitions)
             # the raw strings are kept for quarantined records only: half the bytes spilled
             classified = classified.withColumn("_record", F.when(F.col("reason").isNotNull(), F.col("_record")))
             if pseudonym_key is not None:
                 classified = classified.withColumn("customer_id", privacy.hash_column(pseudonym_key, F.col("customer_id")))
             if mode == "full":
-                by_reason = _full(lake, run, classified, sum(counts.values()))
+                by_reason = _full(work, run, classified, sum(counts.values()))
                 run.message = f"full rebuild: {why}"
             else:
                 classified = classified.persist(SPILL)
