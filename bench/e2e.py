@@ -96,6 +96,8 @@ def run_tracked(cmd: list[str], log_path: Path, stages: tuple[str, ...], who: st
             rss, parts, file_backed = 0, {}, 0
             for p in procs:
                 try:
+                    if spawning(p):
+                        continue
                     info = p.memory_info()
                     kind = process_kind(p, root)
                 except psutil.Error:
@@ -147,6 +149,15 @@ def run_tracked(cmd: list[str], log_path: Path, stages: tuple[str, ...], who: st
     return {"wall": wall, "samples": samples, "marks": marks, "messages": messages, "stdout": "".join(out),
             "peak_parts_mib": {k: round(v / 2**20, 1) for k, v in sorted(at_peak.items(), key=lambda kv: -kv[1])},
             "peak_file_backed_mib": round(file_at_peak[0] / 2**20, 1)}
+
+
+def spawning(p: psutil.Process) -> bool:
+    """Whether `p` is its parent caught mid-spawn: a child still running its parent's executable
+    (the JVM starts each `chmod`, `readlink`... through posix_spawn, whose child shares the
+    parent's memory until it execs). Its resident pages are the parent's: counting them would
+    double the JVM for a sample (a 9.9 GiB "peak" at 49 M lines that was a 4.8 GiB JVM)."""
+    parent = p.parent()
+    return parent is not None and p.name() == "java" and parent.name() == "java" and p.exe() == parent.exe()
 
 
 def process_kind(p: psutil.Process, root: psutil.Process) -> str:
