@@ -50,11 +50,14 @@ done
 
 # --- fast path: everything was set up by this very script and nothing it reads changed ---
 DEPS_HASH="$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
-READY_HASH="$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" "$ROOT/infra/maven/pom.xml" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-16)"
+LOCALFS_SRC="$ROOT/infra/java/lakemine/hadoop/NioLocalFileSystem.java"
+LOCALFS_JAR="$JARS/local/lakemine-localfs.jar"
+READY_HASH="$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" "$ROOT/infra/maven/pom.xml" "$LOCALFS_SRC" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-16)"
 READY="$VENV/.lakemine-ready"
 if [[ "$FORCE" != 1 && "$(cat "$READY" 2>/dev/null)" == "$READY_HASH" && -x "$VENV/bin/lakemine" \
       && -d "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/horovod/torch" \
       && -f "$JARS/delta-spark_2.13-${DELTA_VERSION}.jar" ]] \
+      && { [[ -f "$LOCALFS_JAR" ]] || ! command -v javac >/dev/null 2>&1; } \
       && { command -v chromium >/dev/null 2>&1 || [[ "$(id -u)" != 0 ]]; }; then
   say "already set up (.venv, horovod, .jars); LAKEMINE_FORCE_SETUP=1 redoes every step"
   exit 0
@@ -129,6 +132,28 @@ if [[ "$FORCE" == 1 || ! -f "$JARS/delta-spark_2.13-${DELTA_VERSION}.jar" || ! -
   rm -f "$MVN_LOG"
 else
   say "delta jars present (.jars)"
+fi
+
+# --- the local file system without a chmod process per file (infra/java) ----------------
+# Local-mode sessions set fs.file.impl to it when the jar is there (lakemine.io.spark); without
+# it (no javac: a JRE only) they use Hadoop's own, which starts a chmod for every file written.
+if [[ "$FORCE" == 1 || ! -f "$LOCALFS_JAR" || "$LOCALFS_SRC" -nt "$LOCALFS_JAR" ]]; then
+  if command -v javac >/dev/null 2>&1; then
+    say "building .jars/local/lakemine-localfs.jar (javac)"
+    SPARK_JARS="$("$VENV/bin/python" -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')"
+    CLASSES="$(mktemp -d)"
+    if javac -nowarn --release 17 -cp "$SPARK_JARS/*" -d "$CLASSES" "$LOCALFS_SRC"; then
+      mkdir -p "$JARS/local"
+      (cd "$CLASSES" && jar cf "$LOCALFS_JAR.tmp" .) && mv "$LOCALFS_JAR.tmp" "$LOCALFS_JAR"
+    else
+      say "javac could not build $LOCALFS_SRC: local sessions keep Hadoop's chmod per file"
+    fi
+    rm -rf "$CLASSES"
+  else
+    say "no javac (a JRE only): local sessions keep Hadoop's chmod per file (slower writes)"
+  fi
+else
+  say "local file system jar present (.jars/local)"
 fi
 
 # --- headless Chromium for the report test (Debian's package) ---------------------------

@@ -125,3 +125,33 @@ def test_versions_and_commit_metrics_read_from_the_log_agree_with_deltas_history
     assert [fresh.rows_written("gold/h", v) for v in made] == [lake.rows_written("gold/h", v) for v in made]
     assert (lake.rows_written("gold/h", made[0]), lake.rows_written("gold/h", made[2])) == (2, 1)
     assert [v for v, _ in lake.commit_metadata("gold/h", 50)] == sorted(history, reverse=True)
+
+
+def test_local_sessions_set_file_modes_without_a_chmod_process(spark, lake, cfg):
+    """Local mode writes file:// through lakemine's NioLocalFileSystem (setup builds it): the
+    modes Hadoop's own gives (0644 files, 0755 folders under its 022 umask), through java.nio
+    instead of a chmod process per file."""
+    import os
+    import stat
+
+    from lakemine.io.spark import settings
+    from lakemine.orchestration.jars import LOCAL_FS_CLASS, local_fs_jar
+
+    assert local_fs_jar(cfg) is not None, "scripts/setup.sh did not build .jars/local/lakemine-localfs.jar"
+    assert settings(cfg)["spark.hadoop.fs.file.impl"] == LOCAL_FS_CLASS
+    assert "spark.hadoop.fs.file.impl" not in settings(cfg, submitted=True)  # a cluster's own file system stands
+    jvm = spark.sparkContext._jvm
+    fs = jvm.org.apache.hadoop.fs.FileSystem.get(jvm.java.net.URI("file:///"), spark.sparkContext._jsc.hadoopConfiguration())
+    assert fs.getClass().getName() == LOCAL_FS_CLASS
+
+    lake.overwrite(spark.createDataFrame([("a", D1, 1.0), ("b", D2, 2.0)], DDL), "gold/t", partition_by=("as_of",))
+    root = lake.path("gold/t")
+    modes = {}
+    for folder, dirs, files in os.walk(root):
+        modes[os.path.relpath(folder, root)] = stat.S_IMODE(os.stat(folder).st_mode)
+        for name in files:
+            modes[os.path.relpath(os.path.join(folder, name), root)] = stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode)
+    parquet = [k for k in modes if k.endswith(".parquet")]
+    assert len(parquet) == 2 and {modes[k] for k in parquet} == {0o644}
+    assert modes["as_of=2011-01-01"] == modes["as_of=2011-01-02"] == 0o755
+    assert lake.read_table("gold/t").count() == 2

@@ -13,7 +13,7 @@ import sys
 from pyspark.sql import SparkSession
 
 from lakemine.core.config import Config, packaged_defaults
-from lakemine.orchestration.jars import DELTA_CONF, QUIET_LOG4J, delta_jars
+from lakemine.orchestration.jars import DELTA_CONF, LOCAL_FS_CLASS, QUIET_LOG4J, delta_jars, local_fs_jar
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,17 @@ def settings(cfg: Config, submitted: bool = False, quiet: bool = True) -> dict[s
         else:
             conf["spark.jars"] = ",".join(delta_jars(cfg))
     conf.update({k: str(v) for k, v in cfg.spark.conf.items()})
+    jar = local_fs_jar(cfg) if not submitted and _in_process(cfg.spark.master) else None
+    if jar is not None and "spark.hadoop.fs.file.impl" not in cfg.spark.conf:
+        # file:// without a chmod process per file written (the driver is the only JVM)
+        conf["spark.hadoop.fs.file.impl"] = LOCAL_FS_CLASS
+        conf["spark.driver.extraClassPath"] = os.pathsep.join(filter(None, (str(jar), conf.get("spark.driver.extraClassPath"))))
     return conf
+
+
+def _in_process(master: str) -> bool:
+    """Whether `master` runs the executors inside the driver's JVM (local, local[N], local[*])."""
+    return master == "local" or master.startswith("local[")
 
 
 def session(cfg: Config, submitted: bool = False, quiet: bool = True) -> SparkSession:

@@ -54,6 +54,18 @@ def delta_jars(cfg: Config) -> list[str]:
     return jars
 
 
+# Hadoop's local file system with permissions set through java.nio, not a chmod process per
+# file (infra/java/lakemine/hadoop/NioLocalFileSystem.java, built by scripts/setup.sh)
+LOCAL_FS_CLASS = "lakemine.hadoop.NioLocalFileSystem"
+
+
+def local_fs_jar(cfg: Config) -> Path | None:
+    """The jar of `LOCAL_FS_CLASS` under the jars folder's `local/` (not among the jars every
+    spark-submit ships), or None when setup could not build it."""
+    jar = jars_dir(cfg) / "local" / "lakemine-localfs.jar"
+    return jar if jar.is_file() else None
+
+
 def jobs_dir(cfg: Config) -> Path | None:
     """Folder of the per-stage `jobs/<stage>.py` shells: `orchestration.jobs_dir`, else the
     checkout's `jobs/`; None when neither exists (then `PACKAGE_JOB STAGE` is the entry)."""
