@@ -21,6 +21,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from lakemine.core import storage
 from lakemine.core.errors import StageError
+from lakemine.io import schemas
 
 log = logging.getLogger(__name__)
 
@@ -238,12 +239,15 @@ class Lake:
         tag = tag or uuid.uuid4().hex
         meta = json.loads(options["userMetadata"]) if options.get("userMetadata") else {}
         options["userMetadata"] = json.dumps({**meta, "write": tag}, sort_keys=True)
+        before = self.table_version(table)
+        stats = [c for c in schemas.STATS_COLUMNS.get(table, ()) if c in df.columns]
+        if stats and (before is None or (mode == "overwrite" and "replaceWhere" not in options)):
+            options.setdefault("delta.dataSkippingStatsColumns", ",".join(stats))
         writer = df.write.format("delta").mode(mode)
         for key, value in options.items():
             writer = writer.option(key, value)
         if partition_by:
             writer = writer.partitionBy(*partition_by)
-        before = self.table_version(table)
         writer.save(self.path(table))
         return self.version_of_write(table, tag, before)
 
