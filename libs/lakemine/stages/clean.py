@@ -79,24 +79,30 @@ def parse_timestamp(col: Column, formats: tuple[str, ...]) -> Column:
     return F.when(F.year(ts).between(MIN_YEAR, MAX_YEAR), ts)
 
 
-def dedupe_exact(bronze: DataFrame, by: Column | None = None, partitions: int | None = None) -> DataFrame:
+def dedupe_exact(bronze: DataFrame, by: Column | None = None, partitions: int | None = None,
+                 carry: dict[str, Column] | None = None) -> DataFrame:
     """One row per distinct raw record: lineage of its first copy (the least file, line,
     batch), `copies` (>= 1) and `_record_hash`, a 64-bit hash of the record.
 
     `by`, an expression of the record's columns, groups the records into Spark partitions
     (copies are equal, so they share it): the shuffle of the de-duplication then also places
     every row of one `by` value in one partition. `partitions`: how many (None: the session's
-    shuffle partitions)."""
+    shuffle partitions). `carry`: more expressions of the record's columns, computed once per
+    line before the shuffle and kept in the result under their names (with `by`, as `_by`)."""
     first = F.min(F.struct("_source_file", "_line", "_batch_id"))
     keys = list(schemas.SOURCE_COLUMNS)
+    carried = list(carry or {})
+    if carry:
+        bronze = bronze.withColumns(carry)
     if by is not None:
         bronze = bronze.withColumn("_by", by)
         bronze = bronze.repartition(partitions, "_by") if partitions else bronze.repartition("_by")
         keys.append("_by")
+    keys += carried
     return bronze.groupBy(*keys).agg(
         first.alias("_first"), F.count(F.lit(1)).alias("copies")
     ).select(
-        *schemas.SOURCE_COLUMNS,
+        *schemas.SOURCE_COLUMNS, *carried, *(["_by"] if by is not None else []),
         F.col("_first._source_file").alias("_source_file"),
         F.col("_first._line").alias("_line"),
         F.col("_first._batch_id").alias("_batch_id"),
@@ -182,9 +188,15 @@ def _typing_groups(p: CleanParams, profiles: dict[str, SourceProfile]) -> dict[t
 
 def invoice_date_of_record(p: CleanParams, profiles: dict[str, SourceProfile]) -> Column:
     """The invoice date `classify` gives a raw record, from its raw columns."""
+    return _time_of_record(p, profiles)["invoice_date"]
+
+
+def _time_of_record(p: CleanParams, profiles: dict[str, SourceProfile]) -> dict[str, Column]:
+    """The invoice time and date `classify` gives a raw record, from its raw columns."""
     source = F.coalesce(F.col("_source"), F.lit(schemas.LEGACY_SOURCE))
     t = {c: _blank_to_null(F.col(c)) for c in schemas.SOURCE_COLUMNS}
-    return _by_source(source, _typing_groups(p, profiles), t)["invoice_date"]
+    typed = _by_source(source, _typing_groups(p, profiles), t)
+    return {"invoice_ts": typed["invoice_ts"], "invoice_date": typed["invoice_date"]}
 
 
 def classify(rows: DataFrame, p: CleanParams, profiles: dict[str, SourceProfile] | None = None) -> DataFrame:
@@ -202,6 +214,9 @@ def classify(rows: DataFrame, p: CleanParams, profiles: dict[str, SourceProfile]
         source.alias("_t__source"),
     )
     typed_cols = _by_source(F.col("_t__source"), groups)
+    if "_ts" in rows.columns and "_by" in rows.columns:
+        # parsed once per line before the de-duplication (`clean_transactions`), not again
+        typed_cols.update(invoice_ts=F.col("_ts"), invoice_date=F.col("_by"))
     t = _trimmed()
     customer = F.regexp_replace(t["CustomerID"], r"\.0+$", "")
     cap = p.outlier_policy == "cap"
@@ -285,9 +300,12 @@ def clean_transactions(bronze: DataFrame, p: CleanParams, profiles: dict[str, So
     schemas.require_columns(bronze, schemas.RAW_COLUMNS + ("_source_file", "_line", "_batch_id"), schemas.BRONZE_TRANSACTIONS)
     profiles = profiles if profiles is not None else packaged_defaults().sources
     # the de-duplication's shuffle places each invoice date in one partition, so silver is
-    # written one file per date with no second shuffle
-    by_date = invoice_date_of_record(p, profiles)
-    return classify(dedupe_exact(schemas.with_source_columns(bronze), by=by_date, partitions=partitions), p, profiles)
+    # written one file per date with no second shuffle; the time parsed for it is kept, so
+    # `classify` does not parse it again (a tenth of clean's time went to parsing times)
+    time = _time_of_record(p, profiles)
+    deduped = dedupe_exact(schemas.with_source_columns(bronze), by=time["invoice_date"], partitions=partitions,
+                           carry={"_ts": time["invoice_ts"]})
+    return classify(deduped, p, profiles)
 
 
 def silver_rows(classified: DataFrame) -> DataFrame:
