@@ -155,3 +155,33 @@ def test_local_sessions_set_file_modes_without_a_chmod_process(spark, lake, cfg)
     assert len(parquet) == 2 and {modes[k] for k in parquet} == {0o644}
     assert modes["as_of=2011-01-01"] == modes["as_of=2011-01-02"] == 0o755
     assert lake.read_table("gold/t").count() == 2
+
+
+def test_bronze_and_silver_keep_statistics_of_their_lineage_columns_only(spark, lake):
+    """The tables written a row per line keep Delta's per-file statistics of the columns in
+    schemas.STATS_COLUMNS only, set when lakemine creates the table and kept by later batches;
+    other tables keep Delta's default (every column here)."""
+    import json
+
+    from lakemine.io import schemas
+
+    ddl = "InvoiceNo string, Description string, _source_file string, _line long, _batch_id string"
+    bronze, lineage = schemas.BRONZE_TRANSACTIONS, {"_batch_id", "_source_file", "_line"}
+
+    def stats(table):
+        log = spark.read.json(lake.path(table) + "/_delta_log/*.json").where("add IS NOT NULL")
+        return [json.loads(r["stats"]) for r in log.select("add.stats").collect()]
+
+    def properties(table):
+        return spark.sql(f"DESCRIBE DETAIL delta.`{lake.path(table)}`").first()["properties"]
+
+    lake.replace_batches(spark.createDataFrame([("1", "MUG", "f.csv", 2, "b1"), ("2", "BAG", "f.csv", 3, "b1")], ddl), bronze, ["b1"])
+    lake.replace_batches(spark.createDataFrame([("3", "JAR", "g.csv", 2, "b2")], ddl), bronze, ["b2"])
+    lake.overwrite(spark.createDataFrame([("a", D1, 1.0)], DDL), "gold/t")
+
+    assert properties(bronze)["delta.dataSkippingStatsColumns"] == "_batch_id,_source_file,_line"
+    files = [set(s["minValues"]) for s in stats(bronze)]
+    assert len(files) >= 2 and all(f == lineage for f in files)  # the second batch's file too
+    assert lake.read_table(bronze).where("_batch_id = 'b2'").count() == 1
+    assert "delta.dataSkippingStatsColumns" not in properties("gold/t")
+    assert [set(s["minValues"]) for s in stats("gold/t")] == [{"customer_id", "as_of", "score"}]
