@@ -79,30 +79,30 @@ def parse_timestamp(col: Column, formats: tuple[str, ...]) -> Column:
     return F.when(F.year(ts).between(MIN_YEAR, MAX_YEAR), ts)
 
 
-def dedupe_exact(bronze: DataFrame, by: Column | None = None, partitions: int | None = None,
+def dedupe_exact(bronze: DataFrame, by: Column | str | None = None, partitions: int | None = None,
                  carry: dict[str, Column] | None = None) -> DataFrame:
     """One row per distinct raw record: lineage of its first copy (the least file, line,
     batch), `copies` (>= 1) and `_record_hash`, a 64-bit hash of the record.
 
-    `by`, an expression of the record's columns, groups the records into Spark partitions
-    (copies are equal, so they share it): the shuffle of the de-duplication then also places
-    every row of one `by` value in one partition. `partitions`: how many (None: the session's
-    shuffle partitions). `carry`: more expressions of the record's columns, computed once per
-    line before the shuffle and kept in the result under their names (with `by`, as `_by`)."""
+    `by`, an expression of the record's columns or the name of a `carry` column, groups the
+    records into Spark partitions (copies are equal, so they share it): the shuffle of the
+    de-duplication then also places every row of one `by` value in one partition.
+    `partitions`: how many (None: the session's shuffle partitions). `carry`: more expressions
+    of the record's columns, computed once per line before the shuffle and kept in the result
+    under their names."""
     first = F.min(F.struct("_source_file", "_line", "_batch_id"))
-    keys = list(schemas.SOURCE_COLUMNS)
-    carried = list(carry or {})
+    carry = dict(carry or {})
+    kept = list(carry)
+    if isinstance(by, Column):
+        carry["_by"], by = by, "_by"
     if carry:
         bronze = bronze.withColumns(carry)
     if by is not None:
-        bronze = bronze.withColumn("_by", by)
-        bronze = bronze.repartition(partitions, "_by") if partitions else bronze.repartition("_by")
-        keys.append("_by")
-    keys += carried
-    return bronze.groupBy(*keys).agg(
+        bronze = bronze.repartition(partitions, by) if partitions else bronze.repartition(by)
+    return bronze.groupBy(*schemas.SOURCE_COLUMNS, *carry).agg(
         first.alias("_first"), F.count(F.lit(1)).alias("copies")
     ).select(
-        *schemas.SOURCE_COLUMNS, *carried, *(["_by"] if by is not None else []),
+        *schemas.SOURCE_COLUMNS, *kept,
         F.col("_first._source_file").alias("_source_file"),
         F.col("_first._line").alias("_line"),
         F.col("_first._batch_id").alias("_batch_id"),
@@ -199,6 +199,11 @@ def _time_of_record(p: CleanParams, profiles: dict[str, SourceProfile]) -> dict[
     return {"invoice_ts": typed["invoice_ts"], "invoice_date": typed["invoice_date"]}
 
 
+# the typed columns `clean_transactions` computes before the de-duplication and `classify`
+# takes as they are: typed name -> carried column
+PARSED_TIME = {"invoice_ts": "_invoice_ts", "invoice_date": "_invoice_date"}
+
+
 def classify(rows: DataFrame, p: CleanParams, profiles: dict[str, SourceProfile] | None = None) -> DataFrame:
     """Typed columns plus `reason`/`detail` (null for a clean row) for de-duplicated raw rows,
     each typed by its `_source` profile (`profiles`, default the packaged ones).
@@ -214,9 +219,9 @@ def classify(rows: DataFrame, p: CleanParams, profiles: dict[str, SourceProfile]
         source.alias("_t__source"),
     )
     typed_cols = _by_source(F.col("_t__source"), groups)
-    if "_ts" in rows.columns and "_by" in rows.columns:
+    if set(PARSED_TIME.values()) <= set(rows.columns):
         # parsed once per line before the de-duplication (`clean_transactions`), not again
-        typed_cols.update(invoice_ts=F.col("_ts"), invoice_date=F.col("_by"))
+        typed_cols.update({name: F.col(column) for name, column in PARSED_TIME.items()})
     t = _trimmed()
     customer = F.regexp_replace(t["CustomerID"], r"\.0+$", "")
     cap = p.outlier_policy == "cap"
@@ -303,8 +308,8 @@ def clean_transactions(bronze: DataFrame, p: CleanParams, profiles: dict[str, So
     # written one file per date with no second shuffle; the time parsed for it is kept, so
     # `classify` does not parse it again (a tenth of clean's time went to parsing times)
     time = _time_of_record(p, profiles)
-    deduped = dedupe_exact(schemas.with_source_columns(bronze), by=time["invoice_date"], partitions=partitions,
-                           carry={"_ts": time["invoice_ts"]})
+    deduped = dedupe_exact(schemas.with_source_columns(bronze), by=PARSED_TIME["invoice_date"], partitions=partitions,
+                           carry={column: time[name] for name, column in PARSED_TIME.items()})
     return classify(deduped, p, profiles)
 
 
