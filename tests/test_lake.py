@@ -127,21 +127,6 @@ def test_versions_and_commit_metrics_read_from_the_log_agree_with_deltas_history
     assert [v for v, _ in lake.commit_metadata("gold/h", 50)] == sorted(history, reverse=True)
 
 
-def test_spark_jvms_may_compile_large_generated_methods(spark, cfg):
-    """HotSpot interprets a method over 8,000 bytes of bytecode unless told otherwise, and
-    Spark's generated code for clean's wide rows is larger: the local session's JVM, the
-    spark-submit options and the DAG's tasks all carry the option that lifts that limit."""
-    from lakemine.orchestration.dags import dag_settings
-    from lakemine.orchestration.jars import JIT_OPTIONS, submit_args
-
-    jvm = spark.sparkContext._jvm
-    assert JIT_OPTIONS in list(jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
-    args = submit_args(cfg)
-    assert f"spark.driver.extraJavaOptions={JIT_OPTIONS}" in args and f"spark.executor.extraJavaOptions={JIT_OPTIONS}" in args
-    conf = dag_settings(env={}).conf
-    assert JIT_OPTIONS in conf["spark.driver.extraJavaOptions"] and conf["spark.executor.extraJavaOptions"] == JIT_OPTIONS
-
-
 def test_local_sessions_set_file_modes_without_a_chmod_process(spark, lake, cfg):
     """Local mode writes file:// through lakemine's NioLocalFileSystem (setup builds it): the
     modes Hadoop's own gives (0644 files, 0755 folders under its 022 umask), through java.nio

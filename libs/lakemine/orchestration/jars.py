@@ -26,18 +26,6 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 REPO_ROOT: Path | None = PACKAGE_DIR.parents[1] if (PACKAGE_DIR.parents[1] / "jobs").is_dir() else None
 # Spark's INFO chatter off, its errors still shown.
 QUIET_LOG4J = Path(__file__).with_name("log4j2.properties")
-# JVM options for every Spark JVM lakemine starts or submits to. HotSpot leaves a method of
-# over 8,000 bytes of bytecode to the interpreter; Spark's generated code for clean's wide
-# rows is larger than that, so it ran interpreted: with compilation allowed, clean's
-# classification takes half the time (bench/results/scale.md)
-JIT_OPTIONS = "-XX:-DontCompileHugeMethods"
-
-
-def java_options(quiet: bool = True) -> dict[str, str]:
-    """spark.driver/executor.extraJavaOptions: `JIT_OPTIONS`, and for the driver the quiet log4j
-    file when `quiet`."""
-    driver = f"{JIT_OPTIONS} -Dlog4j2.configurationFile={QUIET_LOG4J.as_uri()}" if quiet else JIT_OPTIONS
-    return {"spark.driver.extraJavaOptions": driver, "spark.executor.extraJavaOptions": JIT_OPTIONS}
 # The spark-submit entry for any stage inside the installed package: `job.py STAGE [options]`.
 PACKAGE_JOB = PACKAGE_DIR / "job.py"
 
@@ -87,12 +75,11 @@ def jobs_dir(cfg: Config) -> Path | None:
 
 
 def submit_args(cfg: Config) -> list[str]:
-    """spark-submit arguments that put Delta on the classpath and enable its catalog, and let
-    the JVMs compile Spark's large generated methods (`JIT_OPTIONS`)."""
+    """spark-submit arguments that put Delta on the classpath and enable its catalog."""
     if cfg.spark.delta_jars == "packages":
         args = ["--packages", cfg.spark.delta_packages]
     else:
         args = ["--jars", ",".join(delta_jars(cfg))]
-    for key, value in {**DELTA_CONF, **java_options(quiet=False)}.items():
+    for key, value in DELTA_CONF.items():
         args += ["--conf", f"{key}={value}"]
     return args
