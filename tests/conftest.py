@@ -24,6 +24,13 @@ SPARK_CONF = os.environ.setdefault(
     "{spark.ui.retainedJobs: 50, spark.ui.retainedStages: 100, spark.sql.ui.retainedExecutions: 20, "
     "spark.ui.retainedTasks: 10000, spark.sql.codegen.wholeStage: false, spark.sql.codegen.factoryMode: NO_CODEGEN, "
     "spark.cleaner.periodicGC.interval: 3min}")
+# - no extra JVM options (`spark.java_options`; lakemine's default lets HotSpot compile methods
+#   over 8,000 bytes, for Spark's generated code of wide rows at scale): with expressions
+#   evaluated, there is no such code here. Of the two suite runs with the option in the test
+#   driver, one ran slower and one ended in an OutOfMemoryError of its 4 GiB heap (a task
+#   result lost, then a hang). test_lake checks that the option reaches what lakemine starts,
+#   and that this machine's java takes it.
+JAVA_OPTIONS = os.environ.setdefault("LAKEMINE_SPARK__JAVA_OPTIONS", '""')
 from pathlib import Path
 
 import pytest
@@ -52,6 +59,7 @@ def cfg() -> Config:
         "LAKEMINE_SPARK__DRIVER_MEMORY": "4g",
         "LAKEMINE_TRAIN__GBT_TREES": GBT_TREES,
         "LAKEMINE_SPARK__CONF": SPARK_CONF,
+        "LAKEMINE_SPARK__JAVA_OPTIONS": JAVA_OPTIONS,
     }
     return load_config(env=env)
 

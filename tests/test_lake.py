@@ -5,6 +5,7 @@ import datetime as dt
 import pytest
 from pyspark.testing import assertDataFrameEqual
 
+from lakemine.core.config import load_config
 from lakemine.core.errors import StageError
 
 DDL = "customer_id string, as_of date, score double"
@@ -125,6 +126,37 @@ def test_versions_and_commit_metrics_read_from_the_log_agree_with_deltas_history
     assert [fresh.rows_written("gold/h", v) for v in made] == [lake.rows_written("gold/h", v) for v in made]
     assert (lake.rows_written("gold/h", made[0]), lake.rows_written("gold/h", made[2])) == (2, 1)
     assert [v for v, _ in lake.commit_metadata("gold/h", 50)] == sorted(history, reverse=True)
+
+
+def test_spark_jvms_get_the_configured_java_options_which_this_jvm_accepts():
+    """`spark.java_options` (by default: HotSpot may compile methods over 8,000 bytes of
+    bytecode, as Spark's generated code for clean's wide rows is) reach the local session's
+    driver, the spark-submit lines lakemine builds and the DAG's tasks; this machine's java
+    starts with them and takes them as set. The suite's own JVMs run without them (conftest)."""
+    import subprocess
+
+    from lakemine.io.spark import settings
+    from lakemine.orchestration.dags import dag_settings
+    from lakemine.orchestration.jars import submit_args
+
+    cfg = load_config(env={})
+    options = cfg.spark.java_options
+    assert options == "-XX:-DontCompileHugeMethods"
+    local = settings(cfg)
+    assert local["spark.driver.extraJavaOptions"].startswith(options + " -Dlog4j2.configurationFile=")
+    assert "-Dlog4j2" not in settings(cfg, quiet=False)["spark.driver.extraJavaOptions"]
+    args = submit_args(cfg)
+    assert f"spark.driver.extraJavaOptions={options}" in args and f"spark.executor.extraJavaOptions={options}" in args
+    conf = dag_settings(env={}).conf
+    assert conf["spark.driver.extraJavaOptions"].startswith(options + " ") and conf["spark.executor.extraJavaOptions"] == options
+    # none configured: no option at all, the driver keeps only its log4j file
+    none = load_config(env={"LAKEMINE_SPARK__JAVA_OPTIONS": '""'})
+    assert not any("JavaOptions" in a for a in submit_args(none))
+    assert settings(none)["spark.driver.extraJavaOptions"].startswith("-Dlog4j2.configurationFile=")
+    flags = subprocess.run(["java", *options.split(), "-XX:+PrintFlagsFinal", "-version"], capture_output=True,
+                           text=True, check=True).stdout
+    assert any(line.split()[:1] == ["bool"] and "DontCompileHugeMethods" in line and "= false" in line
+               for line in flags.splitlines()), "java did not take the option"
 
 
 def test_local_sessions_set_file_modes_without_a_chmod_process(spark, lake, cfg):

@@ -40,7 +40,8 @@ def _section(name: str, spec: str) -> type:
 
 
 SparkConfig = _section("SparkConfig", "master: str; app_name: str; shuffle_partitions: int; driver_memory: str; "
-                       "ui: bool; log_level: str; delta_jars: str; jars_dir: str | None; delta_packages: str; conf: dict")
+                       "ui: bool; log_level: str; delta_jars: str; jars_dir: str | None; delta_packages: str; java_options: str; "
+                       "conf: dict")
 GenerateConfig = _section("GenerateConfig", "customers: int; days: int; seed: int; dirty_rate: float; format: str; "
                           "files: int | None; population: str")
 IngestConfig = _section("IngestConfig", "suffixes: tuple[str, ...]; xlsx_max_mb: int")

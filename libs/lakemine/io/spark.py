@@ -13,7 +13,7 @@ import sys
 from pyspark.sql import SparkSession
 
 from lakemine.core.config import Config, packaged_defaults
-from lakemine.orchestration.jars import DELTA_CONF, LOCAL_FS_CLASS, QUIET_LOG4J, delta_jars, local_fs_jar
+from lakemine.orchestration.jars import DELTA_CONF, LOCAL_FS_CLASS, delta_jars, java_options, local_fs_jar
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,7 @@ def settings(cfg: Config, submitted: bool = False, quiet: bool = True) -> dict[s
             # interpreter (with pyfim, torch...), not whatever python3 is first on PATH
             "spark.pyspark.python": sys.executable,
         })
-        if quiet:
-            conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={QUIET_LOG4J.as_uri()}"
+        conf.update(java_options(cfg, quiet))
         if cfg.spark.delta_jars == "packages":
             conf["spark.jars.packages"] = cfg.spark.delta_packages
         else:

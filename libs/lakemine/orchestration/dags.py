@@ -18,7 +18,7 @@ from pathlib import Path
 from lakemine import __version__
 from lakemine.core import storage
 from lakemine.core.config import Config, load_config
-from lakemine.orchestration.jars import DELTA_CONF, PACKAGE_DIR, PACKAGE_JOB, QUIET_LOG4J, REPO_ROOT, delta_jars, jobs_dir
+from lakemine.orchestration.jars import DELTA_CONF, PACKAGE_DIR, PACKAGE_JOB, REPO_ROOT, delta_jars, java_options, jobs_dir
 
 # the layout lakemine.learning.train writes (MODEL_KIND, METADATA); named again here because
 # importing it would load pyspark when the DAG files are parsed
@@ -125,8 +125,7 @@ def dag_settings(config_file: str | None = None, env: dict | None = None) -> Dag
         packages=packages,
         # client mode: the driver runs beside Airflow and reads the quiet log4j file from the
         # package (Spark's errors still reach the task log, its INFO chatter does not)
-        conf={**DELTA_CONF, "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={QUIET_LOG4J.as_uri()}",
-              **o.spark_conf},
+        conf={**DELTA_CONF, **java_options(cfg, quiet=True), **o.spark_conf},
         retries=o.retries,
         retry_delay=timedelta(minutes=o.retry_delay_minutes),
         max_retry_delay=timedelta(minutes=o.max_retry_delay_minutes),

@@ -26,8 +26,19 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 REPO_ROOT: Path | None = PACKAGE_DIR.parents[1] if (PACKAGE_DIR.parents[1] / "jobs").is_dir() else None
 # Spark's INFO chatter off, its errors still shown.
 QUIET_LOG4J = Path(__file__).with_name("log4j2.properties")
+
 # The spark-submit entry for any stage inside the installed package: `job.py STAGE [options]`.
 PACKAGE_JOB = PACKAGE_DIR / "job.py"
+
+
+def java_options(cfg: Config, quiet: bool = True) -> dict[str, str]:
+    """spark.driver/executor.extraJavaOptions for every Spark JVM lakemine starts or submits to:
+    `spark.java_options` (by default the one that lets HotSpot compile Spark's large generated
+    methods), and for the driver the quiet log4j file when `quiet`. Empty options are left out."""
+    options = cfg.spark.java_options.strip()
+    driver = " ".join(filter(None, (options, f"-Dlog4j2.configurationFile={QUIET_LOG4J.as_uri()}" if quiet else "")))
+    conf = {"spark.driver.extraJavaOptions": driver, "spark.executor.extraJavaOptions": options}
+    return {k: v for k, v in conf.items() if v}
 
 
 def jars_dir(cfg: Config) -> Path:
@@ -75,11 +86,12 @@ def jobs_dir(cfg: Config) -> Path | None:
 
 
 def submit_args(cfg: Config) -> list[str]:
-    """spark-submit arguments that put Delta on the classpath and enable its catalog."""
+    """spark-submit arguments that put Delta on the classpath and enable its catalog, and give
+    the JVMs `spark.java_options` (`java_options`)."""
     if cfg.spark.delta_jars == "packages":
         args = ["--packages", cfg.spark.delta_packages]
     else:
         args = ["--jars", ",".join(delta_jars(cfg))]
-    for key, value in DELTA_CONF.items():
+    for key, value in {**DELTA_CONF, **java_options(cfg, quiet=False)}.items():
         args += ["--conf", f"{key}={value}"]
     return args

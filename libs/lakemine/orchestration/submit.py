@@ -1,4 +1,5 @@
-"""Print the spark-submit options that put Delta on the classpath: `python -m lakemine.orchestration.submit`.
+"""Print the spark-submit options that put Delta on the classpath and give the JVMs
+`spark.java_options`: `python -m lakemine.orchestration.submit`.
 
     spark-submit $(python -m lakemine.orchestration.submit) jobs/clean.py --lake lake
 """
