@@ -75,7 +75,35 @@ def spark(cfg):
     # started above and alive for the whole run, keeps C2.
     os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1")
     yield s
+    DRIVER_JVM.extend(_jvm_memory(s))
     s.stop()
+
+
+# the driver JVM's memory as the suite ends, for the terminal summary: the one hang this suite
+# has shown was that JVM running out of heap while fetching a task result (the result lost,
+# the job waiting for it for ever)
+DRIVER_JVM: list[str] = []
+
+
+def _jvm_memory(s) -> list[str]:
+    factory = s.sparkContext._jvm.java.lang.management.ManagementFactory
+    heap = factory.getMemoryMXBean().getHeapMemoryUsage()
+    lines = [f"heap {heap.getUsed() / 2**20:,.0f} MiB used of {heap.getMax() / 2**20:,.0f} MiB"]
+    for pool in factory.getMemoryPoolMXBeans():
+        after = pool.getCollectionUsage()
+        if after is not None and "Old" in pool.getName():
+            lines.append(f"{pool.getName()}: {after.getUsed() / 2**20:,.0f} MiB after the last collection, "
+                         f"peak {pool.getPeakUsage().getUsed() / 2**20:,.0f} MiB")
+    for gc in factory.getGarbageCollectorMXBeans():
+        lines.append(f"{gc.getName()}: {gc.getCollectionCount():,} collections, {gc.getCollectionTime() / 1000:,.1f} s")
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter):
+    if DRIVER_JVM:
+        terminalreporter.write_sep("-", "the suite's Spark driver JVM at the end")
+        for line in DRIVER_JVM:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture
