@@ -149,6 +149,12 @@ def test_spark_jvms_get_the_configured_java_options_which_this_jvm_accepts():
     assert f"spark.driver.extraJavaOptions={options}" in args and f"spark.executor.extraJavaOptions={options}" in args
     conf = dag_settings(env={}).conf
     assert conf["spark.driver.extraJavaOptions"].startswith(options + " ") and conf["spark.executor.extraJavaOptions"] == options
+    # submit.sh reads no lakemine config: its properties file names the same options
+    from lakemine.orchestration.jars import REPO_ROOT
+
+    props = dict(line.split(None, 1) for line in (REPO_ROOT / "infra" / "spark" / "spark-defaults.conf").read_text().splitlines()
+                 if line.strip() and not line.startswith("#"))
+    assert props["spark.driver.extraJavaOptions"].strip() == props["spark.executor.extraJavaOptions"].strip() == options
     # none configured: no option at all, the driver keeps only its log4j file
     none = load_config(env={"LAKEMINE_SPARK__JAVA_OPTIONS": '""'})
     assert not any("JavaOptions" in a for a in submit_args(none))

@@ -26,7 +26,6 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 REPO_ROOT: Path | None = PACKAGE_DIR.parents[1] if (PACKAGE_DIR.parents[1] / "jobs").is_dir() else None
 # Spark's INFO chatter off, its errors still shown.
 QUIET_LOG4J = Path(__file__).with_name("log4j2.properties")
-
 # The spark-submit entry for any stage inside the installed package: `job.py STAGE [options]`.
 PACKAGE_JOB = PACKAGE_DIR / "job.py"
 
