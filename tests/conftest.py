@@ -79,10 +79,38 @@ def spark(cfg):
     s.stop()
 
 
-# the driver JVM's memory as the suite ends, for the terminal summary: the one hang this suite
-# has shown was that JVM running out of heap while fetching a task result (the result lost,
-# the job waiting for it for ever)
+# the driver JVM's memory as the suite ends, for the terminal summary: twice this suite's test
+# driver has run out of heap in test_recommend, 40-odd minutes in (once a task result lost and
+# the job waiting for it for ever, once the JVM gone and every later test failing)
 DRIVER_JVM: list[str] = []
+# the most the old generation held after a collection, and the test after which it was seen
+OLD_GEN_HIGH: list = [0, None]
+
+
+@pytest.fixture(autouse=True)
+def _drop_cached_tables(request):
+    """After each test, drop what the shared session caches for the test's tables: Delta keeps
+    every table's log and state (its snapshot, persisted as an RDD) for an hour after last use,
+    and DataFrames cached and not unpersisted stay until cleared. Each test writes its own lake,
+    so these grow with the suite: four test files left 206 MiB live in the heap, 123 MiB with
+    this (after a full collection); the whole suite, 178 MiB with it. A test that reads a shared
+    lake again reloads its log."""
+    yield
+    from pyspark import SparkContext
+
+    sc = SparkContext._active_spark_context
+    if sc is None:
+        return
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        active.catalog.clearCache()
+    sc._jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()
+    for pool in sc._jvm.java.lang.management.ManagementFactory.getMemoryPoolMXBeans():
+        after = pool.getCollectionUsage()
+        if after is not None and "Old" in pool.getName() and after.getUsed() > OLD_GEN_HIGH[0]:
+            OLD_GEN_HIGH[:] = [after.getUsed(), request.node.nodeid]
 
 
 def _jvm_memory(s) -> list[str]:
@@ -104,6 +132,9 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_sep("-", "the suite's Spark driver JVM at the end")
         for line in DRIVER_JVM:
             terminalreporter.write_line(line)
+        if OLD_GEN_HIGH[1]:
+            terminalreporter.write_line(f"old generation after a collection, at most {OLD_GEN_HIGH[0] / 2**20:,.0f} MiB "
+                                        f"(seen after {OLD_GEN_HIGH[1]})")
 
 
 @pytest.fixture
