@@ -130,9 +130,10 @@ def test_versions_and_commit_metrics_read_from_the_log_agree_with_deltas_history
 
 def test_spark_jvms_get_the_configured_java_options_which_this_jvm_accepts():
     """`spark.java_options` (by default: HotSpot may compile methods over 8,000 bytes of
-    bytecode, as Spark's generated code for clean's wide rows is) reach the local session's
-    driver, the spark-submit lines lakemine builds and the DAG's tasks; this machine's java
-    starts with them and takes them as set. The suite's own JVMs run without them (conftest)."""
+    bytecode, as Spark's generated code for clean's wide rows is; the parallel collector) reach
+    the local session's driver, the spark-submit lines lakemine builds and the DAG's tasks; this
+    machine's java starts with them and takes them as set. The suite's own JVMs run without
+    them (conftest)."""
     import subprocess
 
     from lakemine.io.spark import settings
@@ -141,7 +142,7 @@ def test_spark_jvms_get_the_configured_java_options_which_this_jvm_accepts():
 
     cfg = load_config(env={})
     options = cfg.spark.java_options
-    assert options == "-XX:-DontCompileHugeMethods"
+    assert options == "-XX:-DontCompileHugeMethods -XX:+UseParallelGC"
     local = settings(cfg)
     assert local["spark.driver.extraJavaOptions"].startswith(options + " -Dlog4j2.configurationFile=")
     assert "-Dlog4j2" not in settings(cfg, quiet=False)["spark.driver.extraJavaOptions"]
@@ -161,8 +162,8 @@ def test_spark_jvms_get_the_configured_java_options_which_this_jvm_accepts():
     assert settings(none)["spark.driver.extraJavaOptions"].startswith("-Dlog4j2.configurationFile=")
     flags = subprocess.run(["java", *options.split(), "-XX:+PrintFlagsFinal", "-version"], capture_output=True,
                            text=True, check=True).stdout
-    assert any(line.split()[:1] == ["bool"] and "DontCompileHugeMethods" in line and "= false" in line
-               for line in flags.splitlines()), "java did not take the option"
+    taken = {line.split()[1]: line.split()[3] for line in flags.splitlines() if line.split()[:1] == ["bool"]}
+    assert taken["DontCompileHugeMethods"] == "false" and taken["UseParallelGC"] == "true", "java did not take the options"
 
 
 def test_local_sessions_set_file_modes_without_a_chmod_process(spark, lake, cfg):
