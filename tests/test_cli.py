@@ -240,3 +240,39 @@ def test_the_driver_jvm_hands_its_free_heap_back_before_training_processes_start
     before = runtime.totalMemory()
     freed = release_free_heap(spark)
     assert freed > 0 and runtime.totalMemory() < before
+
+
+HEAP_PROBE = """
+import json
+from lakemine.core.config import load_config
+from lakemine.io.spark import release_free_heap, session
+
+spark = session(load_config(env={}))  # the packaged defaults, their JVM options included
+jvm = spark._jvm
+args = [a for a in jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments() if a.startswith("-XX")]
+bean = jvm.java.lang.management.ManagementFactory.getPlatformMXBean(
+    jvm.java.lang.Class.forName("com.sun.management.HotSpotDiagnosticMXBean"))
+ratios = lambda: [bean.getVMOption(n).getValue() for n in ("MinHeapFreeRatio", "MaxHeapFreeRatio")]
+spark.range(8_000_000).selectExpr("cast(id * 7919 as string) s").orderBy("s").selectExpr("count(*)").collect()
+runtime, was = jvm.java.lang.Runtime.getRuntime(), ratios()
+before = runtime.totalMemory()
+freed = release_free_heap(spark)
+print("PROBE", json.dumps({"args": args, "before": before, "after": runtime.totalMemory(), "freed": freed,
+                           "ratios": [was, ratios()]}))
+"""
+
+
+@pytest.mark.slow
+def test_the_default_jvm_options_driver_hands_its_free_heap_back(tmp_path, venv_env):
+    """With lakemine's default JVM options (the parallel collector) the driver gives its free heap
+    back too: that collector resizes on `System.gc()` only with
+    `-XX:+UseAdaptiveSizePolicyWithSystemGC`, and `release_free_heap` lowers the heap's free ratios
+    for that one collection, then puts them back (without the flag: 15 MiB of 653 given back)."""
+    (tmp_path / "probe.py").write_text(HEAP_PROBE)
+    proc = subprocess.run([sys.executable, str(tmp_path / "probe.py")], capture_output=True, text=True, env=venv_env,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    probe = json.loads(proc.stdout.split("PROBE ", 1)[1])
+    assert {"-XX:+UseParallelGC", "-XX:+UseAdaptiveSizePolicyWithSystemGC"} <= set(probe["args"]), probe["args"]
+    assert probe["freed"] > 0 and probe["after"] < probe["before"], probe
+    assert probe["ratios"][0] == probe["ratios"][1], "the heap free ratios were not put back"

@@ -142,7 +142,7 @@ def test_spark_jvms_get_the_configured_java_options_which_this_jvm_accepts():
 
     cfg = load_config(env={})
     options = cfg.spark.java_options
-    assert options == "-XX:-DontCompileHugeMethods -XX:+UseParallelGC"
+    assert options == "-XX:-DontCompileHugeMethods -XX:+UseParallelGC -XX:+UseAdaptiveSizePolicyWithSystemGC"
     local = settings(cfg)
     assert local["spark.driver.extraJavaOptions"].startswith(options + " -Dlog4j2.configurationFile=")
     assert "-Dlog4j2" not in settings(cfg, quiet=False)["spark.driver.extraJavaOptions"]
@@ -164,6 +164,7 @@ def test_spark_jvms_get_the_configured_java_options_which_this_jvm_accepts():
                            text=True, check=True).stdout
     taken = {line.split()[1]: line.split()[3] for line in flags.splitlines() if line.split()[:1] == ["bool"]}
     assert taken["DontCompileHugeMethods"] == "false" and taken["UseParallelGC"] == "true", "java did not take the options"
+    assert taken["UseAdaptiveSizePolicyWithSystemGC"] == "true", "java did not take the options"
 
 
 def test_local_sessions_set_file_modes_without_a_chmod_process(spark, lake, cfg):
