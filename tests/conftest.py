@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
+import tempfile
+import threading
 import time
 from collections import defaultdict
 from datetime import date
@@ -55,8 +59,11 @@ def cfg() -> Config:
         "LAKEMINE_SPARK__MASTER": "local[2]",
         "LAKEMINE_SPARK__SHUFFLE_PARTITIONS": "2",
         # local mode: the tasks run in the driver's heap, and the session lives through every
-        # test (Horovod, GBT, Delta logs); the packaged default, not less
-        "LAKEMINE_SPARK__DRIVER_MEMORY": "4g",
+        # test (Horovod, GBT, Delta logs): 6 GiB, not the packaged 4. Twice CI's run went wrong
+        # in `recommend` with 4 GiB, about 13 and 40 minutes in: once an OutOfMemoryError, once a
+        # job waiting for ever (the watchdog below says why, should it recur). Only this
+        # process's session reads it: subprocesses and spark-submit jobs get the packaged 4g.
+        "LAKEMINE_SPARK__DRIVER_MEMORY": "6g",
         "LAKEMINE_TRAIN__GBT_TREES": GBT_TREES,
         "LAKEMINE_SPARK__CONF": SPARK_CONF,
         "LAKEMINE_SPARK__JAVA_OPTIONS": JAVA_OPTIONS,
@@ -66,14 +73,25 @@ def cfg() -> Config:
 
 @pytest.fixture(scope="session")
 def spark(cfg):
+    import dataclasses
+
     from lakemine.io.spark import session
 
-    s = session(cfg)
+    # this driver alone logs its collections (the watchdog below quotes the log's end): a file
+    # per run, the newest few kept. `cfg`'s options are part of these, so `session(cfg)` finds
+    # this session the same.
+    DIAGNOSTICS.mkdir(parents=True, exist_ok=True)
+    for old in sorted(DIAGNOSTICS.glob("driver-gc-*.log"))[:-3]:
+        old.unlink()
+    GC_LOG.append(DIAGNOSTICS / f"driver-gc-{time.strftime('%Y%m%dT%H%M%S')}.log")
+    logged = f"{cfg.spark.java_options} -Xlog:gc:file={GC_LOG[0]}:uptime,time".strip()
+    s = session(dataclasses.replace(cfg, spark=dataclasses.replace(cfg.spark, java_options=logged)))
     # Every JVM started from here on (spark-submit and lakemine subprocesses, Airflow tasks, the
     # test cluster) runs one short job: C1-compiled code only (a trivial spark-submit took 32 s
     # of CPU with C2's compiling on the 2-core machine, 20 s without). This session's JVM,
     # started above and alive for the whole run, keeps C2.
     os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1")
+    DRIVER_PID.append(int(s.sparkContext._jvm.java.lang.ProcessHandle.current().pid()))
     yield s
     DRIVER_JVM.extend(_jvm_memory(s))
     s.stop()
@@ -113,6 +131,105 @@ def _drop_cached_tables(request):
             OLD_GEN_HIGH[:] = [after.getUsed(), request.node.nodeid]
 
 
+# A test (its fixtures included) still running after this many seconds is stuck: the slowest
+# takes about 4 minutes. Twice in CI a job of the test driver waited for ever (once after an
+# OutOfMemoryError lost a task's result), and the run went past CI's 90 minutes with no word of
+# why. The watchdog writes the driver JVM's heap, collector counts and thread stacks to a file,
+# prints where and the stuck tasks' top frames, and cancels the session's jobs: the test fails
+# with Spark's "cancelled" and the suite goes on.
+STUCK_AFTER_S = float(os.environ.get("LAKEMINE_TEST_STUCK_AFTER_S", "600"))
+DIAGNOSTICS = Path(tempfile.gettempdir()) / "lakemine-test-diagnostics"
+DRIVER_PID: list[int] = []
+GC_LOG: list[Path] = []
+STUCK: list[str] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    timer = threading.Timer(STUCK_AFTER_S, _on_stuck, args=(item.nodeid,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _on_stuck(nodeid: str) -> None:
+    lines = [f"{nodeid}: still running after {STUCK_AFTER_S:,.0f} s"]
+    if DRIVER_PID:
+        pid = str(DRIVER_PID[0])
+        DIAGNOSTICS.mkdir(parents=True, exist_ok=True)
+        path = DIAGNOSTICS / f"{time.strftime('%Y%m%dT%H%M%S')}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', nodeid)[-80:]}.txt"
+        texts = {}
+        for what, cmd in (("heap", ["jcmd", pid, "GC.heap_info"]), ("collectors", ["jstat", "-gcutil", pid]),
+                          ("threads", ["jcmd", pid, "Thread.print"])):
+            try:
+                texts[what] = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+            except (OSError, subprocess.SubprocessError) as e:
+                texts[what] = f"{cmd[0]}: {e}"
+        texts.update(_python_stacks(int(pid)))
+        path.write_text("".join(f"===== {what}\n{text}\n" for what, text in texts.items()))
+        lines.append(f"  the driver JVM's heap, collectors and thread stacks: {path}")
+        lines += [f"  {line}" for line in texts["heap"].splitlines() if "total" in line or "garbage-first" in line.lower()]
+        lines += [f"  {line}" for line in texts["collectors"].splitlines()]
+        if GC_LOG and GC_LOG[0].exists():
+            lines += [f"  {line}" for line in GC_LOG[0].read_text().splitlines()[-8:]]
+        lines += [f"  {line}" for line in _task_frames(texts["threads"])]
+        for what, text in texts.items():
+            frames = [line.strip() for line in text.splitlines() if line.startswith("    ")]
+            if what.startswith("python") and frames:  # py-spy: each thread's innermost frame first
+                lines += [f"  {what}"] + [f"    {frame}" for frame in frames[:4]]
+    try:
+        from pyspark import SparkContext
+
+        sc = SparkContext._active_spark_context
+        if sc is not None:
+            sc.cancelAllJobs()
+            lines.append("  cancelled the session's jobs")
+    except Exception as e:  # the JVM may be gone: say so, the test fails either way
+        lines.append(f"  could not cancel the session's jobs: {e}")
+    STUCK.extend(lines)
+    sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.flush()
+
+
+def _python_stacks(jvm_pid: int) -> dict[str, str]:
+    """`py-spy dump` of each Python process the driver JVM started (Spark's Python daemon and
+    workers: pandas and Arrow functions run there), keyed "python PID COMMAND"."""
+    import shutil
+
+    import psutil
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    out = {}
+    try:
+        children = psutil.Process(jvm_pid).children(recursive=True)
+    except psutil.Error:
+        return out
+    for child in children:
+        try:
+            command = " ".join(child.cmdline())[:120]
+            if "python" not in command:
+                continue
+            dump = subprocess.run([spy, "dump", "--pid", str(child.pid)], capture_output=True, text=True, timeout=60)
+            out[f"python {child.pid} {command}"] = dump.stdout + dump.stderr
+        except (OSError, subprocess.SubprocessError, psutil.Error) as e:
+            out[f"python {child.pid}"] = f"py-spy: {e}"
+    return out
+
+
+def _task_frames(threads: str, frames: int = 6) -> list[str]:
+    """The first frames of each thread that runs or fetches a task, from `jcmd Thread.print`."""
+    out = []
+    for block in threads.split("\n\n"):
+        head = block.lstrip().splitlines()[0] if block.strip() else ""
+        if "Executor task launch" in head or "task-result-getter" in head or "dag-scheduler" in head:
+            body = [line.strip() for line in block.strip().splitlines()[1:] if line.strip().startswith(("at ", "java.lang.Thread.State"))]
+            out += [head.split(" #")[0]] + [f"    {line}" for line in body[:frames]]
+    return out
+
+
 def _jvm_memory(s) -> list[str]:
     factory = s.sparkContext._jvm.java.lang.management.ManagementFactory
     heap = factory.getMemoryMXBean().getHeapMemoryUsage()
@@ -128,6 +245,10 @@ def _jvm_memory(s) -> list[str]:
 
 
 def pytest_terminal_summary(terminalreporter):
+    if STUCK:
+        terminalreporter.write_sep("-", f"tests stuck past {STUCK_AFTER_S:,.0f} s")
+        for line in STUCK:
+            terminalreporter.write_line(line)
     if DRIVER_JVM:
         terminalreporter.write_sep("-", "the suite's Spark driver JVM at the end")
         for line in DRIVER_JVM:
