@@ -167,9 +167,15 @@ def evaluate(baskets: DataFrame, mining: fpgrowth.MiningParams, p: RecommendPara
     dict per method with k, customers, hit_rate, map_at_k, coverage, and the training rules
     and baskets counted."""
     training, hidden = evaluation_split(baskets)
+    # Each cached frame is built by an action of its own before a query reads it: Spark 4.0's
+    # adaptive execution gives every reference to a cache not yet built a build job of its own
+    # (SPARK-57547, fixed in 4.2: the duplicate builds can also mark a cache built before it is,
+    # and plan with wrong sizes). The first `judge` read four such caches: the recommendations,
+    # the histories (directly and through the recommendations), the rules and the hidden baskets.
     training, hidden = training.cache(), hidden.cache()
     try:
         n = training.count()
+        hidden.count()
         # the mining's threshold in baskets; as a fraction of n, its ceiling is that count exactly
         threshold = fpgrowth.min_count(baskets.count(), mining.min_support)
         mining = dataclasses.replace(mining, min_support=min(1.0, (threshold - 0.5) / max(n, 1)))
@@ -179,6 +185,8 @@ def evaluate(baskets: DataFrame, mining: fpgrowth.MiningParams, p: RecommendPara
         by_rules = recommend(hist, rules, p.top_n).cache()
         try:
             n_rules = rules.count()
+            hist.count()
+            by_rules.count()
             out = []
             methods = ((RULES, by_rules), (POPULAR, popular(hist, training, p.top_n)),
                        (FILLED, filled(by_rules, popular(hist, training, 2 * p.top_n), p.top_n)))

@@ -470,6 +470,12 @@ def run_snapshots(lake: Lake, p: FeatureParams, dates: list[date], silver_versio
         # computed once for the three writes (the scaler's statistics come from the same rows)
         raw = features_from_days(days, p, dates).persist()
         stack.callback(raw.unpersist)
+        # the counts first: they build the two caches, one at a time, before the writes read
+        # them (Spark 4.0 builds a cache once per reference in a query that finds it unbuilt,
+        # at once: SPARK-57547; the features' write reads `raw` twice, the labels' both)
+        rows_in = days.agg(*[F.count(F.when(F.col("invoice_date") <= F.lit(d), 1)).alias(f"d{i}")
+                             for i, d in enumerate(dates)]).first()
+        featured = {r["as_of"]: r["count"] for r in raw.groupBy("as_of").count().collect()}
         features, scaler = standardize(raw)
         outputs = {
             schemas.GOLD_CUSTOMER_FEATURES: lake.overwrite_as_of(features.repartition("as_of"), schemas.GOLD_CUSTOMER_FEATURES,
@@ -479,9 +485,6 @@ def run_snapshots(lake: Lake, p: FeatureParams, dates: list[date], silver_versio
             schemas.GOLD_LABELS: lake.overwrite_as_of(labels_from_days(days, raw, p, data_end, dates).repartition("as_of"),
                                                       schemas.GOLD_LABELS, dates),
         }
-        featured = {r["as_of"]: r["count"] for r in raw.groupBy("as_of").count().collect()}
-        rows_in = days.agg(*[F.count(F.when(F.col("invoice_date") <= F.lit(d), 1)).alias(f"d{i}")
-                             for i, d in enumerate(dates)]).first()
         for i, (d, run) in enumerate(zip(dates, runs)):
             run.inputs.update({schemas.SILVER_TRANSACTIONS: silver_version, schemas.GOLD_CUSTOMER_DAYS: days_version})
             run.outputs.update(outputs)
