@@ -132,7 +132,7 @@ def _drop_cached_tables(request):
 
 
 # A test (its fixtures included) still running after this many seconds is stuck: the slowest
-# takes about 4 minutes. Twice in CI a job of the test driver waited for ever (once after an
+# takes about 3 minutes. Twice in CI a job of the test driver waited for ever (once after an
 # OutOfMemoryError lost a task's result), and the run went past CI's 90 minutes with no word of
 # why. The watchdog writes the driver JVM's heap, collector counts and thread stacks to a file,
 # prints where and the stuck tasks' top frames, and cancels the session's jobs: the test fails
@@ -155,7 +155,9 @@ def pytest_runtest_protocol(item, nextitem):
         timer.cancel()
 
 
-def _on_stuck(nodeid: str) -> None:
+def _on_stuck(nodeid: str, into: list[str] | None = None) -> None:
+    """The watchdog's work for the test `nodeid`; its summary lines go to `into` (default: the
+    run's summary) and stderr."""
     lines = [f"{nodeid}: still running after {STUCK_AFTER_S:,.0f} s"]
     if DRIVER_PID:
         pid = str(DRIVER_PID[0])
@@ -189,7 +191,7 @@ def _on_stuck(nodeid: str) -> None:
             lines.append("  cancelled the session's jobs")
     except Exception as e:  # the JVM may be gone: say so, the test fails either way
         lines.append(f"  could not cancel the session's jobs: {e}")
-    STUCK.extend(lines)
+    (STUCK if into is None else into).extend(lines)
     sys.stderr.write("\n".join(lines) + "\n")
     sys.stderr.flush()
 
