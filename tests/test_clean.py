@@ -121,6 +121,37 @@ def test_the_deduplication_takes_partitions_enough_for_its_rows(spark):
     assert deduped.rdd.getNumPartitions() == configured + 3 and deduped.count() == 30
 
 
+def test_the_deduplication_keeps_the_least_copy_by_one_long_as_by_the_struct(spark):
+    """The hash aggregation over `Lineage`'s long keeps the copy the struct's minimum keeps:
+    least file (by UTF-8 bytes), then line, then batch; the struct's sort aggregation stays for
+    lineage that cannot be packed (a null line)."""
+    from lakemine.stages.clean import LINEAGE, Lineage, dedupe_exact, lineage_groups
+
+    records = [("1", "A", "X", "1", "12/1/2010 8:26", "1.00", "100", "UK"), ("2", "B", "Y", "2", "12/2/2010 9:00", "3.00", "101", "UK"),
+               ("3", "C", "Z", "3", "12/3/2010 9:00", "4.00", "102", "UK")]
+    files = ["file:/in/b.csv", "file:/in/a.csv", "file:/in/\u00e9t\u00e9.csv", "file:/in/Z.csv", "file:/in/a b.csv"]
+    batches = ["b9", "b10", "a1"]
+    lines = [(r, files[(i * 7 + k) % 5], 1000 - 37 * k + i, batches[(i + k) % 3])
+             for i, r in enumerate(records) for k in range(6)]
+    lines += [(records[0], "file:/in/a.csv", 2, b) for b in batches]  # same file and line, three batches
+    bronze = spark.createDataFrame([tuple(r) + (f, n, b) for r, f, n, b in lines], BRONZE_DDL)
+    lineage = Lineage.of(lineage_groups(bronze))
+    assert lineage is not None and lineage.files[0] == "file:/in/Z.csv" and lineage.batches == ("a1", "b10", "b9")
+    expected = {rec[0]: min((f, n, b) for r, f, n, b in lines if r == rec) for rec in records}
+    packed = dedupe_exact(schemas.with_source_columns(bronze), by=F.col("InvoiceDate"))
+    assert "SortAggregate" not in packed._jdf.queryExecution().executedPlan().toString()
+    got = {r["InvoiceNo"]: (r["_source_file"], r["_line"], r["_batch_id"]) for r in packed.collect()}
+    assert got == expected
+    assert {r["InvoiceNo"]: r["copies"] for r in packed.collect()} == {"1": 9, "2": 6, "3": 6}
+    # a null line: no packing, the struct's minimum (nulls first), the same columns
+    with_null = bronze.union(spark.createDataFrame([records[1] + ("file:/in/Z.csv", None, "b9")], BRONZE_DDL))
+    assert Lineage.of(lineage_groups(with_null)) is None
+    by_struct = dedupe_exact(schemas.with_source_columns(with_null), by=F.col("InvoiceDate"))
+    assert by_struct.columns == packed.columns
+    got = {r["InvoiceNo"]: tuple(r[c] for c in LINEAGE) for r in by_struct.collect()}
+    assert expected["2"][0] == "file:/in/Z.csv" and got == {**expected, "2": ("file:/in/Z.csv", None, "b9")}
+
+
 def test_clean_names_the_missing_column(spark):
     df = spark.createDataFrame([("1",)], "InvoiceNo string")
     with pytest.raises(SchemaError, match="table bronze/transactions has no column 'StockCode'"):
