@@ -145,7 +145,7 @@ def test_the_deduplication_keeps_the_least_copy_by_one_long_as_by_the_struct(spa
     assert {r["InvoiceNo"]: r["copies"] for r in packed.collect()} == {"1": 9, "2": 6, "3": 6}
     # a null line: no packing, the struct's minimum (nulls first), the same columns
     with_null = bronze.union(spark.createDataFrame([records[1] + ("file:/in/Z.csv", None, "b9")], BRONZE_DDL))
-    assert Lineage.of(lineage_groups(with_null)) is None
+    assert Lineage.of(lineage_groups(with_null)) is None and Lineage.of(lineage_groups(bronze.limit(0))) is None
     by_struct = dedupe_exact(schemas.with_source_columns(with_null), by=F.col("InvoiceDate"))
     assert by_struct.columns == packed.columns
     got = {r["InvoiceNo"]: tuple(r[c] for c in LINEAGE) for r in by_struct.collect()}

@@ -98,8 +98,8 @@ class Lineage:
 
     @classmethod
     def of(cls, groups: list) -> "Lineage | None":
-        """From rows of `lineage_groups`."""
-        if any(g["_source_file"] is None or g["_batch_id"] is None or g["lines"] != g["rows"] for g in groups):
+        """From rows of `lineage_groups` (None for no rows: nothing to order)."""
+        if not groups or any(g["_source_file"] is None or g["_batch_id"] is None or g["lines"] != g["rows"] for g in groups):
             return None
         if any(g["first_line"] is not None and g["first_line"] < 0 for g in groups):
             return None
@@ -131,9 +131,10 @@ class Lineage:
         """{file, line, batch} of a `_lineage` long."""
         shift = self.line_bits + self._batch_bits
         return {
-            "_source_file": F.element_at(F.lit(list(self.files)), F.shiftright(code, shift).cast("int") + 1),
+            "_source_file": F.element_at(F.lit(list(self.files)), F.shiftright(code, shift).cast("int") + 1).cast("string"),
             "_line": F.shiftright(code, self._batch_bits).bitwiseAND(F.lit((1 << self.line_bits) - 1)),
-            "_batch_id": F.element_at(F.lit(list(self.batches)), code.bitwiseAND(F.lit((1 << self._batch_bits) - 1)).cast("int") + 1),
+            "_batch_id": F.element_at(F.lit(list(self.batches)),
+                                      code.bitwiseAND(F.lit((1 << self._batch_bits) - 1)).cast("int") + 1).cast("string"),
         }
 
 
