@@ -168,3 +168,25 @@ def test_an_interrupted_run_keeps_its_marker_for_the_next_to_record(lake):
         raise KeyboardInterrupt
     assert not lake.exists(schemas.OPS_RUNS)
     assert len(os.listdir(os.path.join(lake.root, ATTEMPTS))) == 1
+
+
+def test_runs_of_several_dates_are_recorded_in_one_commit_and_fail_together(lake):
+    """The features stage records its snapshot dates with `record_runs`: one ops/runs commit
+    for all of them; an error records each date as failed; either way no marker stays."""
+    from lakemine.io import schemas
+    from lakemine.io.runs import ATTEMPTS, record_runs
+
+    dates = [date(2011, 9, 10), date(2011, 12, 9)]
+    with record_runs(lake, "features", dates, {"k": 1}) as runs:
+        assert [r.as_of for r in runs] == dates and len({r.run_id for r in runs}) == 2
+        assert len(os.listdir(os.path.join(lake.root, ATTEMPTS))) == 2
+        runs[0].rows_out, runs[1].rows_out = 3, 4
+    assert lake.table_version(schemas.OPS_RUNS) == 0  # created by the one commit
+    rows = sorted(lake.read_table(schemas.OPS_RUNS).collect(), key=lambda r: r["as_of"])
+    assert [(r["as_of"], r["status"], r["rows_out"]) for r in rows] == [(dates[0], "succeeded", 3), (dates[1], "succeeded", 4)]
+    with pytest.raises(ValueError), record_runs(lake, "features", dates, {}):
+        raise ValueError("snapshot broke")
+    failed = lake.read_table(schemas.OPS_RUNS).where("status = 'failed'").collect()
+    assert sorted(r["as_of"] for r in failed) == dates
+    assert all(r["message"] == "ValueError: snapshot broke" for r in failed)
+    assert os.listdir(os.path.join(lake.root, ATTEMPTS)) == []

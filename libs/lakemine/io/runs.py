@@ -96,15 +96,21 @@ class Run:
 
 
 def write_run(lake: Lake, run: Run) -> None:
-    """Append `run` to ops/runs, with the files each of its output commits touched (a table
-    from before those columns gains them)."""
-    for table, version in run.outputs.items():
-        if table not in run.files_added and version is not None:
-            try:
-                run.files_added[table], run.files_removed[table] = lake.files_touched(table, version)
-            except Exception:  # bookkeeping must not fail the run
-                log.warning("no file metrics for %s version %s", table, version)
-    df = lake.spark.createDataFrame([run.row()], schemas.RUNS_SCHEMA)
+    """Append `run` to ops/runs (`write_runs`)."""
+    write_runs(lake, [run])
+
+
+def write_runs(lake: Lake, runs: list[Run]) -> None:
+    """Append `runs` to ops/runs in one commit, with the files each of their output commits
+    touched (a table from before those columns gains them)."""
+    for run in runs:
+        for table, version in run.outputs.items():
+            if table not in run.files_added and version is not None:
+                try:
+                    run.files_added[table], run.files_removed[table] = lake.files_touched(table, version)
+                except Exception:  # bookkeeping must not fail the run
+                    log.warning("no file metrics for %s version %s", table, version)
+    df = lake.spark.createDataFrame([run.row() for run in runs], schemas.RUNS_SCHEMA)
     lake.append(df, schemas.OPS_RUNS, merge_schema=True)
 
 
@@ -266,32 +272,45 @@ def record_run(lake: Lake, stage: str, as_of: date | None, params: dict) -> Iter
     such an attempt (`record_abandoned`); the marker also stays when the run could not write
     its row (interrupted, or ops/runs not writable), for the next run to record.
     """
-    record_abandoned(lake)
-    run = Run(stage=stage, as_of=as_of, params=params)
-    marker = run.marker = f"{_attempts(lake)}/{run.run_id}.json"
-    storage.write_json(marker, {
-        "stage": stage, "as_of": as_of.isoformat() if as_of else None, "params": params, "run_id": run.run_id,
-        "started_at": run.started_at.isoformat(), "host": socket.gethostname(), "pid": os.getpid(),
-        "pid_start": _process_start(os.getpid()),
-    })
-    recorded = False
-    try:
+    with record_runs(lake, stage, [as_of], params) as (run,):
         yield run
+
+
+@contextmanager
+def record_runs(lake: Lake, stage: str, dates: list[date | None], params: dict) -> Iterator[list[Run]]:
+    """`record_run` for one run of a stage that covers several logical dates: a Run and an
+    attempt marker per date (in the order of `dates`), and on exit their rows in one ops/runs
+    commit, not one commit each. A failure records every one of them as failed."""
+    record_abandoned(lake)
+    runs = []
+    for as_of in dates:
+        run = Run(stage=stage, as_of=as_of, params=params)
+        run.marker = f"{_attempts(lake)}/{run.run_id}.json"
+        storage.write_json(run.marker, {
+            "stage": stage, "as_of": as_of.isoformat() if as_of else None, "params": params, "run_id": run.run_id,
+            "started_at": run.started_at.isoformat(), "host": socket.gethostname(), "pid": os.getpid(),
+            "pid_start": _process_start(os.getpid()),
+        })
+        runs.append(run)
+    recorded: list[Run] = []
+    try:
+        yield runs
     except InputError:
-        recorded = True  # nothing to record
+        recorded = runs  # nothing to record
         raise
     except Exception as exc:
-        recorded = _record_failure(lake, run, exc)
+        recorded = [run for run in runs if _record_failure(lake, run, exc)]
         raise
     else:
-        if run.status == "running":
-            run.status = "succeeded"
-        run.finished_at = datetime.now(timezone.utc)
-        write_run(lake, run)
-        recorded = True
+        for run in runs:
+            if run.status == "running":
+                run.status = "succeeded"
+            run.finished_at = datetime.now(timezone.utc)
+        write_runs(lake, runs)
+        recorded = runs
     finally:
-        if recorded:
-            storage.delete(marker)
+        for run in recorded:
+            storage.delete(run.marker)
 
 
 def _record_failure(lake: Lake, run: Run, exc: Exception) -> bool:

@@ -25,7 +25,7 @@ from lakemine.core.config import Config, FeaturesConfig, StageParams
 from lakemine.core.errors import StageError
 from lakemine.io import schemas
 from lakemine.io.lake import Lake
-from lakemine.io.runs import Run, record_run, seal
+from lakemine.io.runs import Run, record_run, record_runs, seal
 
 log = logging.getLogger(__name__)
 
@@ -464,7 +464,7 @@ def run_snapshots(lake: Lake, p: FeatureParams, dates: list[date], silver_versio
     params = {"horizon_days": p.horizon_days, "top_categories": p.top_categories,
               "service_codes": list(p.service_codes), "service_pattern": p.service_pattern}
     with contextlib.ExitStack() as stack:
-        runs = [stack.enter_context(record_run(lake, STAGE, d, params)) for d in dates]
+        runs = stack.enter_context(record_runs(lake, STAGE, dates, params))  # one ops/runs commit for all dates
         days = lake.read_table(schemas.GOLD_CUSTOMER_DAYS, days_version).persist(StorageLevel.MEMORY_AND_DISK)
         stack.callback(days.unpersist)
         # computed once for the three writes (the scaler's statistics come from the same rows)
